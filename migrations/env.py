@@ -1,0 +1,78 @@
+"""Alembic environment for convostore (async).
+
+URL precedence: ``-x url=...``, then the library's own resolution
+(``CONVOSTORE_DATABASE_URL``, ``DATABASE_URL``, then ``convostore.db``). When
+``convostore.migrate`` runs a command it hands over its own connection in
+``config.attributes["connection"]`` instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging.config
+
+from alembic import context
+from sqlalchemy import Connection
+from sqlalchemy.pool import NullPool
+
+from convostore.engine import create_engine
+from convostore.migrate import migration_lock
+from convostore.tables import Base
+
+config = context.config
+if config.config_file_name is not None:
+    logging.config.fileConfig(config.config_file_name, disable_existing_loggers=False)
+
+target_metadata = Base.metadata
+
+
+def _url() -> str | None:
+    return context.get_x_argument(as_dictionary=True).get("url")
+
+
+def run_migrations_offline() -> None:
+    """Render the SQL instead of running it (``alembic upgrade head --sql``)."""
+    engine = create_engine(_url())
+    context.configure(
+        url=engine.url.render_as_string(hide_password=False),
+        target_metadata=target_metadata,
+        literal_binds=True,
+        render_as_batch=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def do_run_migrations(connection: Connection) -> None:
+    with migration_lock(connection):
+        context.configure(
+            connection=connection,
+            target_metadata=target_metadata,
+            render_as_batch=connection.dialect.name == "sqlite",
+            compare_type=True,
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+
+
+async def run_async_migrations() -> None:
+    engine = create_engine(_url(), poolclass=NullPool)
+    try:
+        async with engine.connect() as connection:
+            await connection.run_sync(do_run_migrations)
+    finally:
+        await engine.dispose()
+
+
+def run_migrations_online() -> None:
+    connection = config.attributes.get("connection")
+    if connection is not None:
+        do_run_migrations(connection)
+    else:
+        asyncio.run(run_async_migrations())
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()

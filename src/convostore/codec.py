@@ -1,0 +1,237 @@
+"""The stored payload format: JSON, compressed above a threshold, behind one header byte.
+
+A stored payload is ``header byte + body``:
+
+========  ==========================================================
+header    body
+========  ==========================================================
+``0x01``  UTF-8 JSON, uncompressed
+``0x02``  UTF-8 JSON compressed with zlib (deflate, zlib container)
+``0x03``  UTF-8 JSON compressed as one zstd frame (content size set)
+========  ==========================================================
+
+The encoder writes ``0x01`` up to the threshold and the chosen codec above it (zstd by
+default: see ``docs/compression.md`` for the measurements). The decoder reads every header,
+so the default can change without rewriting old rows.
+
+Only exact JSON values are accepted: ``dict`` with ``str`` keys, ``list`` and ``tuple``
+(read back as lists), ``str``, ``int`` (64-bit), finite ``float``, ``bool`` and ``None``.
+Anything else, including NaN, infinities, integers beyond 64 bits, sets, bytes, datetimes,
+enums and UUIDs, raises :class:`~convostore.errors.SerializationError`: nothing is ever
+silently changed on the way to disk.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import threading
+import zlib
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+import orjson
+import zstandard
+
+from convostore.errors import SerializationError
+
+__all__ = [
+    "DEFAULT_MAX_SIZE",
+    "DEFAULT_THRESHOLD",
+    "Codec",
+    "Encoded",
+    "decode",
+    "decode_axio_payload",
+    "encode",
+]
+
+DEFAULT_THRESHOLD: Final = 512
+"""Payloads longer than this many bytes of JSON are compressed."""
+
+DEFAULT_MAX_SIZE: Final = 64 * 1024 * 1024
+"""The largest JSON document (in bytes, uncompressed) that is written or read back."""
+
+Codec = Literal["zstd", "zlib"]
+
+PLAIN: Final = 0x01
+ZLIB: Final = 0x02
+ZSTD: Final = 0x03
+_HEADERS: Final = {"zlib": ZLIB, "zstd": ZSTD}
+
+ZSTD_LEVEL: Final = 3
+ZLIB_LEVEL: Final = 6
+
+# Non-JSON types that orjson would otherwise turn into something else are handed to
+# ``_refuse`` instead; the walk in ``_check_exact_json`` catches the rest (enums, UUIDs, NaN).
+_ORJSON_OPTIONS: Final = (
+    orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """A payload already encoded by :func:`encode`, stored by ``CompressedJSON`` as it is.
+
+    Encoding before the transaction starts keeps compression out of the database's write
+    lock, and rejects a bad value before anything is sent.
+    """
+
+    data: bytes
+
+
+def encode(
+    value: Any,
+    *,
+    threshold: int = DEFAULT_THRESHOLD,
+    max_size: int = DEFAULT_MAX_SIZE,
+    codec: Codec = "zstd",
+) -> bytes:
+    """Encode a JSON value into the stored payload format.
+
+    Raises:
+        SerializationError: ``value`` is not exactly JSON, or its JSON is over ``max_size``.
+    """
+    try:
+        raw = orjson.dumps(value, default=_refuse, option=_ORJSON_OPTIONS)
+    except (orjson.JSONEncodeError, TypeError) as exc:
+        raise SerializationError(f"value is not JSON-serializable: {exc}") from exc
+    # orjson succeeded, so the value is acyclic and shallow enough to walk without guards.
+    _check_exact_json(value)
+    if len(raw) > max_size:
+        raise SerializationError(
+            f"payload of {len(raw)} bytes exceeds the maximum of {max_size} bytes"
+        )
+    if len(raw) > threshold:
+        if codec == "zstd":
+            body = _zstd_compressor().compress(raw)
+        else:
+            body = zlib.compress(raw, ZLIB_LEVEL)
+        if len(body) < len(raw):
+            return bytes((_HEADERS[codec],)) + body
+    return b"\x01" + raw
+
+
+def decode(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> Any:
+    """Decode a stored payload back into its JSON value.
+
+    Raises:
+        SerializationError: The bytes are corrupt, use an unknown header, or would expand
+            beyond ``max_size`` (checked before anything is expanded).
+    """
+    if not data:
+        raise SerializationError("stored payload is empty")
+    header, body = data[0], memoryview(data)[1:]
+    if header == PLAIN:
+        raw: bytes | memoryview = body
+    elif header == ZSTD:
+        raw = _zstd_decompress(body, max_size)
+    elif header == ZLIB:
+        raw = _inflate(body, max_size, wbits=zlib.MAX_WBITS)
+    else:
+        raise SerializationError(f"stored payload has unknown codec header 0x{header:02x}")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise SerializationError(f"stored payload is not valid JSON: {exc}") from exc
+
+
+def decode_axio_payload(text: str, *, max_size: int = DEFAULT_MAX_SIZE) -> Any:
+    """Decode a value stored by axio-context-sqlite (``plain:…``, ``gzip:`` + base64, or JSON).
+
+    Raises:
+        SerializationError: The text is corrupt or would expand beyond ``max_size``.
+    """
+    if text.startswith("gzip:"):
+        try:
+            compressed = base64.b64decode(text[5:], validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise SerializationError(f"axio payload is not valid base64: {exc}") from exc
+        raw: bytes | memoryview | str = _inflate(memoryview(compressed), max_size, wbits=31)
+    elif text.startswith("plain:"):
+        raw = text[6:]
+    else:
+        raw = text
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise SerializationError(f"axio payload is not valid JSON: {exc}") from exc
+
+
+def _refuse(value: object) -> None:
+    raise TypeError(f"{type(value).__name__} is not a JSON type")
+
+
+def _check_exact_json(value: Any) -> None:
+    stack = [value]
+    pop, push, extend = stack.pop, stack.append, stack.extend
+    while stack:
+        item = pop()
+        kind = type(item)
+        if kind is str or kind is int or kind is bool or item is None:
+            continue
+        if kind is float:
+            if not math.isfinite(item):
+                raise SerializationError(f"{item!r} is not a JSON number")
+        elif kind is dict:
+            for key, child in item.items():
+                if type(key) is not str:
+                    raise SerializationError(f"JSON object keys must be str, not {type(key)}")
+                push(child)
+        elif kind is list or kind is tuple:
+            extend(item)
+        else:
+            raise SerializationError(f"{kind.__name__} is not a JSON type")
+
+
+_local = threading.local()
+
+
+def _zstd_compressor() -> zstandard.ZstdCompressor:
+    # zstandard contexts are not thread-safe; one per thread is reused across calls.
+    compressor: zstandard.ZstdCompressor | None = getattr(_local, "compressor", None)
+    if compressor is None:
+        compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True)
+        _local.compressor = compressor
+    return compressor
+
+
+def _zstd_decompressor() -> zstandard.ZstdDecompressor:
+    decompressor: zstandard.ZstdDecompressor | None = getattr(_local, "decompressor", None)
+    if decompressor is None:
+        decompressor = zstandard.ZstdDecompressor()
+        _local.decompressor = decompressor
+    return decompressor
+
+
+def _zstd_decompress(body: memoryview, max_size: int) -> bytes:
+    try:
+        declared = zstandard.frame_content_size(body)
+        if declared > max_size:
+            raise SerializationError(
+                f"payload declares {declared} bytes, over the maximum of {max_size}"
+            )
+        # With a declared size the output buffer is exactly that size, so a frame whose
+        # header understates its content fails instead of growing; without one, the
+        # buffer is capped at max_size.
+        raw: bytes = _zstd_decompressor().decompress(body, max_output_size=max_size)
+    except zstandard.ZstdError as exc:
+        raise SerializationError(f"stored zstd payload is corrupt: {exc}") from exc
+    if len(raw) > max_size:
+        raise SerializationError(f"payload expands beyond the maximum of {max_size} bytes")
+    return raw
+
+
+def _inflate(body: memoryview, max_size: int, *, wbits: int) -> bytes:
+    inflater = zlib.decompressobj(wbits)
+    try:
+        raw = inflater.decompress(body, max_size + 1)
+    except zlib.error as exc:
+        raise SerializationError(f"stored deflate payload is corrupt: {exc}") from exc
+    if len(raw) > max_size:
+        raise SerializationError(f"payload expands beyond the maximum of {max_size} bytes")
+    if not inflater.eof:
+        raise SerializationError("stored deflate payload is truncated")
+    return raw

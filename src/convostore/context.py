@@ -1,0 +1,212 @@
+"""The conversation context store: axio's ``ContextStore`` API on SQLAlchemy.
+
+``engine = await connect("chat.db")`` opens (and migrates) a database;
+``SQLAlchemyContextStore(engine, session_id=..., project=...)`` is one session of one project.
+Stores are cheap: make one per session and share the engine.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Self
+from uuid import uuid4
+
+from sqlalchemy import URL
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from convostore import migrate as migrations
+from convostore.engine import create_engine
+from convostore.errors import ConfigurationError
+from convostore.interfaces import ContextStore
+from convostore.models import (
+    ContextMessage,
+    SessionInfo,
+    check_amount,
+    check_id,
+    encoded_context_message,
+)
+from convostore.repositories import SessionRepository
+from convostore.settings import redact
+from convostore.tables import PROJECT_LENGTH, SESSION_ID_LENGTH
+from convostore.transactions import TransactionRunner
+
+__all__ = ["SQLAlchemyContextStore", "connect", "default_project"]
+
+
+async def connect(url: str | URL | None = None, *, migrate: bool | None = None) -> AsyncEngine:
+    """Open the database at ``url`` (a path or URL) with its schema at head; the caller disposes it.
+
+    SQLite gets WAL, a 5 s busy timeout, ``synchronous=NORMAL`` and foreign keys, and is
+    migrated to the latest revision (safe when several processes start at once). A server
+    database is checked, and migrated only with ``migrate=True``.
+
+    Raises:
+        SchemaVersionError: The schema is not at head and may not be migrated here.
+    """
+    engine = create_engine(url)
+    try:
+        await migrations.prepare(engine, migrate=migrate)
+    except BaseException:
+        await engine.dispose()
+        raise
+    return engine
+
+
+def default_project() -> str:
+    """The default project: the resolved current working directory, as axio uses."""
+    return str(Path.cwd().resolve())
+
+
+class SQLAlchemyContextStore(ContextStore):
+    """One session of one project, stored through SQLAlchemy.
+
+    Args:
+        engine: The engine to use (from :func:`connect`, or your own). Give this or ``url``.
+        url: Open an engine for this URL; :meth:`close` disposes it.
+        session_id: The session's id; a new random one by default.
+        project: The project's name; the current working directory by default.
+        migrate: As for :func:`connect`, when this store opens or first uses the engine.
+
+    Raises:
+        ConfigurationError: Both ``engine`` and ``url`` were given.
+        ValidationError: ``session_id`` or ``project`` is not a usable id.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine | None = None,
+        *,
+        url: str | URL | None = None,
+        session_id: str | None = None,
+        project: str | None = None,
+        migrate: bool | None = None,
+    ) -> None:
+        if engine is not None and url is not None:
+            raise ConfigurationError("give engine or url, not both")
+        self._session_id = check_id(
+            uuid4().hex if session_id is None else session_id, "session_id", SESSION_ID_LENGTH
+        )
+        self._project = check_id(
+            default_project() if project is None else project, "project", PROJECT_LENGTH
+        )
+        self._owns_engine = engine is None
+        self._runner = TransactionRunner(engine if engine is not None else create_engine(url))
+        self._migrate = migrate
+
+    @property
+    def session_id(self) -> str:
+        return self._session_id
+
+    @property
+    def project(self) -> str:
+        return self._project
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The engine this store runs on."""
+        return self._runner.engine
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(url={redact(self.engine.url)!r}, "
+            f"project={self._project!r}, session_id={self._session_id!r})"
+        )
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Self]:
+        """Run several calls in one transaction: commit at the end, roll back on error."""
+        await self._ensure_ready()
+        async with self._runner.sessionmaker() as session, session.begin():
+            yield self.bind(session)
+
+    def bind(self, session: AsyncSession) -> Self:
+        """A view of this store that works inside ``session``'s transaction, never committing."""
+        view = copy.copy(self)
+        view._runner = self._runner.bind(session)
+        view._owns_engine = False
+        return view
+
+    def with_session(self, session_id: str) -> Self:
+        """A store for another session of the same project, sharing this store's engine."""
+        other = copy.copy(self)
+        other._session_id = check_id(session_id, "session_id", SESSION_ID_LENGTH)
+        other._owns_engine = False
+        return other
+
+    async def append(self, message: ContextMessage) -> None:
+        await self.append_many([message])
+
+    async def append_many(self, messages: Iterable[ContextMessage]) -> None:
+        """Append messages in one transaction, at consecutive positions."""
+        checked = [encoded_context_message(message) for message in messages]
+        if not checked:
+            return
+        preview = next(
+            (p for m, _ in checked if (p := m.preview()) is not None),
+            None,
+        )
+        await self._ensure_ready()
+        now = _now()
+
+        async def work(session: AsyncSession) -> None:
+            repo = self._repo(session)
+            first = await repo.allocate(len(checked), now, preview)
+            await repo.insert_messages(first, [(m.role, data) for m, data in checked], now)
+
+        await self._runner.run(work)
+
+    async def get_history(self) -> list[ContextMessage]:
+        await self._ensure_ready()
+        return await self._runner.run(lambda s: self._repo(s).history())
+
+    async def clear(self) -> None:
+        await self._ensure_ready()
+        await self._runner.run(lambda s: self._repo(s).delete())
+
+    async def fork(self) -> SQLAlchemyContextStore:
+        await self._ensure_ready()
+        new_id = uuid4().hex
+        now = _now()
+        await self._runner.run(lambda s: self._repo(s).copy_to(new_id, now))
+        return self.with_session(new_id)
+
+    async def set_context_tokens(self, input_tokens: int, output_tokens: int) -> None:
+        check_amount(input_tokens, "input_tokens")
+        check_amount(output_tokens, "output_tokens")
+        await self._ensure_ready()
+        now = _now()
+        await self._runner.run(lambda s: self._repo(s).set_tokens(input_tokens, output_tokens, now))
+
+    async def add_context_tokens(self, input_tokens: int, output_tokens: int) -> None:
+        check_amount(input_tokens, "input_tokens")
+        check_amount(output_tokens, "output_tokens")
+        await self._ensure_ready()
+        now = _now()
+        await self._runner.run(lambda s: self._repo(s).add_tokens(input_tokens, output_tokens, now))
+
+    async def get_context_tokens(self) -> tuple[int, int]:
+        await self._ensure_ready()
+        return await self._runner.run(lambda s: self._repo(s).tokens())
+
+    async def list_sessions(self) -> list[SessionInfo]:
+        await self._ensure_ready()
+        return await self._runner.run(lambda s: self._repo(s).list_project())
+
+    async def close(self) -> None:
+        """Dispose of the engine if this store opened it; a shared engine is left alone."""
+        if self._owns_engine:
+            await self.engine.dispose()
+
+    def _repo(self, session: AsyncSession) -> SessionRepository:
+        return SessionRepository(session, self._project, self._session_id)
+
+    async def _ensure_ready(self) -> None:
+        await migrations.prepare(self.engine, migrate=self._migrate)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

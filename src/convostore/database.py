@@ -1,0 +1,302 @@
+"""The agent database: agentstr's ``BaseDatabase`` API on SQLAlchemy.
+
+``Database(conn_str, agent_name=...)`` is the drop-in factory; :class:`SQLAlchemyDatabase` is
+the class. Each public call is one short transaction (see :mod:`convostore.transactions`);
+:meth:`SQLAlchemyDatabase.transaction` groups several calls into one.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any, Self
+
+from sqlalchemy import URL
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from convostore import migrate as migrations
+from convostore.engine import create_engine
+from convostore.errors import ConfigurationError, InsufficientBalance
+from convostore.interfaces import AgentDatabase
+from convostore.models import (
+    Message,
+    User,
+    check_amount,
+    check_id,
+    check_optional_int,
+    new_message,
+    validated,
+)
+from convostore.repositories import ThreadRepository, UserRepository, message_from_row
+from convostore.settings import redact, resolve_url
+from convostore.tables import AGENT_NAME_LENGTH, THREAD_ID_LENGTH, USER_ID_LENGTH
+from convostore.transactions import TransactionRunner
+
+__all__ = ["DEFAULT_AGENT_KEY", "Database", "SQLAlchemyDatabase"]
+
+DEFAULT_AGENT_KEY = ""
+"""How ``agent_name=None`` is stored in key columns (no real agent name can be empty)."""
+
+
+class SQLAlchemyDatabase(AgentDatabase):
+    """The agent database on any SQLAlchemy async URL.
+
+    Args:
+        conn_str: A URL (see :mod:`convostore.settings`), or ``None`` for the environment's
+            or the default SQLite file. Give this or ``engine``, not both.
+        engine: An engine to share; it is not disposed by :meth:`close`.
+        agent_name: The agent whose rows this object sees; ``None`` is a valid agent.
+        migrate: Bring the schema to head in :meth:`async_init`. Default: yes for SQLite,
+            no (only check) for server databases.
+
+    Raises:
+        ConfigurationError: Both or neither-and-unresolvable of ``conn_str`` and ``engine``.
+        ValidationError: ``agent_name`` is not a usable id.
+    """
+
+    def __init__(
+        self,
+        conn_str: str | None = None,
+        *,
+        engine: AsyncEngine | None = None,
+        agent_name: str | None = None,
+        migrate: bool | None = None,
+    ) -> None:
+        if conn_str is not None and engine is not None:
+            raise ConfigurationError("give conn_str or engine, not both")
+        self.agent_name = agent_name
+        self._agent_key = (
+            DEFAULT_AGENT_KEY
+            if agent_name is None
+            else check_id(agent_name, "agent_name", AGENT_NAME_LENGTH)
+        )
+        if engine is None:
+            url = resolve_url(conn_str)
+            self.conn_str = conn_str if conn_str is not None else url.render_as_string(False)
+            engine = create_engine(url)
+            self._owns_engine = True
+        else:
+            self.conn_str = engine.url.render_as_string(hide_password=True)
+            self._owns_engine = False
+        self._migrate = migrate
+        self._runner = TransactionRunner(engine)
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The engine this database runs on."""
+        return self._runner.engine
+
+    def __repr__(self) -> str:
+        url = redact(self.engine.url)
+        return f"{type(self).__name__}(url={url!r}, agent_name={self.agent_name!r})"
+
+    async def async_init(self) -> Self:
+        """Migrate an embedded SQLite database (or check a server's schema); returns self.
+
+        Raises:
+            SchemaVersionError: A server database is not at head and ``migrate`` is off.
+        """
+        await migrations.prepare(self.engine, migrate=self._migrate)
+        return self
+
+    async def close(self) -> None:
+        """Dispose of the engine if this object created it."""
+        if self._owns_engine and self._runner.bound is None:
+            await self.engine.dispose()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Self]:
+        """Run several calls in one transaction: commit at the end, roll back on error.
+
+        Example::
+
+            async with db.transaction() as tx:
+                await tx.debit("alice", 10)
+                await tx.add_message("t1", "alice", "user", message="paid question")
+        """
+        await self.async_init()
+        async with self._runner.sessionmaker() as session, session.begin():
+            yield self.bind(session)
+
+    def bind(self, session: AsyncSession) -> Self:
+        """A view of this database that works inside ``session``'s transaction.
+
+        The view never commits or rolls back: the owner of ``session`` does.
+        """
+        view = copy.copy(self)
+        view._runner = self._runner.bind(session)
+        view._owns_engine = False
+        return view
+
+    async def get_user(self, user_id: str) -> User:
+        check_id(user_id, "user_id", USER_ID_LENGTH)
+        await self.async_init()
+        stored = await self._runner.run(lambda s: UserRepository(s, self._agent_key).get(user_id))
+        return stored if stored is not None else User(user_id=user_id)
+
+    async def upsert_user(self, user: User) -> None:
+        checked = validated(User, user)
+        check_id(checked.user_id, "user_id", USER_ID_LENGTH)
+        if checked.current_thread_id is not None:
+            check_id(checked.current_thread_id, "current_thread_id", THREAD_ID_LENGTH)
+        check_amount(checked.available_balance, "available_balance")
+        await self.async_init()
+        now = _now()
+        await self._runner.run(lambda s: UserRepository(s, self._agent_key).upsert(checked, now))
+
+    async def get_current_thread_id(self, user_id: str) -> str | None:
+        return (await self.get_user(user_id)).current_thread_id
+
+    async def set_current_thread_id(self, user_id: str, thread_id: str | None) -> None:
+        check_id(user_id, "user_id", USER_ID_LENGTH)
+        if thread_id is not None:
+            check_id(thread_id, "thread_id", THREAD_ID_LENGTH)
+        await self.async_init()
+        now = _now()
+        await self._runner.run(
+            lambda s: UserRepository(s, self._agent_key).set_current_thread(user_id, thread_id, now)
+        )
+
+    async def credit(self, user_id: str, amount: int) -> int:
+        check_id(user_id, "user_id", USER_ID_LENGTH)
+        check_amount(amount, "amount")
+        await self.async_init()
+        now = _now()
+        return await self._runner.run(
+            lambda s: UserRepository(s, self._agent_key).credit(user_id, amount, now)
+        )
+
+    async def debit(self, user_id: str, amount: int) -> int:
+        check_id(user_id, "user_id", USER_ID_LENGTH)
+        check_amount(amount, "amount")
+        await self.async_init()
+        now = _now()
+
+        async def work(session: AsyncSession) -> int:
+            users = UserRepository(session, self._agent_key)
+            debited = await users.debit(user_id, amount, now)
+            user = await users.get(user_id)
+            balance = 0 if user is None else user.available_balance
+            if not debited and not (user is None and amount == 0):
+                raise InsufficientBalance(
+                    f"balance of {user_id!r} is {balance}, cannot debit {amount}"
+                )
+            return balance
+
+        return await self._runner.run(work)
+
+    async def add_message(
+        self,
+        thread_id: str,
+        user_id: str,
+        role: str,
+        message: str = "",
+        content: str = "",
+        kind: str = "request",
+        satoshis: int | None = None,
+        extra_inputs: Mapping[str, Any] | None = None,
+        extra_outputs: Mapping[str, Any] | None = None,
+    ) -> Message:
+        new = new_message(
+            thread_id,
+            user_id,
+            role,
+            message,
+            content,
+            kind,
+            satoshis,
+            extra_inputs,
+            extra_outputs,
+            id_lengths=(THREAD_ID_LENGTH, USER_ID_LENGTH),
+        )
+        await self.async_init()
+        now = _now()
+
+        async def work(session: AsyncSession) -> int:
+            threads = ThreadRepository(session, self._agent_key)
+            idx = await threads.allocate(new.thread_id, 1, now)
+            await threads.insert_messages(
+                [
+                    {
+                        "thread_id": new.thread_id,
+                        "idx": idx,
+                        "user_id": new.user_id,
+                        "role": new.role,
+                        "kind": new.kind,
+                        "message": new.message,
+                        "content": new.encoded_content,
+                        "satoshis": new.satoshis,
+                        "extra_inputs": new.encoded_inputs,
+                        "extra_outputs": new.encoded_outputs,
+                        "created_at": now,
+                    }
+                ]
+            )
+            return idx
+
+        idx = await self._runner.run(work)
+        return Message(
+            agent_name=self.agent_name,
+            thread_id=new.thread_id,
+            user_id=new.user_id,
+            idx=idx,
+            message=new.message,
+            content=new.content,
+            role=new.role,
+            kind=new.kind,
+            satoshis=new.satoshis,
+            extra_inputs=new.extra_inputs,
+            extra_outputs=new.extra_outputs,
+            created_at=now,
+        )
+
+    async def get_messages(
+        self,
+        thread_id: str,
+        user_id: str,
+        *,
+        limit: int | None = None,
+        before_idx: int | None = None,
+        after_idx: int | None = None,
+        reverse: bool = False,
+    ) -> list[Message]:
+        check_id(thread_id, "thread_id", THREAD_ID_LENGTH)
+        check_id(user_id, "user_id", USER_ID_LENGTH)
+        check_optional_int(limit, "limit", minimum=0)
+        check_optional_int(before_idx, "before_idx")
+        check_optional_int(after_idx, "after_idx")
+        await self.async_init()
+        rows = await self._runner.run(
+            lambda s: ThreadRepository(s, self._agent_key).messages(
+                thread_id,
+                user_id,
+                limit=limit,
+                before_idx=before_idx,
+                after_idx=after_idx,
+                reverse=bool(reverse),
+            )
+        )
+        return [message_from_row(row, self.agent_name) for row in rows]
+
+
+def Database(  # noqa: N802 - agentstr's factory is a function named like a class
+    conn_str: str | URL | None = None,
+    *,
+    agent_name: str | None = None,
+    migrate: bool | None = None,
+) -> SQLAlchemyDatabase:
+    """Create the agent database for a connection string, like agentstr's ``Database``.
+
+    ``conn_str`` may be any form :func:`convostore.settings.resolve_url` accepts, including
+    agentstr's ``sqlite://PATH`` and ``postgres://user:pass@host:port/db``. Call
+    ``await db.async_init()`` before use (agentstr's protocol; calls also do it lazily).
+    """
+    if isinstance(conn_str, URL):
+        conn_str = conn_str.render_as_string(hide_password=False)
+    return SQLAlchemyDatabase(conn_str, agent_name=agent_name, migrate=migrate)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

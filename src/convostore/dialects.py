@@ -1,0 +1,131 @@
+"""SQL that differs between backends, in one place.
+
+Three statements cover every difference the repositories need:
+
+* :func:`upsert`: insert a row or update the existing one (``ON CONFLICT DO UPDATE`` on
+  SQLite and PostgreSQL, ``ON DUPLICATE KEY UPDATE`` on MySQL/MariaDB);
+* :func:`insert_ignore`: insert a row unless its key exists;
+* :func:`bump_counter`: add ``n`` to a counter column of a row, creating the row if needed,
+  and return the new value, all under the row's write lock. This is how positions are
+  allocated: SQLite and PostgreSQL do it in one ``INSERT … ON CONFLICT … RETURNING``;
+  MySQL/MariaDB, which has no ``RETURNING`` on upserts, reads the value back with
+  ``SELECT … FOR UPDATE`` inside the same transaction, after its own upsert locked the row.
+
+:func:`is_retryable` says which failures roll back a whole transaction that can simply be
+run again (deadlocks, serialization failures, lock timeouts, SQLite's busy database).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from sqlalchemy import ColumnElement, Table, select
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.dml import Insert
+
+from convostore.engine import Family, family_from_name
+
+__all__ = ["bump_counter", "family_of", "insert_ignore", "is_retryable", "upsert"]
+
+# A function from the incoming row (``excluded`` / ``inserted``) to the SET clause.
+UpdateFn = Callable[[Any], Mapping[str, Any]]
+
+
+def family_of(session: AsyncSession) -> Family:
+    """The backend family a session is bound to."""
+    return family_from_name(session.get_bind().dialect.name)
+
+
+def upsert(
+    kind: Family,
+    table: Table,
+    values: Mapping[str, Any],
+    *,
+    key: list[str],
+    update: UpdateFn,
+) -> Insert:
+    """``INSERT values``, or on a duplicate ``key`` apply ``update(incoming)`` to the row."""
+    if kind == "mysql":
+        my_stmt = mysql.insert(table).values(dict(values))
+        return my_stmt.on_duplicate_key_update(dict(update(my_stmt.inserted)))
+    dialect_insert = postgresql.insert if kind == "postgresql" else sqlite.insert
+    stmt = dialect_insert(table).values(dict(values))
+    return stmt.on_conflict_do_update(index_elements=key, set_=dict(update(stmt.excluded)))
+
+
+def insert_ignore(
+    kind: Family, table: Table, values: Mapping[str, Any], *, key: list[str]
+) -> Insert:
+    """``INSERT values`` unless a row with the same ``key`` exists (then nothing happens)."""
+    if kind == "mysql":
+        # Not INSERT IGNORE: that would also turn real errors (truncation...) into warnings.
+        my_stmt = mysql.insert(table).values(dict(values))
+        return my_stmt.on_duplicate_key_update({key[0]: table.c[key[0]]})
+    dialect_insert = postgresql.insert if kind == "postgresql" else sqlite.insert
+    return dialect_insert(table).values(dict(values)).on_conflict_do_nothing(index_elements=key)
+
+
+async def bump_counter(
+    session: AsyncSession,
+    table: Table,
+    key_values: Mapping[str, Any],
+    *,
+    counter: str,
+    n: int,
+    insert_values: Mapping[str, Any] | None = None,
+    also_update: UpdateFn | None = None,
+) -> int:
+    """Add ``n`` to ``table.counter`` for the row at ``key_values`` and return the new value.
+
+    A missing row is inserted with ``counter = n`` plus ``insert_values``. The row stays
+    write-locked until the transaction ends, so the range ``[new - n, new)`` belongs to
+    this transaction alone. ``also_update`` adds assignments to the update of an existing
+    row (for example keeping a preview).
+    """
+    kind = family_of(session)
+    column = table.c[counter]
+
+    def assignments(incoming: Any) -> dict[str, ColumnElement[Any]]:
+        changes: dict[str, Any] = dict(also_update(incoming)) if also_update else {}
+        # Last, because MySQL applies ON DUPLICATE KEY assignments in order.
+        changes[counter] = column + n
+        return changes
+
+    stmt = upsert(
+        kind,
+        table,
+        {**key_values, **(insert_values or {}), counter: n},
+        key=list(key_values),
+        update=assignments,
+    )
+    if kind == "mysql":
+        await session.execute(stmt)
+        locked = select(column).where(*(table.c[k] == v for k, v in key_values.items()))
+        value = (await session.execute(locked.with_for_update())).scalar_one()
+    else:
+        value = (await session.execute(stmt.returning(column))).scalar_one()
+    return int(value)
+
+
+# Driver error codes meaning "the transaction was rolled back; run it again".
+_PG_RETRY_STATES = frozenset({"40001", "40P01", "55P03"})
+_MYSQL_RETRY_CODES = frozenset({1205, 1213})
+_SQLITE_RETRY_MESSAGES = ("database is locked", "database table is locked")
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Whether ``exc`` is a transient conflict after which the transaction can be rerun."""
+    if not isinstance(exc, sa_exc.DBAPIError) or exc.connection_invalidated:
+        return False
+    orig = exc.orig
+    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if sqlstate in _PG_RETRY_STATES:
+        return True
+    args = getattr(orig, "args", ())
+    if args and isinstance(args[0], int) and args[0] in _MYSQL_RETRY_CODES:
+        return True
+    message = str(orig).lower()
+    return any(text in message for text in _SQLITE_RETRY_MESSAGES)

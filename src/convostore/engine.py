@@ -1,0 +1,111 @@
+"""Engine creation with the defaults each backend needs.
+
+This is one of the two places where backends differ (the other is
+:mod:`convostore.dialects`): connection settings here, SQL variants there.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from sqlalchemy import URL, event
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
+
+from convostore.errors import ConfigurationError
+from convostore.settings import is_memory_sqlite, redact, resolve_url
+
+__all__ = ["Family", "create_engine", "family", "family_from_name", "sqlite_path"]
+
+Family = Literal["sqlite", "postgresql", "mysql"]
+
+SQLITE_BUSY_TIMEOUT_MS = 5000
+SQLITE_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
+    "PRAGMA synchronous=NORMAL",
+    "PRAGMA foreign_keys=ON",
+)
+
+
+def create_engine(url: str | URL | None = None, **kwargs: Any) -> AsyncEngine:
+    """Create an :class:`~sqlalchemy.ext.asyncio.AsyncEngine` with convostore's defaults.
+
+    No connection is opened until the engine is first used.
+
+    * SQLite file: WAL journal, 5 s busy timeout, ``synchronous=NORMAL``, foreign keys on;
+      the parent directory is created.
+    * SQLite ``:memory:``: one connection kept for the engine's lifetime, so the database
+      survives across calls; concurrent callers queue for it.
+    * PostgreSQL, MySQL/MariaDB: ``pool_pre_ping`` so a dropped connection is replaced.
+
+    Args:
+        url: Anything :func:`convostore.settings.resolve_url` accepts.
+        **kwargs: Passed to :func:`sqlalchemy.ext.asyncio.create_async_engine`, overriding
+            the defaults.
+
+    Raises:
+        ConfigurationError: The URL is invalid or its driver is not installed.
+    """
+    resolved = resolve_url(url)
+    options: dict[str, Any] = {}
+    kind = family_from_name(resolved.get_backend_name())
+    if kind == "sqlite":
+        if is_memory_sqlite(resolved):
+            options.update(poolclass=AsyncAdaptedQueuePool, pool_size=1, max_overflow=0)
+        else:
+            path = sqlite_path(resolved)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+    else:
+        options["pool_pre_ping"] = True
+        if kind == "mysql":
+            resolved = resolved.update_query_dict({"charset": "utf8mb4"})
+    options.update(kwargs)
+    try:
+        engine = create_async_engine(resolved, **options)
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"the driver for {redact(resolved)!r} is not installed ({exc.name}); "
+            "install convostore[postgresql] or convostore[mysql]"
+        ) from exc
+    if kind == "sqlite":
+        event.listen(engine.sync_engine, "connect", _configure_sqlite)
+    return engine
+
+
+def family(engine: AsyncEngine) -> Family:
+    """The backend family of an engine; MySQL and MariaDB are one family."""
+    return family_from_name(engine.dialect.name)
+
+
+def sqlite_path(url: URL) -> Path | None:
+    """The file behind an SQLite URL, or ``None`` for an in-memory database."""
+    if url.get_backend_name() != "sqlite" or is_memory_sqlite(url):
+        return None
+    database = url.database or ""
+    if database.startswith("file:"):
+        database = database[len("file:") :].split("?", 1)[0]
+    return Path(database)
+
+
+def family_from_name(name: str) -> Family:
+    """The backend family of a dialect name; MySQL and MariaDB are one family."""
+    if name == "sqlite":
+        return "sqlite"
+    if name == "postgresql":
+        return "postgresql"
+    if name in ("mysql", "mariadb"):
+        return "mysql"
+    raise ConfigurationError(f"unsupported database backend {name!r}")
+
+
+def _configure_sqlite(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        for pragma in SQLITE_PRAGMAS:
+            cursor.execute(pragma)
+    finally:
+        cursor.close()

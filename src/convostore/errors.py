@@ -1,0 +1,97 @@
+"""The exception hierarchy of convostore.
+
+Every error raised through the public API is a :class:`ConvostoreError`. Driver and SQLAlchemy
+exceptions never escape: :func:`translate_errors` maps them onto this hierarchy and keeps the
+original as ``__cause__``. Messages never contain a password.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import exc as sa_exc
+
+__all__ = [
+    "ConfigurationError",
+    "ConflictError",
+    "ConvostoreError",
+    "DatabaseError",
+    "InsufficientBalance",
+    "NotFoundError",
+    "SchemaVersionError",
+    "SerializationError",
+    "ValidationError",
+    "translate_errors",
+]
+
+
+class ConvostoreError(Exception):
+    """Base class of every exception raised by convostore."""
+
+
+class ConfigurationError(ConvostoreError):
+    """The library was set up wrongly: a bad URL, a missing driver, conflicting arguments."""
+
+
+class ValidationError(ConvostoreError, ValueError):
+    """An argument is not acceptable (bad role or kind, over-long id, negative amount...)."""
+
+
+class SerializationError(ConvostoreError, ValueError):
+    """A value cannot be stored as JSON, or stored bytes cannot be decoded."""
+
+
+class NotFoundError(ConvostoreError, LookupError):
+    """The requested row does not exist."""
+
+
+class ConflictError(ConvostoreError):
+    """The write conflicts with the current state of the database."""
+
+
+class InsufficientBalance(ConflictError):  # noqa: N818 - the name agents already catch
+    """A debit would take a user's balance below zero; nothing was changed."""
+
+
+class SchemaVersionError(ConvostoreError):
+    """The database schema is not at the revision this version of convostore expects."""
+
+
+class DatabaseError(ConvostoreError):
+    """The database failed to run an operation (lost connection, lock timeout, server error).
+
+    The operation was not applied; it is safe to retry it.
+    """
+
+
+@contextmanager
+def translate_errors() -> Iterator[None]:
+    """Re-raise SQLAlchemy and driver exceptions as convostore errors.
+
+    A :class:`ConvostoreError` raised while binding a parameter (for example by
+    :class:`~convostore.types.CompressedJSON`) arrives wrapped in SQLAlchemy's
+    ``StatementError``; it is unwrapped so the caller sees the original error.
+    Messages are built from the exception class and the driver's own message, which never
+    includes the connection URL.
+    """
+    try:
+        yield
+    except ConvostoreError:
+        raise
+    except sa_exc.StatementError as exc:
+        if isinstance(exc.orig, ConvostoreError):
+            raise exc.orig from exc
+        if isinstance(exc, sa_exc.IntegrityError):
+            raise ConflictError(f"integrity constraint violated: {_short(exc)}") from exc
+        raise DatabaseError(f"{type(exc).__name__}: {_short(exc)}") from exc
+    except sa_exc.SQLAlchemyError as exc:
+        raise DatabaseError(f"{type(exc).__name__}: {exc}") from exc
+    except (OSError, TimeoutError) as exc:
+        # Drivers raise these directly when a connection drops before a statement runs.
+        raise DatabaseError(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _short(exc: sa_exc.StatementError) -> str:
+    """The driver's message, without the SQL text and parameters SQLAlchemy appends."""
+    return str(exc.orig) if exc.orig is not None else str(exc).split("\n", 1)[0]

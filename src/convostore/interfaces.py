@@ -1,0 +1,147 @@
+"""The two interfaces convostore implements, as abstract base classes.
+
+:class:`AgentDatabase` is method-for-method agentstr's ``BaseDatabase``;
+:class:`ContextStore` is axio's ``ContextStore``. Each has a SQL implementation
+(:mod:`convostore.database`, :mod:`convostore.context`) and an in-memory reference
+(:mod:`convostore.memory`); one contract suite in ``tests/contract`` runs against all of them.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Any, Self
+
+from convostore.models import ContextMessage, Message, SessionInfo, User
+
+__all__ = ["AgentDatabase", "ContextStore"]
+
+
+class AgentDatabase(ABC):
+    """Users, balances and threaded messages of one agent (agentstr's ``BaseDatabase``).
+
+    Attributes:
+        conn_str: The connection string the database was created with.
+        agent_name: The agent whose rows this object reads and writes (``None`` allowed).
+    """
+
+    conn_str: str
+    agent_name: str | None
+
+    @abstractmethod
+    async def async_init(self) -> Self:
+        """Prepare the database for use (an embedded SQLite file is migrated); returns self."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release what this object opened."""
+
+    @abstractmethod
+    async def get_user(self, user_id: str) -> User:
+        """The user, or ``User(user_id)`` with a zero balance if it was never stored."""
+
+    @abstractmethod
+    async def upsert_user(self, user: User) -> None:
+        """Create the user or overwrite its balance and current thread, atomically."""
+
+    @abstractmethod
+    async def get_current_thread_id(self, user_id: str) -> str | None:
+        """The user's current thread id, or ``None``."""
+
+    @abstractmethod
+    async def set_current_thread_id(self, user_id: str, thread_id: str | None) -> None:
+        """Set (or clear, with ``None``) the user's current thread."""
+
+    @abstractmethod
+    async def add_message(
+        self,
+        thread_id: str,
+        user_id: str,
+        role: str,
+        message: str = "",
+        content: str = "",
+        kind: str = "request",
+        satoshis: int | None = None,
+        extra_inputs: Mapping[str, Any] | None = None,
+        extra_outputs: Mapping[str, Any] | None = None,
+    ) -> Message:
+        """Append a message to a thread at the next ``idx`` and return it as stored."""
+
+    @abstractmethod
+    async def get_messages(
+        self,
+        thread_id: str,
+        user_id: str,
+        *,
+        limit: int | None = None,
+        before_idx: int | None = None,
+        after_idx: int | None = None,
+        reverse: bool = False,
+    ) -> list[Message]:
+        """Messages of the thread from this user, ordered by ``idx`` (descending if ``reverse``).
+
+        ``before_idx`` and ``after_idx`` are exclusive bounds; ``limit`` caps the count after
+        ordering.
+        """
+
+    @abstractmethod
+    async def credit(self, user_id: str, amount: int) -> int:
+        """Add ``amount`` (>= 0) to the user's balance atomically; return the new balance."""
+
+    @abstractmethod
+    async def debit(self, user_id: str, amount: int) -> int:
+        """Subtract ``amount`` (>= 0) atomically; return the new balance.
+
+        Raises:
+            InsufficientBalance: The balance is below ``amount``; nothing changed.
+        """
+
+
+class ContextStore(ABC):
+    """The message history of one session within a project (axio's ``ContextStore``)."""
+
+    @property
+    @abstractmethod
+    def session_id(self) -> str:
+        """This store's session id."""
+
+    @property
+    @abstractmethod
+    def project(self) -> str:
+        """The project the session belongs to."""
+
+    @abstractmethod
+    async def append(self, message: ContextMessage) -> None:
+        """Append a message at the end of the session."""
+
+    @abstractmethod
+    async def get_history(self) -> list[ContextMessage]:
+        """All messages in insertion order."""
+
+    @abstractmethod
+    async def clear(self) -> None:
+        """Remove this session's messages and token totals."""
+
+    @abstractmethod
+    async def fork(self) -> ContextStore:
+        """A new session in the same project with a copy of the history and tokens."""
+
+    @abstractmethod
+    async def set_context_tokens(self, input_tokens: int, output_tokens: int) -> None:
+        """Overwrite the session's token totals."""
+
+    @abstractmethod
+    async def add_context_tokens(self, input_tokens: int, output_tokens: int) -> None:
+        """Add to the session's token totals atomically."""
+
+    @abstractmethod
+    async def get_context_tokens(self) -> tuple[int, int]:
+        """``(input_tokens, output_tokens)``; ``(0, 0)`` when never set."""
+
+    @abstractmethod
+    async def list_sessions(self) -> list[SessionInfo]:
+        """The project's sessions that hold messages, newest first."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release what this store opened."""

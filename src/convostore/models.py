@@ -1,0 +1,295 @@
+"""pydantic models at the API boundary, and the checks every id goes through.
+
+``User`` and ``Message`` carry agentstr's field names; ``ContextMessage`` and
+``SessionInfo`` mirror axio's. Conversion from table rows lives in the repositories.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final, Literal, TypeVar, get_args
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field
+
+from convostore import codec
+from convostore.errors import ValidationError
+
+__all__ = [
+    "CONTEXT_ROLES",
+    "KINDS",
+    "ROLES",
+    "ContextMessage",
+    "ContextRole",
+    "Kind",
+    "Message",
+    "NewMessage",
+    "Role",
+    "SessionInfo",
+    "User",
+    "check_amount",
+    "check_choice",
+    "check_id",
+    "check_optional_int",
+    "check_text",
+    "encoded_context_message",
+    "new_message",
+    "validated",
+]
+
+Role = Literal["user", "agent", "tool"]
+Kind = Literal[
+    "request", "requires_payment", "tool_message", "requires_input", "final_response", "error"
+]
+ContextRole = Literal["user", "assistant", "system", "tool"]
+
+ROLES: Final[frozenset[str]] = frozenset(get_args(Role))
+KINDS: Final[frozenset[str]] = frozenset(get_args(Kind))
+CONTEXT_ROLES: Final[frozenset[str]] = frozenset(get_args(ContextRole))
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class User(BaseModel):
+    """A user of one agent (agentstr's ``User``)."""
+
+    model_config = ConfigDict(validate_assignment=True)
+
+    user_id: str
+    available_balance: int = Field(default=0, ge=0)
+    current_thread_id: str | None = None
+
+
+class Message(BaseModel):
+    """A stored message of an agent thread (agentstr's ``Message``).
+
+    ``agent_name`` is the database's agent name as given, ``None`` included.
+    """
+
+    agent_name: str | None
+    thread_id: str
+    user_id: str
+    idx: int
+    message: str
+    content: str
+    role: Role
+    kind: Kind
+    satoshis: int | None = None
+    extra_inputs: dict[str, Any] = Field(default_factory=dict)
+    extra_outputs: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime = Field(default_factory=_now)
+
+
+class ContextMessage(BaseModel):
+    """One message of a conversation context: a role and a list of JSON content blocks.
+
+    The blocks are stored exactly as given (see :mod:`convostore.codec` for what counts as
+    JSON), e.g. ``[{"type": "text", "text": "Hello"}]``.
+    """
+
+    role: ContextRole
+    content: list[dict[str, Any]] = Field(default_factory=list)
+
+    def preview(self, length: int = 80) -> str | None:
+        """axio's preview: the first text block, cut at ``length`` characters with ``...``.
+
+        Returns ``None`` for messages that are not from the user, and ``""`` for a user
+        message without a text block.
+        """
+        if self.role != "user":
+            return None
+        for block in self.content:
+            if block.get("type") == "text" and isinstance(block.get("text"), str):
+                text: str = block["text"]
+                return text[:length] + ("..." if len(text) > length else "")
+        return ""
+
+
+class SessionInfo(BaseModel):
+    """Summary of one context-store session, as ``list_sessions`` returns it."""
+
+    session_id: str
+    message_count: int
+    preview: str
+    created_at: datetime
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """The checked arguments of ``add_message``, with payloads already encoded."""
+
+    thread_id: str
+    user_id: str
+    role: Role
+    kind: Kind
+    message: str
+    content: str
+    satoshis: int | None
+    extra_inputs: dict[str, Any]
+    extra_outputs: dict[str, Any]
+    encoded_content: codec.Encoded
+    encoded_inputs: codec.Encoded
+    encoded_outputs: codec.Encoded
+
+
+def new_message(
+    thread_id: object,
+    user_id: object,
+    role: object,
+    message: object,
+    content: object,
+    kind: object,
+    satoshis: object,
+    extra_inputs: object,
+    extra_outputs: object,
+    *,
+    id_lengths: tuple[int, int],
+) -> NewMessage:
+    """Check ``add_message``'s arguments and encode its payloads, before any SQL runs.
+
+    Raises:
+        ValidationError: An id, role, kind, text or amount is not acceptable.
+        SerializationError: An extra is not exactly JSON.
+    """
+    thread_length, user_length = id_lengths
+    inputs = _json_object(extra_inputs, "extra_inputs")
+    outputs = _json_object(extra_outputs, "extra_outputs")
+    checked_content = check_text_or_nul(content, "content")
+    return NewMessage(
+        thread_id=check_id(thread_id, "thread_id", thread_length),
+        user_id=check_id(user_id, "user_id", user_length),
+        role=check_choice(role, "role", ROLES),  # type: ignore[arg-type]
+        kind=check_choice(kind, "kind", KINDS),  # type: ignore[arg-type]
+        message=check_text(message, "message"),
+        content=checked_content,
+        satoshis=None if satoshis is None else check_amount(satoshis, "satoshis"),
+        extra_inputs=inputs,
+        extra_outputs=outputs,
+        encoded_content=codec.Encoded(codec.encode(checked_content)),
+        encoded_inputs=codec.Encoded(codec.encode(inputs)),
+        encoded_outputs=codec.Encoded(codec.encode(outputs)),
+    )
+
+
+def encoded_context_message(message: object) -> tuple[ContextMessage, codec.Encoded]:
+    """Check a message for the context store and encode its content.
+
+    Accepts a :class:`ContextMessage`, or a mapping / object with ``role`` and ``content``.
+
+    Raises:
+        ValidationError: The role is unknown or the content is not a list of objects.
+        SerializationError: The content is not exactly JSON.
+    """
+    if type(message) is not ContextMessage:
+        message = validated(ContextMessage, message)
+    assert isinstance(message, ContextMessage)
+    check_choice(message.role, "role", CONTEXT_ROLES)
+    content = message.content
+    if type(content) is not list or any(type(block) is not dict for block in content):
+        raise ValidationError("content must be a list of JSON objects (content blocks)")
+    return message, codec.Encoded(codec.encode(content))
+
+
+def _json_object(value: object, name: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValidationError(f"{name} must be a mapping, not {type(value).__name__}")
+    return dict(value)
+
+
+def check_text_or_nul(value: object, name: str) -> str:
+    """Return ``value`` if it is a ``str`` (NUL allowed: it is stored inside JSON)."""
+    if type(value) is not str:
+        raise ValidationError(f"{name} must be a str, not {type(value).__name__}")
+    return value
+
+
+def check_id(value: object, name: str, max_length: int) -> str:
+    """Return ``value`` if it is a usable id, else raise :class:`ValidationError`.
+
+    Ids are compared exactly on every backend, so they must be non-empty strings of at most
+    ``max_length`` characters, without NUL (PostgreSQL cannot store it), unpaired
+    surrogates (not UTF-8) or trailing whitespace (MySQL/MariaDB's PAD SPACE collations
+    would treat ``"a"`` and ``"a "`` as one key). Quotes and SQL metacharacters are fine:
+    every value is a bound parameter.
+    """
+    if type(value) is not str:
+        raise ValidationError(f"{name} must be a str, not {type(value).__name__}")
+    if not value:
+        raise ValidationError(f"{name} must not be empty")
+    if len(value) > max_length:
+        raise ValidationError(f"{name} is {len(value)} characters long; the limit is {max_length}")
+    if value[-1].isspace():
+        raise ValidationError(f"{name} must not end with whitespace")
+    check_text(value, name)
+    return value
+
+
+def check_text(value: object, name: str) -> str:
+    """Return ``value`` if it is a ``str`` a text column can hold on every backend."""
+    if type(value) is not str:
+        raise ValidationError(f"{name} must be a str, not {type(value).__name__}")
+    if "\x00" in value:
+        raise ValidationError(f"{name} must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValidationError(f"{name} is not valid Unicode text: {exc.reason}") from exc
+    return value
+
+
+def validated(model: type[M], value: object) -> M:
+    """Validate ``value`` (a model, a mapping or an object with the fields) as ``model``.
+
+    Accepts look-alike objects, such as agentstr's own ``User``, by their attributes.
+
+    Raises:
+        ValidationError: With pydantic's explanation.
+    """
+    if isinstance(value, BaseModel):
+        value = value.model_dump()
+    try:
+        return model.model_validate(value, from_attributes=True)
+    except pydantic.ValidationError as exc:
+        raise ValidationError(f"invalid {model.__name__}: {exc}") from exc
+
+
+def check_choice(value: object, name: str, allowed: frozenset[str]) -> str:
+    """Return ``value`` if it is one of ``allowed``, else raise :class:`ValidationError`."""
+    if type(value) is not str or value not in allowed:
+        raise ValidationError(f"{name} must be one of {sorted(allowed)}, not {value!r}")
+    return value
+
+
+def check_amount(value: object, name: str) -> int:
+    """Return ``value`` if it is a non-negative ``int`` (``bool`` is refused)."""
+    if type(value) is not int:
+        raise ValidationError(f"{name} must be an int, not {type(value).__name__}")
+    if value < 0:
+        raise ValidationError(f"{name} must not be negative, got {value}")
+    if value >= 2**63:
+        raise ValidationError(f"{name} does not fit in 64 bits")
+    return value
+
+
+def check_optional_int(value: object, name: str, *, minimum: int | None = None) -> int | None:
+    """Return ``value`` if it is ``None`` or an ``int`` of at least ``minimum``."""
+    if value is None:
+        return None
+    if type(value) is not int:
+        raise ValidationError(f"{name} must be an int or None, not {type(value).__name__}")
+    if minimum is not None and value < minimum:
+        raise ValidationError(f"{name} must be at least {minimum}, got {value}")
+    if not -(2**63) <= value < 2**63:
+        raise ValidationError(f"{name} does not fit in 64 bits")
+    return value

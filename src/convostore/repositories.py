@@ -1,0 +1,407 @@
+"""Repositories: the SQL of each aggregate, over an ``AsyncSession`` they never commit.
+
+Each repository is built for one scope (an agent, or a project + session) and puts that
+scope's key into every statement it issues, so no method can touch another tenant's rows.
+They may flush; commit, rollback and close belong to the caller (the façades in
+:mod:`convostore.database` and :mod:`convostore.context`, or the user's unit of work).
+
+Hot paths use Core statements through the session rather than ORM unit-of-work flushes:
+an append is one counter bump plus one ``INSERT``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Row, Table, delete, insert, literal, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.functions import coalesce
+
+from convostore import dialects
+from convostore.codec import Encoded
+from convostore.models import ContextMessage, Message, SessionInfo, User
+from convostore.tables import (
+    ContextMessageRecord,
+    ContextTokensRecord,
+    MessageRecord,
+    ThreadRecord,
+    UserRecord,
+)
+
+__all__ = [
+    "NO_PREVIEW",
+    "SessionRepository",
+    "ThreadRepository",
+    "UserRepository",
+]
+
+NO_PREVIEW = "(no preview)"
+
+_users: Table = UserRecord.__table__  # type: ignore[assignment]
+_threads: Table = ThreadRecord.__table__  # type: ignore[assignment]
+_messages: Table = MessageRecord.__table__  # type: ignore[assignment]
+_sessions: Table = ContextTokensRecord.__table__  # type: ignore[assignment]
+_context_messages: Table = ContextMessageRecord.__table__  # type: ignore[assignment]
+
+
+class UserRepository:
+    """Users of one agent."""
+
+    def __init__(self, session: AsyncSession, agent_key: str) -> None:
+        self._session = session
+        self._agent = agent_key
+        self._kind = dialects.family_of(session)
+
+    def _key(self, user_id: str) -> tuple[Any, ...]:
+        return (_users.c.agent_name == self._agent, _users.c.user_id == user_id)
+
+    async def get(self, user_id: str) -> User | None:
+        """The stored user, or ``None``."""
+        stmt = select(_users.c.available_balance, _users.c.current_thread_id).where(
+            *self._key(user_id)
+        )
+        row = (await self._session.execute(stmt)).one_or_none()
+        if row is None:
+            return None
+        return User(
+            user_id=user_id, available_balance=row.available_balance, current_thread_id=row[1]
+        )
+
+    async def upsert(self, user: User, now: datetime) -> None:
+        """Create the user or overwrite its balance and current thread (agentstr's semantics)."""
+        values = {
+            "agent_name": self._agent,
+            "user_id": user.user_id,
+            "available_balance": user.available_balance,
+            "current_thread_id": user.current_thread_id,
+            "created_at": now,
+            "updated_at": now,
+        }
+        stmt = dialects.upsert(
+            self._kind,
+            _users,
+            values,
+            key=["agent_name", "user_id"],
+            update=lambda new: {
+                "available_balance": new.available_balance,
+                "current_thread_id": new.current_thread_id,
+                "updated_at": new.updated_at,
+            },
+        )
+        await self._session.execute(stmt)
+
+    async def set_current_thread(self, user_id: str, thread_id: str | None, now: datetime) -> None:
+        """Set the user's current thread, creating the user with a zero balance if needed."""
+        values = {
+            "agent_name": self._agent,
+            "user_id": user_id,
+            "available_balance": 0,
+            "current_thread_id": thread_id,
+            "created_at": now,
+            "updated_at": now,
+        }
+        stmt = dialects.upsert(
+            self._kind,
+            _users,
+            values,
+            key=["agent_name", "user_id"],
+            update=lambda new: {
+                "current_thread_id": new.current_thread_id,
+                "updated_at": new.updated_at,
+            },
+        )
+        await self._session.execute(stmt)
+
+    async def credit(self, user_id: str, amount: int, now: datetime) -> int:
+        """Add ``amount`` to the balance in one atomic statement; return the new balance."""
+        return await dialects.bump_counter(
+            self._session,
+            _users,
+            {"agent_name": self._agent, "user_id": user_id},
+            counter="available_balance",
+            n=amount,
+            insert_values={"current_thread_id": None, "created_at": now, "updated_at": now},
+            also_update=lambda new: {"updated_at": new.updated_at},
+        )
+
+    async def debit(self, user_id: str, amount: int, now: datetime) -> bool:
+        """Subtract ``amount`` if the balance covers it, in one atomic statement.
+
+        Returns:
+            Whether the balance was debited; ``False`` changes nothing.
+        """
+        stmt = (
+            update(_users)
+            .where(*self._key(user_id), _users.c.available_balance >= amount)
+            .values(available_balance=_users.c.available_balance - amount, updated_at=now)
+        )
+        result = await self._session.execute(stmt)
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+class ThreadRepository:
+    """Threads of one agent and their messages."""
+
+    def __init__(self, session: AsyncSession, agent_key: str) -> None:
+        self._session = session
+        self._agent = agent_key
+
+    async def allocate(self, thread_id: str, count: int, now: datetime) -> int:
+        """Reserve ``count`` consecutive ``idx`` values in the thread; return the first.
+
+        The thread row is created on first use and stays write-locked until the
+        transaction ends, so concurrent writers get disjoint, gap-free ranges.
+        """
+        after = await dialects.bump_counter(
+            self._session,
+            _threads,
+            {"agent_name": self._agent, "thread_id": thread_id},
+            counter="next_idx",
+            n=count,
+            insert_values={"created_at": now, "updated_at": now},
+            also_update=lambda new: {"updated_at": new.updated_at},
+        )
+        return after - count
+
+    async def insert_messages(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Insert message rows (``idx`` already allocated) of this agent."""
+        await self._session.execute(
+            insert(_messages), [{**row, "agent_name": self._agent} for row in rows]
+        )
+
+    async def messages(
+        self,
+        thread_id: str,
+        user_id: str,
+        *,
+        limit: int | None,
+        before_idx: int | None,
+        after_idx: int | None,
+        reverse: bool,
+    ) -> list[Row[Any]]:
+        """Message rows of one thread and user, ordered by ``idx``."""
+        m = _messages.c
+        stmt = select(_messages).where(
+            m.agent_name == self._agent, m.thread_id == thread_id, m.user_id == user_id
+        )
+        if after_idx is not None:
+            stmt = stmt.where(m.idx > after_idx)
+        if before_idx is not None:
+            stmt = stmt.where(m.idx < before_idx)
+        stmt = stmt.order_by(m.idx.desc() if reverse else m.idx)
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        return list((await self._session.execute(stmt)).all())
+
+
+class SessionRepository:
+    """One context-store session (project + session id): its state row and messages."""
+
+    def __init__(self, session: AsyncSession, project: str, session_id: str) -> None:
+        self._session = session
+        self._project = project
+        self._session_id = session_id
+        self._kind = dialects.family_of(session)
+
+    def _state_key(self) -> tuple[Any, ...]:
+        return (_sessions.c.project == self._project, _sessions.c.session_id == self._session_id)
+
+    def _messages_key(self) -> tuple[Any, ...]:
+        c = _context_messages.c
+        return (c.project == self._project, c.session_id == self._session_id)
+
+    async def allocate(self, count: int, now: datetime, preview: str | None) -> int:
+        """Reserve ``count`` consecutive positions; return the first.
+
+        ``preview`` is kept only if the session has none yet: pass the preview of the
+        first user message among the new ones, or ``None``.
+        """
+        after = await dialects.bump_counter(
+            self._session,
+            _sessions,
+            {"project": self._project, "session_id": self._session_id},
+            counter="next_position",
+            n=count,
+            insert_values={
+                "input_tokens": 0,
+                "output_tokens": 0,
+                "preview": preview,
+                "created_at": now,
+            },
+            also_update=lambda new: {"preview": coalesce(_sessions.c.preview, new.preview)},
+        )
+        return after - count
+
+    async def insert_messages(
+        self, first: int, rows: Sequence[tuple[str, Encoded]], now: datetime
+    ) -> None:
+        """Insert ``(role, encoded content)`` rows at positions ``first, first + 1, ...``."""
+        await self._session.execute(
+            insert(_context_messages),
+            [
+                {
+                    "project": self._project,
+                    "session_id": self._session_id,
+                    "position": first + offset,
+                    "role": role,
+                    "content": content,
+                    "created_at": now,
+                }
+                for offset, (role, content) in enumerate(rows)
+            ],
+        )
+
+    async def history(self) -> list[ContextMessage]:
+        """All messages in position order."""
+        c = _context_messages.c
+        stmt = select(c.role, c.content).where(*self._messages_key()).order_by(c.position)
+        rows = (await self._session.execute(stmt)).all()
+        return [
+            ContextMessage.model_construct(role=role, content=content) for role, content in rows
+        ]
+
+    async def tokens(self) -> tuple[int, int]:
+        """``(input, output)`` token totals; ``(0, 0)`` for an unknown session."""
+        stmt = select(_sessions.c.input_tokens, _sessions.c.output_tokens).where(*self._state_key())
+        row = (await self._session.execute(stmt)).one_or_none()
+        return (0, 0) if row is None else (int(row[0]), int(row[1]))
+
+    async def set_tokens(self, input_tokens: int, output_tokens: int, now: datetime) -> None:
+        """Overwrite the token totals."""
+        await self._session.execute(
+            self._tokens_upsert(
+                input_tokens,
+                output_tokens,
+                now,
+                lambda new: {"input_tokens": new.input_tokens, "output_tokens": new.output_tokens},
+            )
+        )
+
+    async def add_tokens(self, input_tokens: int, output_tokens: int, now: datetime) -> None:
+        """Add to the token totals in one atomic statement."""
+        c = _sessions.c
+        await self._session.execute(
+            self._tokens_upsert(
+                input_tokens,
+                output_tokens,
+                now,
+                lambda new: {
+                    "input_tokens": c.input_tokens + new.input_tokens,
+                    "output_tokens": c.output_tokens + new.output_tokens,
+                },
+            )
+        )
+
+    def _tokens_upsert(
+        self, input_tokens: int, output_tokens: int, now: datetime, update_fn: dialects.UpdateFn
+    ) -> Any:
+        values = {
+            "project": self._project,
+            "session_id": self._session_id,
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "next_position": 0,
+            "preview": None,
+            "created_at": now,
+        }
+        return dialects.upsert(
+            self._kind, _sessions, values, key=["project", "session_id"], update=update_fn
+        )
+
+    async def delete(self) -> None:
+        """Remove the session's messages and state (tokens, counter, preview)."""
+        await self._session.execute(delete(_context_messages).where(*self._messages_key()))
+        await self._session.execute(delete(_sessions).where(*self._state_key()))
+
+    async def copy_to(self, new_session_id: str, now: datetime) -> None:
+        """Copy state and messages into ``new_session_id`` of the same project, server-side."""
+        s = _sessions.c
+        # Lock the source's state row first (PostgreSQL, MySQL/MariaDB) so no append lands
+        # between copying the counter and copying the messages. On SQLite the INSERT below
+        # takes the database write lock before it reads, which gives the same guarantee.
+        await self._session.execute(
+            select(s.next_position).where(*self._state_key()).with_for_update()
+        )
+        await self._session.execute(
+            insert(_sessions).from_select(
+                [
+                    "project",
+                    "session_id",
+                    "input_tokens",
+                    "output_tokens",
+                    "next_position",
+                    "preview",
+                    "created_at",
+                ],
+                select(
+                    s.project,
+                    literal(new_session_id, _sessions.c.session_id.type),
+                    s.input_tokens,
+                    s.output_tokens,
+                    s.next_position,
+                    s.preview,
+                    literal(now, _sessions.c.created_at.type),
+                ).where(*self._state_key()),
+            )
+        )
+        c = _context_messages.c
+        await self._session.execute(
+            insert(_context_messages).from_select(
+                ["project", "session_id", "position", "role", "content", "created_at"],
+                select(
+                    c.project,
+                    literal(new_session_id, c.session_id.type),
+                    c.position,
+                    c.role,
+                    c.content,
+                    c.created_at,
+                ).where(*self._messages_key()),
+            )
+        )
+
+    async def list_project(self) -> list[SessionInfo]:
+        """Sessions of this repository's project that hold messages, newest first."""
+        s = _sessions.c
+        stmt = (
+            select(
+                s.session_id,
+                s.next_position,
+                s.preview,
+                s.created_at,
+                s.input_tokens,
+                s.output_tokens,
+            )
+            .where(s.project == self._project, s.next_position > 0)
+            .order_by(s.created_at.desc(), s.session_id.desc())
+        )
+        return [
+            SessionInfo(
+                session_id=row.session_id,
+                message_count=row.next_position,
+                preview=row.preview or NO_PREVIEW,
+                created_at=row.created_at,
+                input_tokens=row.input_tokens,
+                output_tokens=row.output_tokens,
+            )
+            for row in (await self._session.execute(stmt)).all()
+        ]
+
+
+def message_from_row(row: Row[Any], agent_name: str | None) -> Message:
+    """Build the API model of a ``messages`` row; ``agent_name`` as the caller knows it."""
+    return Message(
+        agent_name=agent_name,
+        thread_id=row.thread_id,
+        user_id=row.user_id,
+        idx=row.idx,
+        message=row.message,
+        content=row.content,
+        role=row.role,
+        kind=row.kind,
+        satoshis=row.satoshis,
+        extra_inputs=row.extra_inputs or {},
+        extra_outputs=row.extra_outputs or {},
+        created_at=row.created_at,
+    )

@@ -1,0 +1,125 @@
+"""Where the database is: URL resolution and the short forms users paste.
+
+Precedence: an explicit argument, then ``CONVOSTORE_DATABASE_URL``, then ``DATABASE_URL``,
+then an SQLite file ``convostore.db`` in the working directory.
+
+Accepted forms (see ``docs/backends.md``):
+
+* any SQLAlchemy URL with an async driver, e.g. ``sqlite+aiosqlite:///x.db`` or
+  ``postgresql+asyncpg://...``; these follow SQLAlchemy's rules exactly;
+* agentstr's ``sqlite://PATH``: everything after ``sqlite://`` is the file path, so
+  ``sqlite:///var/data/x.db`` is the absolute path ``/var/data/x.db`` and
+  ``sqlite://:memory:`` is an in-memory database;
+* ``postgres://``, ``postgresql://``, ``mysql://`` and ``mariadb://`` without a driver, which
+  are given the async driver convostore supports;
+* a bare file path (``chat.db``, ``/tmp/chat.db``) or ``:memory:``, for :func:`convostore.connect`.
+"""
+
+from __future__ import annotations
+
+import os
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from convostore.errors import ConfigurationError
+
+__all__ = [
+    "DEFAULT_SQLITE_PATH",
+    "ENV_VARS",
+    "is_memory_sqlite",
+    "redact",
+    "resolve_url",
+]
+
+DEFAULT_SQLITE_PATH = "convostore.db"
+ENV_VARS = ("CONVOSTORE_DATABASE_URL", "DATABASE_URL")
+
+# The async driver used when a URL names a backend without one.
+_ASYNC_DRIVERS = {
+    "postgres": "postgresql+asyncpg",
+    "postgresql": "postgresql+asyncpg",
+    "mysql": "mysql+asyncmy",
+    "mariadb": "mariadb+asyncmy",
+}
+_SYNC_ONLY_DRIVERS = {"pysqlite", "psycopg2", "pymysql", "mysqldb", "mysqlconnector", "pg8000"}
+
+
+def resolve_url(url: str | URL | None = None) -> URL:
+    """Turn what a user gave (or the environment) into an async SQLAlchemy URL.
+
+    Args:
+        url: A URL, an agentstr-style ``sqlite://PATH``, a file path, or ``None`` to consult
+            ``CONVOSTORE_DATABASE_URL``, then ``DATABASE_URL``, then use ``convostore.db``.
+
+    Raises:
+        ConfigurationError: The URL cannot be parsed or names a synchronous driver.
+    """
+    if url is None:
+        url = next((os.environ[name] for name in ENV_VARS if os.environ.get(name)), None)
+    if url is None:
+        return _sqlite_url(DEFAULT_SQLITE_PATH)
+    if isinstance(url, URL):
+        return _with_async_driver(url)
+    text = url.strip()
+    if not text:
+        raise ConfigurationError("the database URL is empty")
+    if text.startswith("sqlite://"):
+        # agentstr's form: the remainder is a path, never SQLAlchemy's slash-counting rules.
+        return _sqlite_url(text[len("sqlite://") :] or ":memory:")
+    if "://" not in text:
+        return _sqlite_url(text)
+    try:
+        parsed = make_url(text)
+    except ArgumentError as exc:
+        raise ConfigurationError(f"cannot parse database URL {_redact_text(text)!r}") from exc
+    return _with_async_driver(parsed)
+
+
+def is_memory_sqlite(url: URL) -> bool:
+    """Whether ``url`` is a private in-memory SQLite database."""
+    database = url.database or ""
+    return url.get_backend_name() == "sqlite" and (
+        database in ("", ":memory:") or "mode=memory" in database
+    )
+
+
+def redact(url: str | URL) -> str:
+    """Render a URL for messages and logs with any password hidden."""
+    if isinstance(url, URL):
+        return url.render_as_string(hide_password=True)
+    return _redact_text(url)
+
+
+def _redact_text(text: str) -> str:
+    try:
+        return make_url(text).render_as_string(hide_password=True)
+    except ArgumentError:
+        scheme, sep, rest = text.partition("://")
+        if not sep or "@" not in rest:
+            return text
+        credentials, _, host = rest.rpartition("@")
+        user = credentials.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}"
+
+
+def _sqlite_url(path: str) -> URL:
+    return URL.create("sqlite+aiosqlite", database=path)
+
+
+def _with_async_driver(url: URL) -> URL:
+    backend, _, driver = url.drivername.partition("+")
+    if not driver:
+        if backend == "sqlite":
+            return url.set(drivername="sqlite+aiosqlite")
+        if backend in _ASYNC_DRIVERS:
+            return url.set(drivername=_ASYNC_DRIVERS[backend])
+        raise ConfigurationError(f"unsupported database backend {backend!r} in {redact(url)!r}")
+    if driver in _SYNC_ONLY_DRIVERS:
+        raise ConfigurationError(
+            f"driver {driver!r} in {redact(url)!r} is synchronous; use an async driver "
+            "(aiosqlite, asyncpg, asyncmy or aiomysql)"
+        )
+    if backend == "postgres":
+        return url.set(drivername=f"postgresql+{driver}")
+    return url

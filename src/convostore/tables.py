@@ -1,0 +1,159 @@
+"""The five tables, as declarative SQLAlchemy 2.0 models.
+
+The schema itself is owned by the Alembic migrations in ``migrations/``; these classes
+describe it for queries, and ``alembic check`` proves the two agree.
+
+Scope columns (agent, project, session/thread) lead every key and index, so every lookup is
+an index range within one tenant. Order always comes from an integer position allocated
+from a counter row in the same transaction as the insert: ``threads.next_idx`` for agent
+messages, ``context_tokens.next_position`` for context messages.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    ForeignKeyConstraint,
+    Index,
+    MetaData,
+    String,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from convostore.types import CompressedJSON, UTCDateTime, key_string, long_text
+
+__all__ = [
+    "AGENT_NAME_LENGTH",
+    "PREVIEW_LENGTH",
+    "PROJECT_LENGTH",
+    "SESSION_ID_LENGTH",
+    "THREAD_ID_LENGTH",
+    "USER_ID_LENGTH",
+    "Base",
+    "ContextMessageRecord",
+    "ContextTokensRecord",
+    "MessageRecord",
+    "ThreadRecord",
+    "UserRecord",
+]
+
+# Key lengths keep every composite key under MySQL/MariaDB's 3072-byte index limit
+# at 4 bytes per utf8mb4 character.
+AGENT_NAME_LENGTH = 128
+USER_ID_LENGTH = 255
+THREAD_ID_LENGTH = 255
+PROJECT_LENGTH = 512
+SESSION_ID_LENGTH = 128
+PREVIEW_LENGTH = 100
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    """Declarative base with a constraint naming convention, so migrations are deterministic."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class UserRecord(Base):
+    """A user of one agent: balance and the thread they are talking in."""
+
+    __tablename__ = "users"
+    __table_args__ = (CheckConstraint("available_balance >= 0", name="balance_not_negative"),)
+
+    agent_name: Mapped[str] = mapped_column(key_string(AGENT_NAME_LENGTH), primary_key=True)
+    user_id: Mapped[str] = mapped_column(key_string(USER_ID_LENGTH), primary_key=True)
+    available_balance: Mapped[int] = mapped_column(BigInteger, default=0)
+    current_thread_id: Mapped[str | None] = mapped_column(key_string(THREAD_ID_LENGTH))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ThreadRecord(Base):
+    """A thread of one agent; ``next_idx`` is the counter that orders its messages."""
+
+    __tablename__ = "threads"
+
+    agent_name: Mapped[str] = mapped_column(key_string(AGENT_NAME_LENGTH), primary_key=True)
+    thread_id: Mapped[str] = mapped_column(key_string(THREAD_ID_LENGTH), primary_key=True)
+    next_idx: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class MessageRecord(Base):
+    """One message of an agent thread, at position ``idx`` (0, 1, 2, ...)."""
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["agent_name", "thread_id"],
+            ["threads.agent_name", "threads.thread_id"],
+            ondelete="CASCADE",
+        ),
+        Index("ix_messages_agent_name_user_id_thread_id", "agent_name", "user_id", "thread_id"),
+    )
+
+    agent_name: Mapped[str] = mapped_column(key_string(AGENT_NAME_LENGTH), primary_key=True)
+    thread_id: Mapped[str] = mapped_column(key_string(THREAD_ID_LENGTH), primary_key=True)
+    idx: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    user_id: Mapped[str] = mapped_column(key_string(USER_ID_LENGTH))
+    role: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[str] = mapped_column(String(32))
+    message: Mapped[str] = mapped_column(long_text())
+    content: Mapped[Any] = mapped_column(CompressedJSON())
+    satoshis: Mapped[int | None] = mapped_column(BigInteger)
+    extra_inputs: Mapped[Any] = mapped_column(CompressedJSON())
+    extra_outputs: Mapped[Any] = mapped_column(CompressedJSON())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ContextTokensRecord(Base):
+    """Per-session state of the context store, one row per (project, session_id).
+
+    Besides the token totals it holds ``next_position`` (the counter that orders the
+    session's messages, equal to its message count since positions are gap-free), the
+    preview (first user message's first text block; ``""`` when that message has none) and
+    the creation time. ``list_sessions`` reads this table alone.
+    """
+
+    __tablename__ = "context_tokens"
+    __table_args__ = (Index("ix_context_tokens_project_created_at", "project", "created_at"),)
+
+    project: Mapped[str] = mapped_column(key_string(PROJECT_LENGTH), primary_key=True)
+    session_id: Mapped[str] = mapped_column(key_string(SESSION_ID_LENGTH), primary_key=True)
+    input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    next_position: Mapped[int] = mapped_column(BigInteger, default=0)
+    preview: Mapped[str | None] = mapped_column(String(PREVIEW_LENGTH))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ContextMessageRecord(Base):
+    """One message of a context-store session, at ``position`` (0, 1, 2, ...)."""
+
+    __tablename__ = "context_messages"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["project", "session_id"],
+            ["context_tokens.project", "context_tokens.session_id"],
+            ondelete="CASCADE",
+        ),
+    )
+
+    project: Mapped[str] = mapped_column(key_string(PROJECT_LENGTH), primary_key=True)
+    session_id: Mapped[str] = mapped_column(key_string(SESSION_ID_LENGTH), primary_key=True)
+    position: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    role: Mapped[str] = mapped_column(String(16))
+    content: Mapped[Any] = mapped_column(CompressedJSON())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -1,0 +1,126 @@
+"""Column types shared by the tables and the migrations.
+
+Revision files import this module (never the models), so everything here must stay
+importable and stable: a migration written today renders these types by name.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import DateTime, LargeBinary, String, Text
+from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator, TypeEngine
+
+from convostore import codec
+from convostore.errors import SerializationError
+
+__all__ = ["CompressedJSON", "UTCDateTime", "key_string", "long_text"]
+
+
+class CompressedJSON(TypeDecorator[Any]):
+    """A JSON value stored as compact bytes, compressed above a size threshold.
+
+    The stored format (one header byte naming the codec, then the body) is described in
+    :mod:`convostore.codec`. ``None`` is stored as SQL ``NULL``. Values that are not exactly
+    JSON raise :class:`~convostore.errors.SerializationError` before any SQL is sent; so do
+    corrupt stored bytes and payloads that would expand beyond ``max_size``.
+
+    Args:
+        threshold: Compress JSON longer than this many bytes.
+        max_size: Refuse to write or expand a JSON document larger than this.
+    """
+
+    impl = LargeBinary
+    cache_ok = True
+
+    def __init__(
+        self,
+        threshold: int = codec.DEFAULT_THRESHOLD,
+        max_size: int = codec.DEFAULT_MAX_SIZE,
+    ) -> None:
+        super().__init__()
+        self.threshold = threshold
+        self.max_size = max_size
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name in ("mysql", "mariadb"):
+            # Plain BLOB stops at 64 KiB; conversations carry megabytes.
+            return dialect.type_descriptor(mysql.LONGBLOB())
+        return dialect.type_descriptor(LargeBinary())
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> bytes | None:
+        if value is None:
+            return None
+        if isinstance(value, codec.Encoded):
+            return value.data
+        return codec.encode(value, threshold=self.threshold, max_size=self.max_size)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        return codec.decode(bytes(value), max_size=self.max_size)
+
+    def __repr__(self) -> str:
+        args = []
+        if self.threshold != codec.DEFAULT_THRESHOLD:
+            args.append(f"threshold={self.threshold}")
+        if self.max_size != codec.DEFAULT_MAX_SIZE:
+            args.append(f"max_size={self.max_size}")
+        return f"CompressedJSON({', '.join(args)})"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC timestamp with microseconds on every backend.
+
+    PostgreSQL stores ``timestamptz``; SQLite and MySQL/MariaDB store the UTC wall time
+    (``DATETIME(6)`` on MySQL/MariaDB). Values read back are always aware and in UTC.
+    Naive datetimes are refused: their zone is unknown.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        return dialect.type_descriptor(DateTime(timezone=True))
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise SerializationError("naive datetime: give a timezone-aware value")
+        value = value.astimezone(UTC)
+        if dialect.name == "postgresql":
+            return value
+        return value.replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+    def __repr__(self) -> str:
+        return "UTCDateTime()"
+
+
+def key_string(length: int) -> String:
+    """A ``VARCHAR(length)`` for ids that compares byte for byte on every backend.
+
+    MySQL/MariaDB's default collations fold case and accents (so ``"Alice" == "alice"``),
+    which would let one tenant's key match another's; the binary collation keeps ids exact
+    as they are on SQLite and PostgreSQL.
+    """
+    return String(length).with_variant(
+        mysql.VARCHAR(length, charset="utf8mb4", collation="utf8mb4_bin"), "mysql", "mariadb"
+    )
+
+
+def long_text() -> Text:
+    """Unbounded text: ``TEXT`` on SQLite and PostgreSQL, ``LONGTEXT`` on MySQL/MariaDB."""
+    return Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")

@@ -1,0 +1,208 @@
+"""Backends for the test suite, chosen by name: ``pytest --db sqlite,postgresql,mariadb``.
+
+Names: ``memory`` (the in-memory reference implementations, contract suites only),
+``sqlite`` (a file per test, plus ``:memory:`` for the contract suites), ``postgresql``,
+``mariadb``. Default: all of them. A server that cannot be reached is skipped with the
+reason, except with ``CI=true``, where every named backend is required and an unreachable
+one fails the run.
+
+Server URLs come from ``CONVOSTORE_TEST_POSTGRESQL_URL`` and ``CONVOSTORE_TEST_MARIADB_URL``
+(defaults: the machine's ``postgres@127.0.0.1:5432`` and ``root@127.0.0.1:3306``). Each test
+session creates its own database on each server, migrated once through Alembic, empties
+its tables before every test and drops it at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sqlalchemy import URL, make_url, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import NullPool
+
+from convostore import migrate
+from convostore.engine import create_engine
+
+ALL_BACKENDS = ("memory", "sqlite", "postgresql", "mariadb")
+SERVER_BACKENDS = ("postgresql", "mariadb")
+DEFAULT_URLS = {
+    "postgresql": "postgresql+asyncpg://postgres@127.0.0.1:5432/test",
+    "mariadb": "mysql+asyncmy://root@127.0.0.1:3306/test",
+}
+# Children first, so deletes never trip a foreign key.
+TABLES = ("messages", "threads", "users", "context_messages", "context_tokens")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--db",
+        default=",".join(ALL_BACKENDS),
+        help=f"comma-separated backends to test: {', '.join(ALL_BACKENDS)} (default: all)",
+    )
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def selected_backends(config: pytest.Config) -> list[str]:
+    names = [n.strip() for n in str(config.getoption("--db")).split(",") if n.strip()]
+    unknown = sorted(set(names) - set(ALL_BACKENDS))
+    if unknown:
+        raise pytest.UsageError(f"unknown --db backend(s) {unknown}; choose from {ALL_BACKENDS}")
+    return names
+
+
+def server_admin_url(name: str) -> URL:
+    env = f"CONVOSTORE_TEST_{name.upper()}_URL"
+    return make_url(os.environ.get(env) or DEFAULT_URLS[name])
+
+
+@dataclass
+class ServerDatabase:
+    """A database this test session created on a server."""
+
+    name: str
+    url: URL | None = None
+    error: str | None = None
+
+
+_servers: dict[str, ServerDatabase] = {}
+
+
+async def _create_database(name: str) -> URL:
+    admin = server_admin_url(name)
+    engine = create_engine(admin, poolclass=NullPool, connect_args=_timeout_args(name))
+    database = f"convostore_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    try:
+        async with engine.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await conn.execute(text(f"CREATE DATABASE {database}"))
+    finally:
+        await engine.dispose()
+    return admin.set(database=database)
+
+
+async def drop_database(url: URL) -> None:
+    """Drop a test database created by :func:`create_server_database`."""
+    name = "postgresql" if url.get_backend_name() == "postgresql" else "mariadb"
+    admin = server_admin_url(name)
+    engine = create_engine(admin, poolclass=NullPool)
+    try:
+        async with engine.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            if name == "postgresql":
+                await conn.execute(text(f"DROP DATABASE IF EXISTS {url.database} WITH (FORCE)"))
+            else:
+                await conn.execute(text(f"DROP DATABASE IF EXISTS {url.database}"))
+    finally:
+        await engine.dispose()
+
+
+async def create_server_database(name: str, *, migrated: bool = True) -> URL:
+    """Create a fresh database on server ``name``, migrated to head unless told otherwise."""
+    url = await _create_database(name)
+    if migrated:
+        await migrate.upgrade(url)
+    return url
+
+
+def _timeout_args(name: str) -> dict[str, object]:
+    return {"timeout": 5} if name == "postgresql" else {"connect_timeout": 5}
+
+
+def server_database(name: str) -> ServerDatabase:
+    """This session's migrated database on server ``name`` (created on first use)."""
+    if name not in _servers:
+        server = ServerDatabase(name)
+        try:
+            server.url = asyncio.run(create_server_database(name))
+        except Exception as exc:
+            server.error = f"{type(exc).__name__}: {exc}"
+        _servers[name] = server
+    return _servers[name]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    for server in _servers.values():
+        if server.url is not None:
+            asyncio.run(drop_database(server.url))
+
+
+def require_backend(config: pytest.Config, name: str) -> None:
+    """Skip (or, in CI, fail) unless backend ``name`` was selected and is reachable."""
+    if name not in selected_backends(config):
+        pytest.skip(f"backend {name!r} not selected with --db")
+    if name in SERVER_BACKENDS:
+        server = server_database(name)
+        if server.url is None:
+            reason = f"{name} unreachable at {server_admin_url(name).render_as_string()}: {server.error}"
+            if in_ci():
+                pytest.fail(f"CI=true requires every backend: {reason}", pytrace=False)
+            pytest.skip(reason)
+
+
+async def empty_tables(url: URL) -> None:
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        async with engine.begin() as conn:
+            for table in TABLES:
+                await conn.execute(text(f"DELETE FROM {table}"))
+    finally:
+        await engine.dispose()
+
+
+SQL_BACKENDS = [
+    pytest.param("sqlite", marks=pytest.mark.sqlite),
+    pytest.param("postgresql", marks=pytest.mark.postgresql),
+    pytest.param("mariadb", marks=pytest.mark.mariadb),
+]
+
+
+@pytest.fixture(params=SQL_BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """The name of a SQL backend; tests using it run once per selected backend."""
+    name: str = request.param
+    require_backend(request.config, name)
+    return name
+
+
+@pytest.fixture
+async def db_url(backend: str, tmp_path: Path) -> AsyncIterator[URL]:
+    """A clean database at head on ``backend``: a new SQLite file, or this session's emptied server database."""
+    if backend == "sqlite":
+        url = URL.create("sqlite+aiosqlite", database=str(tmp_path / "test.db"))
+        await migrate.upgrade(url)
+        yield url
+        return
+    server = _servers[backend]
+    assert server.url is not None
+    await empty_tables(server.url)
+    yield server.url
+
+
+@pytest.fixture
+async def engine(db_url: URL) -> AsyncIterator[AsyncEngine]:
+    """An engine on :func:`db_url`, disposed after the test."""
+    eng = create_engine(db_url)
+    yield eng
+    await eng.dispose()
+
+
+@pytest.fixture
+def fresh_server_database(backend: str) -> Iterator[URL | None]:
+    """An empty, unmigrated database of its own on a server backend (None on SQLite)."""
+    if backend == "sqlite":
+        yield None
+        return
+    url = asyncio.run(create_server_database(backend, migrated=False))
+    try:
+        yield url
+    finally:
+        asyncio.run(drop_database(url))

@@ -1,0 +1,108 @@
+"""Implementations under contract: the in-memory reference and every selected SQL backend.
+
+``make_database(agent_name=...)`` and ``make_store(session_id=..., project=...)`` build
+objects that share one storage per test, so two of them can see (or must not see) each
+other's rows. Everything they open is closed after the test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import URL
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from convostore import (
+    AgentDatabase,
+    ContextStore,
+    InMemoryContextStore,
+    InMemoryDatabase,
+    MemoryStorage,
+    SQLAlchemyContextStore,
+    SQLAlchemyDatabase,
+    connect,
+    create_engine,
+)
+from tests.conftest import _servers, empty_tables, require_backend
+
+IMPLEMENTATIONS = [
+    pytest.param("memory"),
+    pytest.param("sqlite", marks=pytest.mark.sqlite),
+    pytest.param("sqlite-memory", marks=pytest.mark.sqlite),
+    pytest.param("postgresql", marks=pytest.mark.postgresql),
+    pytest.param("mariadb", marks=pytest.mark.mariadb),
+]
+
+MakeDatabase = Callable[..., Awaitable[AgentDatabase]]
+MakeStore = Callable[..., Awaitable[ContextStore]]
+
+
+@pytest.fixture(params=IMPLEMENTATIONS)
+def implementation(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    require_backend(request.config, "sqlite" if name.startswith("sqlite") else name)
+    return name
+
+
+@pytest.fixture
+async def shared_engine(implementation: str, tmp_path: Path) -> AsyncIterator[AsyncEngine | None]:
+    """One engine per test for the SQL implementations (None for memory)."""
+    if implementation == "memory":
+        yield None
+        return
+    if implementation == "sqlite":
+        engine = await connect(str(tmp_path / "contract.db"))
+    elif implementation == "sqlite-memory":
+        engine = await connect(":memory:")
+    else:
+        url: URL | None = _servers[implementation].url
+        assert url is not None
+        await empty_tables(url)
+        engine = create_engine(url)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def make_database(
+    implementation: str, shared_engine: AsyncEngine | None
+) -> AsyncIterator[MakeDatabase]:
+    storage = MemoryStorage()
+    opened: list[AgentDatabase] = []
+
+    async def make(agent_name: str | None = "agent", **kwargs: Any) -> AgentDatabase:
+        db: AgentDatabase
+        if shared_engine is None:
+            db = InMemoryDatabase(storage, agent_name=agent_name)
+        else:
+            db = SQLAlchemyDatabase(engine=shared_engine, agent_name=agent_name, **kwargs)
+        opened.append(db)
+        return await db.async_init()
+
+    yield make
+    for db in opened:
+        await db.close()
+
+
+@pytest.fixture
+async def make_store(
+    implementation: str, shared_engine: AsyncEngine | None
+) -> AsyncIterator[MakeStore]:
+    storage = MemoryStorage()
+    opened: list[ContextStore] = []
+
+    async def make(session_id: str | None = None, project: str = "/project") -> ContextStore:
+        store: ContextStore
+        if shared_engine is None:
+            store = InMemoryContextStore(storage, session_id=session_id, project=project)
+        else:
+            store = SQLAlchemyContextStore(shared_engine, session_id=session_id, project=project)
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        await store.close()
