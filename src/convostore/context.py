@@ -163,6 +163,33 @@ class SQLAlchemyContextStore(ContextStore):
         await self._ensure_ready()
         return await self._runner.run(lambda s: self._repo(s).history())
 
+    async def get_last(self, count: int) -> list[ContextMessage]:
+        """The last ``count`` messages in insertion order (fewer if the session is shorter)."""
+        check_amount(count, "count")
+        if count == 0:
+            return []
+        await self._ensure_ready()
+        return await self._runner.run(lambda s: self._repo(s).last(count))
+
+    async def replace_history(self, messages: Iterable[ContextMessage]) -> None:
+        """Make ``messages`` the session's whole history, in one transaction.
+
+        Positions restart at 0, the preview is recomputed from the new messages and the
+        token totals are kept. Either the new history is stored or, on any failure, the old
+        one is left exactly as it was (unlike ``clear()`` followed by appends).
+        """
+        checked = [encoded_context_message(message) for message in messages]
+        preview = next((p for m, _ in checked if (p := m.preview()) is not None), None)
+        await self._ensure_ready()
+        now = _now()
+        rows = [(m.role, data) for m, data in checked]
+        await self._runner.run(lambda s: self._repo(s).replace(rows, now, preview))
+
+    async def pop(self) -> ContextMessage | None:
+        """Remove the last message and return it, atomically; ``None`` if there is none."""
+        await self._ensure_ready()
+        return await self._runner.run(lambda s: self._repo(s).pop_last())
+
     async def clear(self) -> None:
         await self._ensure_ready()
         await self._runner.run(lambda s: self._repo(s).delete())

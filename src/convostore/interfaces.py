@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Self
 
 from convostore.models import ContextMessage, Message, SessionInfo, User
@@ -117,6 +117,22 @@ class ContextStore(ABC):
     @abstractmethod
     async def get_history(self) -> list[ContextMessage]:
         """All messages in insertion order."""
+
+    async def get_last(self, count: int) -> list[ContextMessage]:
+        """The last ``count`` messages in insertion order (fewer if the session is shorter)."""
+        history = await self.get_history()
+        return history[-count:] if count > 0 else []
+
+    @abstractmethod
+    async def replace_history(self, messages: Iterable[ContextMessage]) -> None:
+        """Make ``messages`` the whole history atomically: all of it is stored, or nothing changes.
+
+        Positions restart at 0, the preview is recomputed and the token totals are kept.
+        """
+
+    @abstractmethod
+    async def pop(self) -> ContextMessage | None:
+        """Remove the last message and return it, atomically; ``None`` if there is none."""
 
     @abstractmethod
     async def clear(self) -> None:

@@ -279,6 +279,24 @@ class InMemoryContextStore(ContextStore):
             for role, data in state.messages
         ]
 
+    async def get_last(self, count: int) -> list[ContextMessage]:
+        check_amount(count, "count")
+        return (await self.get_history())[-count:] if count else []
+
+    async def replace_history(self, messages: Iterable[ContextMessage]) -> None:
+        # Everything is checked and encoded before the stored list is touched: all or none.
+        checked = [encoded_context_message(message) for message in messages]
+        state = self._state()
+        state.messages = [(message.role, data.data) for message, data in checked]
+        state.preview = next((p for m, _ in checked if (p := m.preview()) is not None), None)
+
+    async def pop(self) -> ContextMessage | None:
+        state = self.storage.sessions.get((self._project, self._session_id))
+        if state is None or not state.messages:
+            return None
+        role, data = state.messages.pop()
+        return ContextMessage.model_construct(role=role, content=codec.decode(data))
+
     async def clear(self) -> None:
         self.storage.sessions.pop((self._project, self._session_id), None)
 

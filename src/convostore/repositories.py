@@ -262,6 +262,65 @@ class SessionRepository:
             ContextMessage.model_construct(role=role, content=content) for role, content in rows
         ]
 
+    async def last(self, count: int) -> list[ContextMessage]:
+        """The last ``count`` messages, in position order."""
+        c = _context_messages.c
+        stmt = (
+            select(c.role, c.content)
+            .where(*self._messages_key())
+            .order_by(c.position.desc())
+            .limit(count)
+        )
+        rows = (await self._session.execute(stmt)).all()
+        return [
+            ContextMessage.model_construct(role=role, content=content)
+            for role, content in reversed(rows)
+        ]
+
+    async def replace(
+        self, rows: Sequence[tuple[str, Encoded]], now: datetime, preview: str | None
+    ) -> None:
+        """Make ``rows`` the whole history, at positions 0, 1, ...; tokens are kept.
+
+        The state row is written first, so it is locked before the messages are touched:
+        the same order as an append, which keeps concurrent writers from deadlocking.
+        """
+        await self._session.execute(
+            update(_sessions).where(*self._state_key()).values(next_position=0, preview=None)
+        )
+        await self._session.execute(delete(_context_messages).where(*self._messages_key()))
+        if rows:
+            first = await self.allocate(len(rows), now, preview)
+            await self.insert_messages(first, rows, now)
+
+    async def pop_last(self) -> ContextMessage | None:
+        """Remove the last message and return it, or ``None`` if there is none.
+
+        Positions are gap-free, so the last message sits at ``next_position - 1``. The
+        counter is decremented first: that write locks the state row (the database, on
+        SQLite), so two concurrent pops take different messages and a concurrent append
+        waits and then lands right after what remains.
+        """
+        s = _sessions.c
+        result = await self._session.execute(
+            update(_sessions)
+            .where(*self._state_key(), s.next_position > 0)
+            .values(next_position=s.next_position - 1)
+        )
+        if not result.rowcount:  # type: ignore[attr-defined]
+            return None
+        # A locking read: on MySQL/MariaDB a plain SELECT could see an older snapshot.
+        position = (
+            await self._session.execute(
+                select(s.next_position).where(*self._state_key()).with_for_update()
+            )
+        ).scalar_one()
+        c = _context_messages.c
+        at = (*self._messages_key(), c.position == position)
+        row = (await self._session.execute(select(c.role, c.content).where(*at))).one()
+        await self._session.execute(delete(_context_messages).where(*at))
+        return ContextMessage.model_construct(role=row.role, content=row.content)
+
     async def tokens(self) -> tuple[int, int]:
         """``(input, output)`` token totals; ``(0, 0)`` for an unknown session."""
         stmt = select(_sessions.c.input_tokens, _sessions.c.output_tokens).where(*self._state_key())
