@@ -7,10 +7,13 @@ stores on it that share one storage per test.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore import (
@@ -89,3 +92,28 @@ def make_store(store_engine: AsyncEngine | None) -> MakeStore:
         return SQLAlchemyContextStore(store_engine, session_id=session_id, project=project)
 
     return make
+
+
+class SimulatedCrashError(Exception):
+    """Raised by a statement hook to stop a transaction halfway through."""
+
+
+def inserts_messages(statement: str) -> bool:
+    """An ``INSERT ... VALUES`` of context messages (not a fork's ``INSERT ... SELECT``)."""
+    words = statement.split()
+    return words[:3] == ["INSERT", "INTO", "context_messages"] and "VALUES" in words
+
+
+@contextmanager
+def crash_on(engine: AsyncEngine, matches: Callable[[str], bool]) -> Iterator[None]:
+    """Make every statement that ``matches`` fail, as a crash at that point would."""
+
+    def hook(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if matches(statement):
+            raise SimulatedCrashError(statement.split("(")[0])
+
+    event.listen(engine.sync_engine, "before_cursor_execute", hook)
+    try:
+        yield
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", hook)

@@ -7,12 +7,9 @@ and every selected SQL backend.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore import (
@@ -21,7 +18,7 @@ from convostore import (
     SQLAlchemyContextStore,
     ValidationError,
 )
-from tests.integrations.conftest import MakeStore
+from tests.integrations.conftest import MakeStore, SimulatedCrashError, crash_on, inserts_messages
 
 
 def text(role: Any, value: str) -> ContextMessage:
@@ -30,25 +27,6 @@ def text(role: Any, value: str) -> ContextMessage:
 
 OLD = [text("user", "old question"), text("assistant", "old answer"), text("user", "more")]
 NEW = [text("user", "new question"), text("assistant", "new answer")]
-
-
-class SimulatedCrashError(Exception):
-    """Raised by a statement hook to stop a transaction halfway through."""
-
-
-@contextmanager
-def crash_on(engine: AsyncEngine, sql_prefix: str) -> Iterator[None]:
-    """Make every statement starting with ``sql_prefix`` fail, as a crash there would."""
-
-    def hook(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if statement.lstrip().upper().startswith(sql_prefix):
-            raise SimulatedCrashError(statement.split("(")[0])
-
-    event.listen(engine.sync_engine, "before_cursor_execute", hook)
-    try:
-        yield
-    finally:
-        event.remove(engine.sync_engine, "before_cursor_execute", hook)
 
 
 async def test_replace_history_restarts_positions_and_keeps_tokens(make_store: MakeStore) -> None:
@@ -156,7 +134,7 @@ async def test_a_crash_between_delete_and_insert_keeps_the_old_history(
     store = SQLAlchemyContextStore(sql_engine, session_id="s", project="/p")
     await store.append_many(OLD)
 
-    with crash_on(sql_engine, "INSERT INTO CONTEXT_MESSAGES"), pytest.raises(SimulatedCrashError):
+    with crash_on(sql_engine, inserts_messages), pytest.raises(SimulatedCrashError):
         await store.replace_history(NEW)
 
     assert await store.get_history() == OLD
@@ -171,7 +149,7 @@ async def test_the_same_crash_loses_the_history_with_clear_then_append(
     await store.append_many(OLD)
 
     await store.clear()
-    with crash_on(sql_engine, "INSERT INTO CONTEXT_MESSAGES"), pytest.raises(SimulatedCrashError):
+    with crash_on(sql_engine, inserts_messages), pytest.raises(SimulatedCrashError):
         await store.append_many(NEW)
 
     assert await store.get_history() == []

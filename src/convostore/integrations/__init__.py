@@ -1,0 +1,12 @@
+"""Drop-in adapters for agent frameworks, each an optional extra imported on its own.
+
+* :mod:`convostore.integrations.axio`: an ``axio.context.ContextStore`` on any URL
+  (``pip install convostore[axio]``, Python 3.12+);
+* :mod:`convostore.integrations.agentstr`: registers :class:`~convostore.SQLAlchemyDatabase`
+  as agentstr's ``BaseDatabase`` when agentstr is installed;
+* :mod:`convostore.integrations.openai_agents`: the OpenAI Agents SDK's ``Session``
+  (``pip install convostore[openai-agents]``).
+
+Nothing here is imported by ``import convostore``: each module imports its framework, so
+import only the one you use.
+"""
