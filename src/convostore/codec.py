@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import math
 import threading
 import zlib
@@ -125,6 +126,10 @@ def decode(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> Any:
         raise SerializationError("stored payload is empty")
     header, body = data[0], memoryview(data)[1:]
     if header == PLAIN:
+        if len(body) > max_size:
+            raise SerializationError(
+                f"payload of {len(body)} bytes exceeds the maximum of {max_size} bytes"
+            )
         raw: bytes | memoryview = body
     elif header == ZSTD:
         raw = _zstd_decompress(body, max_size)
@@ -141,27 +146,45 @@ def decode(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> Any:
 def decode_axio_payload(text: str, *, max_size: int = DEFAULT_MAX_SIZE) -> Any:
     """Decode a value stored by axio-context-sqlite (``plain:…``, ``gzip:`` + base64, or JSON).
 
+    Integers come back exact whatever their size; ``NaN``, ``Infinity`` and numbers too
+    large for a float are refused.
+
     Raises:
-        SerializationError: The text is corrupt or would expand beyond ``max_size``.
+        SerializationError: The text is corrupt, is not exactly JSON, or would expand
+            beyond ``max_size``.
     """
     if text.startswith("gzip:"):
         try:
             compressed = base64.b64decode(text[5:], validate=True)
         except (binascii.Error, ValueError) as exc:
             raise SerializationError(f"axio payload is not valid base64: {exc}") from exc
-        raw: bytes | memoryview | str = _inflate(memoryview(compressed), max_size, wbits=31)
+        raw: bytes | str = _inflate(memoryview(compressed), max_size, wbits=31)
     elif text.startswith("plain:"):
         raw = text[6:]
     else:
         raw = text
+    # axio wrote these with the stdlib's json.dumps, which writes integers of any size and
+    # NaN/Infinity. orjson would read big integers back as floats, so the stdlib parses
+    # them: exact integers, and non-finite numbers refused rather than carried over.
     try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
+        return json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except (ValueError, RecursionError) as exc:
         raise SerializationError(f"axio payload is not valid JSON: {exc}") from exc
 
 
 def _refuse(value: object) -> None:
     raise TypeError(f"{type(value).__name__} is not a JSON type")
+
+
+def _refuse_constant(name: str) -> float:
+    raise SerializationError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise SerializationError(f"{text} is out of the range of a JSON number")
+    return number
 
 
 def _check_exact_json(value: Any) -> None:
@@ -215,10 +238,15 @@ def _zstd_decompress(body: memoryview, max_size: int) -> bytes:
             )
         # With a declared size the output buffer is exactly that size, so a frame whose
         # header understates its content fails instead of growing; without one, the
-        # buffer is capped at max_size.
-        raw: bytes = _zstd_decompressor().decompress(body, max_output_size=max_size)
+        # buffer is capped at max_size. The encoder writes exactly one frame, so bytes
+        # after it mean corruption, not a second frame to ignore.
+        raw: bytes = _zstd_decompressor().decompress(
+            body, max_output_size=max_size, allow_extra_data=False
+        )
     except zstandard.ZstdError as exc:
-        raise SerializationError(f"stored zstd payload is corrupt: {exc}") from exc
+        raise SerializationError(
+            f"stored zstd payload is corrupt or expands beyond {max_size} bytes: {exc}"
+        ) from exc
     if len(raw) > max_size:
         raise SerializationError(f"payload expands beyond the maximum of {max_size} bytes")
     return raw
@@ -234,4 +262,6 @@ def _inflate(body: memoryview, max_size: int, *, wbits: int) -> bytes:
         raise SerializationError(f"payload expands beyond the maximum of {max_size} bytes")
     if not inflater.eof:
         raise SerializationError("stored deflate payload is truncated")
+    if inflater.unused_data:
+        raise SerializationError("stored deflate payload has trailing bytes")
     return raw

@@ -71,16 +71,25 @@ def resolve_url(url: str | URL | None = None) -> URL:
         return _sqlite_url(text)
     try:
         parsed = make_url(text)
-    except ArgumentError as exc:
+    except (ArgumentError, ValueError) as exc:
+        # A non-numeric port raises ValueError rather than ArgumentError.
         raise ConfigurationError(f"cannot parse database URL {_redact_text(text)!r}") from exc
+    if "@" in (parsed.host or ""):
+        # An unescaped "@" in the password: SQLAlchemy would take its tail for the host.
+        raise ConfigurationError(
+            f"cannot parse database URL {_redact_text(text)!r}: escape '@' in the password as %40"
+        )
     return _with_async_driver(parsed)
 
 
 def is_memory_sqlite(url: URL) -> bool:
     """Whether ``url`` is a private in-memory SQLite database."""
     database = url.database or ""
+    # SQLAlchemy moves ``?mode=memory`` of a ``file:`` URI into the query.
     return url.get_backend_name() == "sqlite" and (
-        database in ("", ":memory:") or "mode=memory" in database
+        database in ("", ":memory:")
+        or "mode=memory" in database
+        or url.query.get("mode") == "memory"
     )
 
 
@@ -93,14 +102,19 @@ def redact(url: str | URL) -> str:
 
 def _redact_text(text: str) -> str:
     try:
-        return make_url(text).render_as_string(hide_password=True)
-    except ArgumentError:
-        scheme, sep, rest = text.partition("://")
-        if not sep or "@" not in rest:
-            return text
-        credentials, _, host = rest.rpartition("@")
-        user = credentials.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}"
+        url: URL | None = make_url(text)
+    except (ArgumentError, ValueError):
+        url = None
+    # An "@" left in the host means SQLAlchemy split an unescaped password at its first
+    # "@"; the last "@" is where the credentials really end.
+    if url is not None and "@" not in (url.host or ""):
+        return url.render_as_string(hide_password=True)
+    scheme, sep, rest = text.partition("://")
+    if not sep or "@" not in rest:
+        return text
+    credentials, _, host = rest.rpartition("@")
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
 
 
 def _sqlite_url(path: str) -> URL:
@@ -109,12 +123,12 @@ def _sqlite_url(path: str) -> URL:
 
 def _with_async_driver(url: URL) -> URL:
     backend, _, driver = url.drivername.partition("+")
+    if backend != "sqlite" and backend not in _ASYNC_DRIVERS:
+        raise ConfigurationError(f"unsupported database backend {backend!r} in {redact(url)!r}")
     if not driver:
         if backend == "sqlite":
             return url.set(drivername="sqlite+aiosqlite")
-        if backend in _ASYNC_DRIVERS:
-            return url.set(drivername=_ASYNC_DRIVERS[backend])
-        raise ConfigurationError(f"unsupported database backend {backend!r} in {redact(url)!r}")
+        return url.set(drivername=_ASYNC_DRIVERS[backend])
     if driver in _SYNC_ONLY_DRIVERS:
         raise ConfigurationError(
             f"driver {driver!r} in {redact(url)!r} is synchronous; use an async driver "
