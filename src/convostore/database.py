@@ -16,6 +16,7 @@ from typing import Any, Self
 from sqlalchemy import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from convostore import codec
 from convostore import migrate as migrations
 from convostore.engine import create_engine
 from convostore.errors import ConfigurationError, InsufficientBalance
@@ -247,8 +248,10 @@ class SQLAlchemyDatabase(AgentDatabase):
             role=new.role,
             kind=new.kind,
             satoshis=new.satoshis,
-            extra_inputs=new.extra_inputs,
-            extra_outputs=new.extra_outputs,
+            # Decoded from what was written, as get_messages will return them: tuples become
+            # lists, and later changes to the caller's objects do not show through.
+            extra_inputs=codec.decode(new.encoded_inputs.data),
+            extra_outputs=codec.decode(new.encoded_outputs.data),
             created_at=now,
         )
 

@@ -335,7 +335,7 @@ class InMemoryContextStore(ContextStore):
             SessionInfo(
                 session_id=session_id,
                 message_count=len(state.messages),
-                preview=state.preview or NO_PREVIEW,
+                preview=NO_PREVIEW if state.preview is None else state.preview,
                 created_at=state.created_at,
                 input_tokens=state.input_tokens,
                 output_tokens=state.output_tokens,

@@ -20,6 +20,7 @@ from convostore.errors import ValidationError
 __all__ = [
     "CONTEXT_ROLES",
     "KINDS",
+    "NO_PREVIEW",
     "ROLES",
     "ContextMessage",
     "ContextRole",
@@ -48,6 +49,9 @@ ContextRole = Literal["user", "assistant", "system", "tool"]
 ROLES: Final[frozenset[str]] = frozenset(get_args(Role))
 KINDS: Final[frozenset[str]] = frozenset(get_args(Kind))
 CONTEXT_ROLES: Final[frozenset[str]] = frozenset(get_args(ContextRole))
+
+NO_PREVIEW: Final = "(no preview)"
+"""axio's preview of a session whose first user message has no text block, or no user message."""
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -100,8 +104,9 @@ class ContextMessage(BaseModel):
     def preview(self, length: int = 80) -> str | None:
         """axio's preview: the first text block, cut at ``length`` characters with ``...``.
 
-        Returns ``None`` for messages that are not from the user, and ``""`` for a user
-        message without a text block.
+        Returns ``None`` for messages that are not from the user, and :data:`NO_PREVIEW` for
+        a user message without a text block (an empty text block previews as ``""``, as in
+        axio).
         """
         if self.role != "user":
             return None
@@ -109,7 +114,7 @@ class ContextMessage(BaseModel):
             if block.get("type") == "text" and isinstance(block.get("text"), str):
                 text: str = block["text"]
                 return text[:length] + ("..." if len(text) > length else "")
-        return ""
+        return NO_PREVIEW
 
 
 class SessionInfo(BaseModel):

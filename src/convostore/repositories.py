@@ -21,7 +21,7 @@ from sqlalchemy.sql.functions import coalesce
 
 from convostore import dialects
 from convostore.codec import Encoded
-from convostore.models import ContextMessage, Message, SessionInfo, User
+from convostore.models import NO_PREVIEW, ContextMessage, Message, SessionInfo, User
 from convostore.tables import (
     ContextMessageRecord,
     ContextTokensRecord,
@@ -36,8 +36,6 @@ __all__ = [
     "ThreadRepository",
     "UserRepository",
 ]
-
-NO_PREVIEW = "(no preview)"
 
 _users: Table = UserRecord.__table__  # type: ignore[assignment]
 _threads: Table = ThreadRecord.__table__  # type: ignore[assignment]
@@ -439,7 +437,7 @@ class SessionRepository:
             SessionInfo(
                 session_id=row.session_id,
                 message_count=row.next_position,
-                preview=row.preview or NO_PREVIEW,
+                preview=NO_PREVIEW if row.preview is None else row.preview,
                 created_at=row.created_at,
                 input_tokens=row.input_tokens,
                 output_tokens=row.output_tokens,

@@ -123,7 +123,7 @@ class ContextTokensRecord(Base):
 
     Besides the token totals it holds ``next_position`` (the counter that orders the
     session's messages, equal to its message count since positions are gap-free), the
-    preview (first user message's first text block; ``""`` when that message has none) and
+    preview (first user message's first text block; ``"(no preview)"`` when it has none) and
     the creation time. ``list_sessions`` reads this table alone.
     """
 
