@@ -1,0 +1,166 @@
+"""convostore's Database where agentstr takes a ``BaseDatabase``, against agentstr's own code.
+
+agentstr-sdk is not a dependency: its ``__init__`` imports its whole agent stack (LangGraph,
+DSPy, MCP, ...). These tests need only its database base module and models, so when the full
+package does not import they load those modules from the installed package on their own:
+``pip install --no-deps --target DIR agentstr-sdk pynostr coincurve tlv8`` and
+``CONVOSTORE_AGENTSTR_PATH=DIR`` is enough. Without agentstr they are skipped, except the
+tests of what happens without it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import os
+import sys
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from convostore import Message, SQLAlchemyDatabase, User
+from convostore.integrations import agentstr as integration
+
+_SHELLS = ("agentstr", "agentstr.database")
+
+
+def _load_agentstr() -> tuple[types.ModuleType, types.ModuleType, list[str]]:
+    """agentstr's ``database.base`` and ``models`` modules, and the module names we added."""
+    try:
+        return (
+            importlib.import_module("agentstr.database.base"),
+            importlib.import_module("agentstr.models"),
+            [],
+        )
+    except ImportError:
+        pass
+    spec = importlib.util.find_spec("agentstr")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("agentstr-sdk is not installed (set CONVOSTORE_AGENTSTR_PATH)")
+    root = Path(next(iter(spec.submodule_search_locations)))
+    # Package shells with the real search paths: the submodules are agentstr's own files.
+    added = [name for name in _SHELLS if name not in sys.modules]
+    for name in added:
+        shell = types.ModuleType(name)
+        shell.__path__ = [str(root.joinpath(*name.split(".")[1:]))]
+        sys.modules[name] = shell
+    before = set(sys.modules)
+    try:
+        base = importlib.import_module("agentstr.database.base")
+        models = importlib.import_module("agentstr.models")
+    except ImportError as exc:
+        for name in added:
+            del sys.modules[name]
+        pytest.skip(f"agentstr's database module cannot be imported: {exc}")
+    return base, models, added + sorted(set(sys.modules) - before)
+
+
+@pytest.fixture(scope="module")
+def agentstr() -> Iterator[tuple[Any, Any]]:
+    """``(BaseDatabase, agentstr.models)`` from the installed agentstr."""
+    extra = os.environ.get("CONVOSTORE_AGENTSTR_PATH")
+    if extra:
+        sys.path.append(extra)
+    try:
+        base, models, added = _load_agentstr()
+        yield base.BaseDatabase, models
+        for name in added:
+            sys.modules.pop(name, None)
+    finally:
+        if extra:
+            sys.path.remove(extra)
+
+
+# --- Without agentstr ---------------------------------------------------------------------
+
+
+def test_register_without_agentstr_does_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "agentstr.database.base", None)  # makes the import fail
+    assert integration.register() is False
+
+
+def test_register_if_loaded_imports_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delitem(sys.modules, "agentstr.database.base", raising=False)
+    assert integration.register_if_loaded() is False
+    assert "agentstr.database.base" not in sys.modules
+
+
+# --- With agentstr ------------------------------------------------------------------------
+
+
+def test_register_makes_our_database_a_base_database(agentstr: tuple[Any, Any]) -> None:
+    base_database, _ = agentstr
+    assert integration.register() is True
+    assert integration.register() is True  # idempotent
+    assert integration.register_if_loaded() is True
+    assert issubclass(SQLAlchemyDatabase, base_database)
+
+
+async def test_the_one_line_switch(agentstr: tuple[Any, Any], tmp_path: Path) -> None:
+    base_database, _ = agentstr
+    db = integration.Database(f"sqlite://{tmp_path / 'agent.db'}", agent_name="agent")
+    try:
+        assert isinstance(db, base_database)
+        assert db.conn_str == f"sqlite://{tmp_path / 'agent.db'}"
+        assert db.agent_name == "agent"
+        assert await db.async_init() is db
+    finally:
+        await db.close()
+
+
+def test_every_base_database_method_has_the_same_signature(agentstr: tuple[Any, Any]) -> None:
+    base_database, _ = agentstr
+    for name in sorted(base_database.__abstractmethods__):
+        theirs = inspect.signature(getattr(base_database, name)).parameters
+        ours = inspect.signature(getattr(SQLAlchemyDatabase, name)).parameters
+        assert list(ours) == list(theirs), name
+        for param, expected in theirs.items():
+            actual = ours[param]
+            assert actual.kind == expected.kind, (name, param)
+            if expected.default == {}:
+                # agentstr's mutable {} default: we take None and store {} for it.
+                assert actual.default is None, (name, param)
+            else:
+                assert actual.default == expected.default, (name, param)
+
+
+def test_user_and_message_have_agentstrs_fields(agentstr: tuple[Any, Any]) -> None:
+    _, models = agentstr
+    assert set(User.model_fields) == set(models.User.model_fields)
+    assert set(Message.model_fields) == set(models.Message.model_fields)
+    for model, theirs in ((User, models.User), (Message, models.Message)):
+        for name, field in theirs.model_fields.items():
+            if not field.is_required():
+                assert (
+                    model.model_fields[name].get_default(call_default_factory=True)
+                    == (field.get_default(call_default_factory=True))
+                    or name == "created_at"
+                ), (model.__name__, name)
+
+
+async def test_models_convert_both_ways_through_a_database(
+    agentstr: tuple[Any, Any], tmp_path: Path
+) -> None:
+    _, models = agentstr
+    db = await integration.Database(
+        f"sqlite://{tmp_path / 'a.db'}", agent_name="agent"
+    ).async_init()
+    try:
+        await db.upsert_user(models.User(user_id="u1", available_balance=5, current_thread_id="t"))
+        user = await db.get_user("u1")
+        assert models.User(**user.model_dump()) == models.User(
+            user_id="u1", available_balance=5, current_thread_id="t"
+        )
+        stored = await db.add_message(
+            "t", "u1", "agent", message="hi", kind="final_response", extra_outputs={"k": [1]}
+        )
+        [read] = await db.get_messages("t", "u1")
+        assert read == stored
+        theirs = models.Message(**read.model_dump())
+        assert theirs.model_dump() == read.model_dump()
+    finally:
+        await db.close()
