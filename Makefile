@@ -1,10 +1,19 @@
 # Everything CI runs is a target here; .ci/run calls `make test`.
+#
+# Two virtual environments: .venv on the minimum supported Python (3.11 here) for the core
+# suite, and .venv312 for what needs Python 3.12 (axio, the framework integrations, and the
+# benchmark against axio-context-sqlite).
 PYTHON ?= python3
+PYTHON312 ?= $(shell for p in python3.12 $(wildcard /root/.pyenv/versions/3.12*/bin/python3.12); do \
+	$$p -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null && { echo $$p; break; }; done)
 VENV ?= .venv
+VENV312 ?= .venv312
 BIN := $(VENV)/bin
+BIN312 := $(VENV312)/bin
 STAMP := $(VENV)/.installed
+STAMP312 := $(VENV312)/.installed
 
-.PHONY: venv demo test pytest lint format clean
+.PHONY: venv venv312 demo test pytest pytest312 lint format bench clean
 
 venv: $(STAMP)
 
@@ -14,6 +23,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,postgresql,mysql]'
 	touch $(STAMP)
 
+venv312: $(STAMP312)
+
+$(STAMP312): pyproject.toml
+	@test -n "$(PYTHON312)" || { echo "Python 3.12 not found: set PYTHON312=/path/to/python3.12"; exit 1; }
+	$(PYTHON312) -m venv $(VENV312)
+	$(BIN312)/python -m pip install --quiet --upgrade pip
+	$(BIN312)/python -m pip install --quiet -e '.[dev,postgresql,mysql,axio,openai-agents]' axio-context-sqlite
+	touch $(STAMP312)
+
 # Migrate the embedded SQLite default (convostore.db), write a conversation through both
 # interfaces in one process, and read it back in another.
 demo: venv
@@ -21,21 +39,27 @@ demo: venv
 	$(BIN)/python examples/quickstart.py write
 	$(BIN)/python examples/quickstart.py read
 
-# The whole suite: lint, types, then every test on every backend that is reachable
-# (with CI=true, every backend is required).
-test: lint pytest
+# The whole suite: lint and types, every test on every reachable backend (with CI=true,
+# every backend is required), then the Python 3.12 integration tests.
+test: lint pytest pytest312
 
-pytest: venv
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+pytest: venv venv312
+	CONVOSTORE_TEST_PY312=$(abspath $(BIN312))/python $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+pytest312: venv312
+	$(BIN312)/python -m pytest tests/integrations $(PYTEST_ARGS)
 
 lint: venv
-	$(BIN)/ruff check src tests migrations examples
-	$(BIN)/ruff format --check src tests migrations examples
+	$(BIN)/ruff check src tests migrations examples bench
+	$(BIN)/ruff format --check src tests migrations examples bench
 	$(BIN)/mypy
 
 format: venv
-	$(BIN)/ruff format src tests migrations examples
-	$(BIN)/ruff check --fix src tests migrations examples
+	$(BIN)/ruff format src tests migrations examples bench
+	$(BIN)/ruff check --fix src tests migrations examples bench
+
+bench: venv312
+	$(BIN312)/python bench/bench.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) dist build .mypy_cache .ruff_cache .pytest_cache convostore.db*
+	rm -rf $(VENV) $(VENV312) dist build .mypy_cache .ruff_cache .pytest_cache convostore.db*

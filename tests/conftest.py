@@ -15,7 +15,9 @@ its tables before every test and drops it at the end.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -142,7 +144,9 @@ def require_backend(config: pytest.Config, name: str) -> None:
     if name in SERVER_BACKENDS:
         server = server_database(name)
         if server.url is None:
-            reason = f"{name} unreachable at {server_admin_url(name).render_as_string()}: {server.error}"
+            reason = (
+                f"{name} unreachable at {server_admin_url(name).render_as_string()}: {server.error}"
+            )
             if in_ci():
                 pytest.fail(f"CI=true requires every backend: {reason}", pytrace=False)
             pytest.skip(reason)
@@ -173,13 +177,31 @@ def backend(request: pytest.FixtureRequest) -> str:
     return name
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An SQLite file migrated to head once per session; tests get copies of it."""
+    path = tmp_path_factory.mktemp("template") / "template.db"
+    url = URL.create("sqlite+aiosqlite", database=str(path))
+    # Possibly requested from inside a running event loop: migrate on a thread of its own.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, migrate.upgrade(url)).result()
+    return path
+
+
 @pytest.fixture
-async def db_url(backend: str, tmp_path: Path) -> AsyncIterator[URL]:
+def sqlite_file(sqlite_template: Path, tmp_path: Path) -> Path:
+    """A fresh SQLite file at head (a copy of the migrated template)."""
+    path = tmp_path / "test.db"
+    shutil.copyfile(sqlite_template, path)
+    return path
+
+
+@pytest.fixture
+async def db_url(backend: str, request: pytest.FixtureRequest) -> AsyncIterator[URL]:
     """A clean database at head on ``backend``: a new SQLite file, or this session's emptied server database."""
     if backend == "sqlite":
-        url = URL.create("sqlite+aiosqlite", database=str(tmp_path / "test.db"))
-        await migrate.upgrade(url)
-        yield url
+        path: Path = request.getfixturevalue("sqlite_file")
+        yield URL.create("sqlite+aiosqlite", database=str(path))
         return
     server = _servers[backend]
     assert server.url is not None

@@ -7,6 +7,7 @@ other's rows. Everything they open is closed after the test.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -48,12 +49,16 @@ def implementation(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-async def shared_engine(implementation: str, tmp_path: Path) -> AsyncIterator[AsyncEngine | None]:
+async def shared_engine(
+    implementation: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[AsyncEngine | None]:
     """One engine per test for the SQL implementations (None for memory)."""
     if implementation == "memory":
         yield None
         return
     if implementation == "sqlite":
+        template: Path = request.getfixturevalue("sqlite_template")
+        shutil.copyfile(template, tmp_path / "contract.db")
         engine = await connect(str(tmp_path / "contract.db"))
     elif implementation == "sqlite-memory":
         engine = await connect(":memory:")
