@@ -28,6 +28,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import URL, Connection, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import NullPool
@@ -35,6 +36,7 @@ from sqlalchemy.pool import NullPool
 from convostore.engine import create_engine, family, family_from_name
 from convostore.errors import (
     ConfigurationError,
+    ConvostoreError,
     DatabaseError,
     SchemaVersionError,
     translate_errors,
@@ -65,8 +67,8 @@ _prepared: weakref.WeakSet[AsyncEngine] = weakref.WeakSet()
 
 def migrations_dir() -> Path:
     """The directory holding ``env.py`` and ``versions/``: in the wheel, or in the checkout."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "migrations", here.parents[1] / "migrations"):
+    package = Path(__file__).resolve().parents[1]  # .../convostore
+    for candidate in (package / "migrations", package.parents[1] / "migrations"):
         if (candidate / "env.py").is_file():
             return candidate
     raise ConfigurationError("convostore's migrations are missing from this installation")
@@ -123,7 +125,7 @@ async def assert_at_head(engine: AsyncEngine) -> None:
     revision = await current(engine)
     expected = head()
     if revision != expected:
-        raise _version_error(engine, revision, expected)
+        raise _version_error(engine.url, revision, expected)
 
 
 async def prepare(engine: AsyncEngine, *, migrate: bool | None = None) -> None:
@@ -147,9 +149,9 @@ async def prepare(engine: AsyncEngine, *, migrate: bool | None = None) -> None:
         _prepared.add(engine)
         return
     if revision is not None and not _is_known(revision):
-        raise _version_error(engine, revision, expected)
+        raise _version_error(engine.url, revision, expected)
     if not migrate:
-        raise _version_error(engine, revision, expected)
+        raise _version_error(engine.url, revision, expected)
     await upgrade(engine)
     _prepared.add(engine)
 
@@ -223,7 +225,14 @@ async def _run(target: Target, name: str, revision: str) -> None:
 def _run_command(connection: Connection, name: str, revision: str) -> None:
     config = alembic_config()
     config.attributes["connection"] = connection
-    getattr(command, name)(config, revision)
+    try:
+        getattr(command, name)(config, revision)
+    except CommandError as exc:
+        # Alembic's own error type would leak out of the public API; say which side is wrong.
+        found = _current_revision(connection)
+        if found is not None and not _is_known(found):
+            raise _version_error(connection.engine.url, found, head()) from exc
+        raise ConfigurationError(f"cannot {name} to {revision!r}: {exc}") from exc
 
 
 def _current_revision(connection: Connection) -> str | None:
@@ -244,17 +253,17 @@ def _engine_for(target: Target) -> tuple[AsyncEngine, bool]:
     return create_engine(target, poolclass=NullPool), True
 
 
-def _version_error(engine: AsyncEngine, revision: str | None, expected: str) -> SchemaVersionError:
-    url = redact(engine.url)
+def _version_error(url: URL, revision: str | None, expected: str) -> SchemaVersionError:
+    shown = redact(url)
     if revision is not None and not _is_known(revision):
         return SchemaVersionError(
-            f"database {url} is at revision {revision}, which this version of convostore "
+            f"database {shown} is at revision {revision}, which this version of convostore "
             f"does not know (it expects {expected}): upgrade convostore"
         )
     return SchemaVersionError(
-        f"database {url} is at revision {revision or '(empty)'}, convostore expects "
-        f"{expected}: run `python -m convostore.migrate upgrade --url '{url}'` "
-        f"(or `alembic -x url='{url}' upgrade head` in a checkout), or pass migrate=True"
+        f"database {shown} is at revision {revision or '(empty)'}, convostore expects "
+        f"{expected}: run `python -m convostore.migrate upgrade --url '{shown}'` "
+        f"(or `alembic -x url='{shown}' upgrade head` in a checkout), or pass migrate=True"
     )
 
 
@@ -273,11 +282,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "head":
         print(head())
         return 0
-    result = asyncio.run(actions[args.action]())
+    try:
+        result = asyncio.run(actions[args.action]())
+    except ConvostoreError as exc:
+        # A message (already free of passwords) rather than a traceback, and a failing status.
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     if args.action == "current":
         print(result or "(empty)")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
