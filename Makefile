@@ -30,6 +30,10 @@ $(STAMP312): pyproject.toml
 	$(PYTHON312) -m venv $(VENV312)
 	$(BIN312)/python -m pip install --quiet --upgrade pip
 	$(BIN312)/python -m pip install --quiet -e '.[dev,postgresql,mysql,axio,openai-agents]' axio-context-sqlite
+	# agentstr-sdk's own dependencies are dozens of heavy packages; its database module needs
+	# none of them, so the tests load it from a side directory (CONVOSTORE_AGENTSTR_PATH).
+	$(BIN312)/python -m pip install --quiet --no-deps --target $(VENV312)/agentstr \
+		agentstr-sdk==0.6.15 pynostr coincurve tlv8
 	touch $(STAMP312)
 
 # Migrate the embedded SQLite default (convostore.db), write a conversation through both
@@ -47,7 +51,8 @@ pytest: venv venv312
 	CONVOSTORE_TEST_PY312=$(abspath $(BIN312))/python $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 pytest312: venv312
-	$(BIN312)/python -m pytest tests/integrations $(PYTEST_ARGS)
+	CONVOSTORE_AGENTSTR_PATH=$(abspath $(VENV312))/agentstr \
+		$(BIN312)/python -m pytest tests/integrations $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check src tests migrations examples bench

@@ -83,6 +83,11 @@ class SQLAlchemyDatabase(AgentDatabase):
             self._owns_engine = False
         self._migrate = migrate
         self._runner = TransactionRunner(engine)
+        # Where agentstr is loaded, make isinstance(db, BaseDatabase) hold without importing
+        # it ourselves (it is heavy): `from convostore import Database` is the whole switch.
+        from convostore.integrations.agentstr import register_if_loaded
+
+        register_if_loaded()
 
     @property
     def engine(self) -> AsyncEngine:
@@ -118,7 +123,7 @@ class SQLAlchemyDatabase(AgentDatabase):
                 await tx.add_message("t1", "alice", "user", message="paid question")
         """
         await self.async_init()
-        async with self._runner.sessionmaker() as session, session.begin():
+        async with self._runner.transaction() as session:
             yield self.bind(session)
 
     def bind(self, session: AsyncSession) -> Self:
