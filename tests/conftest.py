@@ -19,9 +19,10 @@ import concurrent.futures
 import os
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 from sqlalchemy import URL, make_url, text
@@ -30,6 +31,8 @@ from sqlalchemy.pool import NullPool
 
 from convostore import migrate
 from convostore.engine import create_engine
+
+T = TypeVar("T")
 
 ALL_BACKENDS = ("memory", "sqlite", "postgresql", "mariadb")
 SERVER_BACKENDS = ("postgresql", "mariadb")
@@ -115,6 +118,16 @@ async def create_server_database(name: str, *, migrated: bool = True) -> URL:
     return url
 
 
+def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run ``coroutine`` to completion from sync code, even inside a running event loop.
+
+    Session-level setup may be first requested from an async fixture; ``asyncio.run`` would
+    refuse there, so the coroutine gets a loop on a thread of its own.
+    """
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
 def _timeout_args(name: str) -> dict[str, object]:
     return {"timeout": 5} if name == "postgresql" else {"connect_timeout": 5}
 
@@ -124,7 +137,7 @@ def server_database(name: str) -> ServerDatabase:
     if name not in _servers:
         server = ServerDatabase(name)
         try:
-            server.url = asyncio.run(create_server_database(name))
+            server.url = run_sync(create_server_database(name))
         except Exception as exc:
             server.error = f"{type(exc).__name__}: {exc}"
         _servers[name] = server
@@ -134,7 +147,7 @@ def server_database(name: str) -> ServerDatabase:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     for server in _servers.values():
         if server.url is not None:
-            asyncio.run(drop_database(server.url))
+            run_sync(drop_database(server.url))
 
 
 def require_backend(config: pytest.Config, name: str) -> None:
@@ -181,10 +194,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An SQLite file migrated to head once per session; tests get copies of it."""
     path = tmp_path_factory.mktemp("template") / "template.db"
-    url = URL.create("sqlite+aiosqlite", database=str(path))
-    # Possibly requested from inside a running event loop: migrate on a thread of its own.
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        pool.submit(asyncio.run, migrate.upgrade(url)).result()
+    run_sync(migrate.upgrade(URL.create("sqlite+aiosqlite", database=str(path))))
     return path
 
 
@@ -198,7 +208,7 @@ def sqlite_file(sqlite_template: Path, tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def db_url(backend: str, request: pytest.FixtureRequest) -> AsyncIterator[URL]:
-    """A clean database at head on ``backend``: a new SQLite file, or this session's emptied server database."""
+    """A clean database at head: a new SQLite file, or this session's emptied server database."""
     if backend == "sqlite":
         path: Path = request.getfixturevalue("sqlite_file")
         yield URL.create("sqlite+aiosqlite", database=str(path))
@@ -223,8 +233,8 @@ def fresh_server_database(backend: str) -> Iterator[URL | None]:
     if backend == "sqlite":
         yield None
         return
-    url = asyncio.run(create_server_database(backend, migrated=False))
+    url = run_sync(create_server_database(backend, migrated=False))
     try:
         yield url
     finally:
-        asyncio.run(drop_database(url))
+        run_sync(drop_database(url))
