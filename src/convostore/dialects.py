@@ -17,10 +17,10 @@ run again (deadlocks, serialization failures, lock timeouts, SQLite's busy datab
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import ColumnElement, Table, select
+from sqlalchemy import BindParameter, ColumnElement, Executable, Table, bindparam, select
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -28,10 +28,21 @@ from sqlalchemy.sql.dml import Insert
 
 from convostore.engine import Family, family_from_name
 
-__all__ = ["bump_counter", "family_of", "insert_ignore", "is_retryable", "upsert"]
+__all__ = [
+    "bump_counter",
+    "cached",
+    "family_of",
+    "insert_ignore",
+    "is_retryable",
+    "params_for",
+    "upsert",
+]
 
 # A function from the incoming row (``excluded`` / ``inserted``) to the SET clause.
 UpdateFn = Callable[[Any], Mapping[str, Any]]
+T = TypeVar("T")
+
+_statements: dict[tuple[Hashable, ...], Any] = {}
 
 
 def family_of(session: AsyncSession) -> Family:
@@ -68,6 +79,24 @@ def insert_ignore(
     return dialect_insert(table).values(dict(values)).on_conflict_do_nothing(index_elements=key)
 
 
+def cached(key: tuple[Hashable, ...], build: Callable[[], T]) -> T:
+    """Build a statement once per ``key`` and reuse it.
+
+    Building a statement and computing its cache key costs SQLAlchemy more than running a
+    small one, so hot statements are built once, with bind parameters for every value
+    (see :func:`params_for`), and executed with a parameter dict.
+    """
+    statement = _statements.get(key)
+    if statement is None:
+        statement = _statements[key] = build()
+    return cast(T, statement)
+
+
+def params_for(table: Table, names: Iterable[str]) -> dict[str, BindParameter[Any]]:
+    """Bind parameters named and typed after ``table``'s columns ``names``."""
+    return {name: bindparam(name, type_=table.c[name].type) for name in names}
+
+
 async def bump_counter(
     session: AsyncSession,
     table: Table,
@@ -83,30 +112,44 @@ async def bump_counter(
     A missing row is inserted with ``counter = n`` plus ``insert_values``. The row stays
     write-locked until the transaction ends, so the range ``[new - n, new)`` belongs to
     this transaction alone. ``also_update`` adds assignments to the update of an existing
-    row (for example keeping a preview).
+    row (for example keeping a preview); it must build the same expressions on every call
+    (no captured per-call values), since the statement is built once per call site.
     """
     kind = family_of(session)
-    column = table.c[counter]
+    insert_values = insert_values or {}
+    columns = (*key_values, *insert_values)
 
-    def assignments(incoming: Any) -> dict[str, ColumnElement[Any]]:
-        changes: dict[str, Any] = dict(also_update(incoming)) if also_update else {}
-        # Last, because MySQL applies ON DUPLICATE KEY assignments in order.
-        changes[counter] = column + n
-        return changes
+    def build() -> tuple[Executable, Executable | None]:
+        column = table.c[counter]
+        amount = bindparam("n", type_=column.type)
 
-    stmt = upsert(
-        kind,
-        table,
-        {**key_values, **(insert_values or {}), counter: n},
-        key=list(key_values),
-        update=assignments,
-    )
-    if kind == "mysql":
-        await session.execute(stmt)
-        locked = select(column).where(*(table.c[k] == v for k, v in key_values.items()))
-        value = (await session.execute(locked.with_for_update())).scalar_one()
+        def assignments(incoming: Any) -> dict[str, ColumnElement[Any]]:
+            changes: dict[str, Any] = dict(also_update(incoming)) if also_update else {}
+            # Last, because MySQL applies ON DUPLICATE KEY assignments in order.
+            changes[counter] = column + amount
+            return changes
+
+        stmt = upsert(
+            kind,
+            table,
+            {**params_for(table, columns), counter: amount},
+            key=list(key_values),
+            update=assignments,
+        )
+        if kind != "mysql":
+            return stmt.returning(column), None
+        key = params_for(table, key_values)
+        locked = select(column).where(*(table.c[k] == key[k] for k in key_values))
+        return stmt, locked.with_for_update()
+
+    site = getattr(also_update, "__code__", None)
+    stmt, locked = cached((kind, "bump", table.name, counter, columns, site), build)
+    params = {**key_values, **insert_values, "n": n}
+    if locked is None:
+        value = (await session.execute(stmt, params)).scalar_one()
     else:
-        value = (await session.execute(stmt.returning(column))).scalar_one()
+        await session.execute(stmt, params)
+        value = (await session.execute(locked, dict(key_values))).scalar_one()
     return int(value)
 
 

@@ -6,14 +6,17 @@ This is one of the two places where backends differ (the other is
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
 from sqlalchemy import URL, event
+from sqlalchemy.dialects.sqlite.aiosqlite import SQLiteDialect_aiosqlite
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
 
+from convostore import sqlite_driver
 from convostore.errors import ConfigurationError
 from convostore.settings import is_memory_sqlite, redact, resolve_url
 
@@ -30,7 +33,9 @@ SQLITE_PRAGMAS = (
 )
 
 
-def create_engine(url: str | URL | None = None, **kwargs: Any) -> AsyncEngine:
+def create_engine(
+    url: str | URL | None = None, *, fast_sqlite: bool | None = None, **kwargs: Any
+) -> AsyncEngine:
     """Create an :class:`~sqlalchemy.ext.asyncio.AsyncEngine` with convostore's defaults.
 
     No connection is opened until the engine is first used.
@@ -41,8 +46,13 @@ def create_engine(url: str | URL | None = None, **kwargs: Any) -> AsyncEngine:
       survives across calls; concurrent callers queue for it.
     * PostgreSQL, MySQL/MariaDB: ``pool_pre_ping`` so a dropped connection is replaced.
 
+    SQLite connections use :mod:`convostore.sqlite_driver` (aiosqlite with one thread round
+    trip per statement) unless ``fast_sqlite=False`` or the environment sets
+    ``CONVOSTORE_SQLITE_DRIVER=aiosqlite``.
+
     Args:
         url: Anything :func:`convostore.settings.resolve_url` accepts.
+        fast_sqlite: Use the thin SQLite adapter (default: yes, see above).
         **kwargs: Passed to :func:`sqlalchemy.ext.asyncio.create_async_engine`, overriding
             the defaults.
 
@@ -59,6 +69,12 @@ def create_engine(url: str | URL | None = None, **kwargs: Any) -> AsyncEngine:
             path = sqlite_path(resolved)
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
+        if fast_sqlite is None:
+            fast_sqlite = os.environ.get("CONVOSTORE_SQLITE_DRIVER", "fast") != "aiosqlite"
+        if fast_sqlite and resolved.drivername == "sqlite+aiosqlite":
+            cargs, cparams = SQLiteDialect_aiosqlite().create_connect_args(resolved)
+            cparams.update(kwargs.pop("connect_args", {}))
+            options["async_creator"] = sqlite_driver.creator(*cargs, **cparams)
     else:
         options["pool_pre_ping"] = True
         if kind == "mysql":

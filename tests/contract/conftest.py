@@ -1,5 +1,8 @@
 """Implementations under contract: the in-memory reference and every selected SQL backend.
 
+SQLite runs three ways: a file and ``:memory:`` through convostore's thin driver
+(:mod:`convostore.sqlite_driver`), and a file through SQLAlchemy's stock aiosqlite adapter.
+
 ``make_database(agent_name=...)`` and ``make_store(session_id=..., project=...)`` build
 objects that share one storage per test, so two of them can see (or must not see) each
 other's rows. Everything they open is closed after the test.
@@ -33,6 +36,7 @@ IMPLEMENTATIONS = [
     pytest.param("memory"),
     pytest.param("sqlite", marks=pytest.mark.sqlite),
     pytest.param("sqlite-memory", marks=pytest.mark.sqlite),
+    pytest.param("sqlite-stock", marks=pytest.mark.sqlite),
     pytest.param("postgresql", marks=pytest.mark.postgresql),
     pytest.param("mariadb", marks=pytest.mark.mariadb),
 ]
@@ -62,6 +66,11 @@ async def shared_engine(
         engine = await connect(str(tmp_path / "contract.db"))
     elif implementation == "sqlite-memory":
         engine = await connect(":memory:")
+    elif implementation == "sqlite-stock":
+        # SQLAlchemy's own aiosqlite adapter instead of convostore.sqlite_driver.
+        template = request.getfixturevalue("sqlite_template")
+        shutil.copyfile(template, tmp_path / "contract.db")
+        engine = create_engine(str(tmp_path / "contract.db"), fast_sqlite=False)
     else:
         url: URL | None = _servers[implementation].url
         assert url is not None

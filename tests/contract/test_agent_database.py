@@ -50,7 +50,7 @@ def reopen_conn_str(implementation: str, db: AgentDatabase) -> str:
     if implementation in ("memory", "sqlite-memory"):
         pytest.skip(f"{implementation} does not outlive its engine")
     url = sql(db).engine.url
-    if implementation == "sqlite":
+    if implementation.startswith("sqlite"):
         return f"sqlite://{url.database}"
     return url.render_as_string(hide_password=False)
 
