@@ -8,7 +8,7 @@ Stores are cheap: make one per session and share the engine.
 from __future__ import annotations
 
 import copy
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,20 +18,24 @@ from uuid import uuid4
 from sqlalchemy import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from convostore import codec
 from convostore import migrate as migrations
 from convostore.engine import create_engine
-from convostore.errors import ConfigurationError
+from convostore.errors import ConfigurationError, ConflictError, ValidationError
 from convostore.interfaces import ContextStore
 from convostore.models import (
     ContextMessage,
     SessionInfo,
+    StoredContextMessage,
     check_amount,
+    check_client_ids,
     check_id,
+    check_optional_int,
     encoded_context_message,
 )
 from convostore.repositories import SessionRepository
 from convostore.settings import redact
-from convostore.tables import PROJECT_LENGTH, SESSION_ID_LENGTH
+from convostore.tables import CLIENT_ID_LENGTH, PROJECT_LENGTH, SESSION_ID_LENGTH
 from convostore.transactions import TransactionRunner
 
 __all__ = ["SQLAlchemyContextStore", "connect", "default_project"]
@@ -120,7 +124,7 @@ class SQLAlchemyContextStore(ContextStore):
     async def transaction(self) -> AsyncIterator[Self]:
         """Run several calls in one transaction: commit at the end, roll back on error."""
         await self._ensure_ready()
-        async with self._runner.sessionmaker() as session, session.begin():
+        async with self._runner.transaction() as session:
             yield self.bind(session)
 
     def bind(self, session: AsyncSession) -> Self:
@@ -137,27 +141,71 @@ class SQLAlchemyContextStore(ContextStore):
         other._owns_engine = False
         return other
 
-    async def append(self, message: ContextMessage) -> None:
-        await self.append_many([message])
+    async def append(
+        self, message: ContextMessage, *, client_id: str | None = None
+    ) -> StoredContextMessage:
+        """Append a message at the end of the session and return it as stored.
 
-    async def append_many(self, messages: Iterable[ContextMessage]) -> None:
-        """Append messages in one transaction, at consecutive positions."""
-        checked = [encoded_context_message(message) for message in messages]
-        if not checked:
-            return
-        preview = next(
-            (p for m, _ in checked if (p := m.preview()) is not None),
-            None,
+        Args:
+            message: The message (or a mapping / object with ``role`` and ``content``).
+            client_id: Your id for this message. Appending again with the same id (a
+                retry after a timeout, say) stores nothing and returns the stored message.
+        """
+        stored = await self.append_many(
+            [message], client_ids=None if client_id is None else [client_id]
         )
+        return stored[0]
+
+    async def append_many(
+        self,
+        messages: Iterable[ContextMessage],
+        *,
+        client_ids: Sequence[str | None] | None = None,
+    ) -> list[StoredContextMessage]:
+        """Append messages in one transaction, at consecutive positions; all or none.
+
+        With ``client_ids`` (one per message, ``None`` allowed), a batch whose first id is
+        already stored is a retry: nothing is written and the stored messages with those
+        ids are returned.
+        """
+        checked = [encoded_context_message(message) for message in messages]
+        ids = check_client_ids(client_ids, len(checked), CLIENT_ID_LENGTH)
+        if not checked:
+            return []
+        preview = next((p for m, _ in checked if (p := m.preview()) is not None), None)
         await self._ensure_ready()
         now = _now()
+        retry_key = next((i for i in ids if i is not None), None)
 
-        async def work(session: AsyncSession) -> None:
+        async def work(session: AsyncSession) -> list[StoredContextMessage]:
             repo = self._repo(session)
+            if retry_key is not None:
+                found = await repo.find_client_id(retry_key)
+                if found is not None:
+                    return await repo.window(
+                        after=found.position - 1, before=None, limit=len(ids), newest_first=False
+                    )
             first = await repo.allocate(len(checked), now, preview)
-            await repo.insert_messages(first, [(m.role, data) for m, data in checked], now)
+            rows = [(m.role, data) for m, data in checked]
+            await repo.insert_messages(first, rows, now, ids)
+            return [
+                StoredContextMessage.model_construct(
+                    role=m.role,
+                    content=codec.decode(data.data),
+                    position=first + offset,
+                    created_at=now,
+                    client_id=client_id,
+                )
+                for offset, ((m, data), client_id) in enumerate(zip(checked, ids, strict=True))
+            ]
 
-        await self._runner.run(work)
+        try:
+            return await self._runner.run(work)
+        except ConflictError:
+            if retry_key is None:
+                raise
+            # A concurrent retry with the same id won the race; return what it stored.
+            return await self._runner.run(work)
 
     async def get_history(self) -> list[ContextMessage]:
         await self._ensure_ready()
@@ -194,12 +242,48 @@ class SQLAlchemyContextStore(ContextStore):
         await self._ensure_ready()
         await self._runner.run(lambda s: self._repo(s).delete())
 
-    async def fork(self) -> SQLAlchemyContextStore:
+    async def fork(self, *, at: int | None = None) -> SQLAlchemyContextStore:
+        """A new session in the same project with a copy of the history and tokens.
+
+        The copy is made server-side (``INSERT … SELECT``), in one transaction.
+
+        Args:
+            at: Branch from an earlier point: copy only the messages before position
+                ``at``. The new session records this one as its parent and how many
+                messages it took (see :class:`SessionInfo`).
+        """
+        if at is not None:
+            check_amount(at, "at")
         await self._ensure_ready()
         new_id = uuid4().hex
         now = _now()
-        await self._runner.run(lambda s: self._repo(s).copy_to(new_id, now))
+        await self._runner.run(lambda s: self._repo(s).copy_to(new_id, now, at=at))
         return self.with_session(new_id)
+
+    async def get_messages(
+        self,
+        *,
+        after: int | None = None,
+        before: int | None = None,
+        limit: int | None = None,
+        reverse: bool = False,
+    ) -> list[StoredContextMessage]:
+        """A window of the history, by position, without OFFSET.
+
+        ``after`` and ``before`` are exclusive position bounds. With ``reverse``, the window
+        is taken from the end and returned newest first: ``get_messages(limit=50,
+        reverse=True)`` is the latest 50; ``get_messages(before=p, limit=50,
+        reverse=True)`` the 50 before them.
+        """
+        check_optional_int(after, "after")
+        check_optional_int(before, "before")
+        check_optional_int(limit, "limit", minimum=0)
+        await self._ensure_ready()
+        return await self._runner.run(
+            lambda s: self._repo(s).window(
+                after=after, before=before, limit=limit, newest_first=bool(reverse)
+            )
+        )
 
     async def set_context_tokens(self, input_tokens: int, output_tokens: int) -> None:
         check_amount(input_tokens, "input_tokens")
@@ -219,9 +303,21 @@ class SQLAlchemyContextStore(ContextStore):
         await self._ensure_ready()
         return await self._runner.run(lambda s: self._repo(s).tokens())
 
-    async def list_sessions(self) -> list[SessionInfo]:
+    async def list_sessions(
+        self, *, limit: int | None = None, before: SessionInfo | None = None
+    ) -> list[SessionInfo]:
+        """The project's sessions that hold messages, newest first.
+
+        Without arguments, all of them (axio's semantics). With ``limit``, one keyset page;
+        pass the last :class:`SessionInfo` of a page as ``before`` for the next one.
+        """
+        check_optional_int(limit, "limit", minimum=0)
+        if before is not None and not isinstance(before, SessionInfo):
+            raise ValidationError("before must be a SessionInfo from a previous page")
         await self._ensure_ready()
-        return await self._runner.run(lambda s: self._repo(s).list_project())
+        return await self._runner.run(
+            lambda s: self._repo(s).list_project(limit=limit, before=before)
+        )
 
     async def close(self) -> None:
         """Dispose of the engine if this store opened it; a shared engine is left alone."""

@@ -8,7 +8,7 @@ the class. Each public call is one short transaction (see :mod:`convostore.trans
 from __future__ import annotations
 
 import copy
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, Self
@@ -19,20 +19,34 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from convostore import codec
 from convostore import migrate as migrations
 from convostore.engine import create_engine
-from convostore.errors import ConfigurationError, InsufficientBalance
+from convostore.errors import (
+    ConfigurationError,
+    ConflictError,
+    InsufficientBalance,
+    ValidationError,
+)
 from convostore.interfaces import AgentDatabase
 from convostore.models import (
     Message,
+    NewMessage,
+    ThreadInfo,
     User,
     check_amount,
+    check_client_ids,
     check_id,
     check_optional_int,
     new_message,
     validated,
+    validated_fields,
 )
 from convostore.repositories import ThreadRepository, UserRepository, message_from_row
 from convostore.settings import redact, resolve_url
-from convostore.tables import AGENT_NAME_LENGTH, THREAD_ID_LENGTH, USER_ID_LENGTH
+from convostore.tables import (
+    AGENT_NAME_LENGTH,
+    CLIENT_ID_LENGTH,
+    THREAD_ID_LENGTH,
+    USER_ID_LENGTH,
+)
 from convostore.transactions import TransactionRunner
 
 __all__ = ["DEFAULT_AGENT_KEY", "Database", "SQLAlchemyDatabase"]
@@ -204,6 +218,8 @@ class SQLAlchemyDatabase(AgentDatabase):
         satoshis: int | None = None,
         extra_inputs: Mapping[str, Any] | None = None,
         extra_outputs: Mapping[str, Any] | None = None,
+        *,
+        client_id: str | None = None,
     ) -> Message:
         new = new_message(
             thread_id,
@@ -217,18 +233,69 @@ class SQLAlchemyDatabase(AgentDatabase):
             extra_outputs,
             id_lengths=(THREAD_ID_LENGTH, USER_ID_LENGTH),
         )
+        (stored,) = await self._add(new.thread_id, new.user_id, [new], [client_id])
+        return stored
+
+    async def add_messages(
+        self, thread_id: str, user_id: str, messages: Iterable[Mapping[str, Any]]
+    ) -> list[Message]:
+        check_id(thread_id, "thread_id", THREAD_ID_LENGTH)
+        check_id(user_id, "user_id", USER_ID_LENGTH)
+        news, client_ids = [], []
+        for item in messages:
+            fields = dict(validated_fields(item))
+            client_ids.append(fields.pop("client_id", None))
+            news.append(
+                new_message(
+                    thread_id,
+                    user_id,
+                    fields.get("role"),
+                    fields.get("message", ""),
+                    fields.get("content", ""),
+                    fields.get("kind", "request"),
+                    fields.get("satoshis"),
+                    fields.get("extra_inputs"),
+                    fields.get("extra_outputs"),
+                    id_lengths=(THREAD_ID_LENGTH, USER_ID_LENGTH),
+                )
+            )
+        return await self._add(thread_id, user_id, news, client_ids)
+
+    async def _add(
+        self,
+        thread_id: str,
+        user_id: str,
+        news: Sequence[NewMessage],
+        client_ids: Sequence[str | None],
+    ) -> list[Message]:
+        ids = check_client_ids(list(client_ids), len(news), CLIENT_ID_LENGTH)
+        if not news:
+            return []
         await self.async_init()
         now = _now()
+        retry_key = next((i for i in ids if i is not None), None)
 
-        async def work(session: AsyncSession) -> int:
+        async def work(session: AsyncSession) -> list[Message]:
             threads = ThreadRepository(session, self._agent_key)
-            idx = await threads.allocate(new.thread_id, 1, now)
+            if retry_key is not None:
+                found = await threads.find_client_id(thread_id, retry_key)
+                if found is not None:
+                    rows = await threads.messages(
+                        thread_id,
+                        found.user_id,
+                        limit=len(news),
+                        before_idx=None,
+                        after_idx=found.idx - 1,
+                        reverse=False,
+                    )
+                    return [message_from_row(row, self.agent_name) for row in rows]
+            first = await threads.allocate(thread_id, user_id, len(news), now)
             await threads.insert_messages(
                 [
                     {
-                        "thread_id": new.thread_id,
-                        "idx": idx,
-                        "user_id": new.user_id,
+                        "thread_id": thread_id,
+                        "idx": first + offset,
+                        "user_id": user_id,
                         "role": new.role,
                         "kind": new.kind,
                         "message": new.message,
@@ -237,27 +304,52 @@ class SQLAlchemyDatabase(AgentDatabase):
                         "extra_inputs": new.encoded_inputs,
                         "extra_outputs": new.encoded_outputs,
                         "created_at": now,
+                        "client_id": client_id,
                     }
+                    for offset, (new, client_id) in enumerate(zip(news, ids, strict=True))
                 ]
             )
-            return idx
+            return [
+                Message(
+                    agent_name=self.agent_name,
+                    thread_id=thread_id,
+                    user_id=user_id,
+                    idx=first + offset,
+                    message=new.message,
+                    content=new.content,
+                    role=new.role,
+                    kind=new.kind,
+                    satoshis=new.satoshis,
+                    # Decoded from what was written, as get_messages will return them:
+                    # tuples become lists, and later changes to the caller's objects do
+                    # not show through.
+                    extra_inputs=codec.decode(new.encoded_inputs.data),
+                    extra_outputs=codec.decode(new.encoded_outputs.data),
+                    created_at=now,
+                )
+                for offset, new in enumerate(news)
+            ]
 
-        idx = await self._runner.run(work)
-        return Message(
-            agent_name=self.agent_name,
-            thread_id=new.thread_id,
-            user_id=new.user_id,
-            idx=idx,
-            message=new.message,
-            content=new.content,
-            role=new.role,
-            kind=new.kind,
-            satoshis=new.satoshis,
-            # Decoded from what was written, as get_messages will return them: tuples become
-            # lists, and later changes to the caller's objects do not show through.
-            extra_inputs=codec.decode(new.encoded_inputs.data),
-            extra_outputs=codec.decode(new.encoded_outputs.data),
-            created_at=now,
+        try:
+            return await self._runner.run(work)
+        except ConflictError:
+            if retry_key is None:
+                raise
+            # A concurrent retry with the same id won the race; return what it stored.
+            return await self._runner.run(work)
+
+    async def list_threads(
+        self, user_id: str, *, limit: int | None = None, before: ThreadInfo | None = None
+    ) -> list[ThreadInfo]:
+        check_id(user_id, "user_id", USER_ID_LENGTH)
+        check_optional_int(limit, "limit", minimum=0)
+        if before is not None and not isinstance(before, ThreadInfo):
+            raise ValidationError("before must be a ThreadInfo from a previous page")
+        await self.async_init()
+        return await self._runner.run(
+            lambda s: ThreadRepository(s, self._agent_key).threads_of(
+                user_id, limit=limit, before=before
+            )
         )
 
     async def get_messages(

@@ -22,6 +22,7 @@ __all__ = [
     "SchemaVersionError",
     "SerializationError",
     "ValidationError",
+    "is_driver_error",
     "translate_errors",
 ]
 
@@ -87,9 +88,24 @@ def translate_errors() -> Iterator[None]:
         raise DatabaseError(f"{type(exc).__name__}: {_short(exc)}") from exc
     except sa_exc.SQLAlchemyError as exc:
         raise DatabaseError(f"{type(exc).__name__}: {exc}") from exc
-    except (OSError, TimeoutError) as exc:
-        # Drivers raise these directly when a connection drops before a statement runs.
-        raise DatabaseError(f"{type(exc).__name__}: {exc}") from exc
+    except Exception as exc:
+        # Drivers also raise their own exceptions, and plain OSError / TimeoutError, outside
+        # SQLAlchemy's wrappers: when a connection drops before or between statements, or
+        # while a pooled connection is being reset.
+        if isinstance(exc, (OSError, TimeoutError)) or is_driver_error(exc):
+            raise DatabaseError(f"{type(exc).__name__}: {exc}") from exc
+        raise
+
+
+# Top-level packages of the database drivers convostore can run on.
+_DRIVER_PACKAGES = frozenset(
+    {"aiomysql", "aiosqlite", "asyncmy", "asyncpg", "psycopg", "pymysql", "sqlite3"}
+)
+
+
+def is_driver_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is an exception class defined by a database driver package."""
+    return any(cls.__module__.partition(".")[0] in _DRIVER_PACKAGES for cls in type(exc).__mro__)
 
 
 def _short(exc: sa_exc.StatementError) -> str:

@@ -9,10 +9,18 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any, Self
 
-from convostore.models import ContextMessage, Message, SessionInfo, User
+from convostore.errors import ValidationError
+from convostore.models import (
+    ContextMessage,
+    Message,
+    SessionInfo,
+    StoredContextMessage,
+    ThreadInfo,
+    User,
+)
 
 __all__ = ["AgentDatabase", "ContextStore"]
 
@@ -64,8 +72,29 @@ class AgentDatabase(ABC):
         satoshis: int | None = None,
         extra_inputs: Mapping[str, Any] | None = None,
         extra_outputs: Mapping[str, Any] | None = None,
+        *,
+        client_id: str | None = None,
     ) -> Message:
-        """Append a message to a thread at the next ``idx`` and return it as stored."""
+        """Append a message to a thread at the next ``idx`` and return it as stored.
+
+        A repeated call with the same ``client_id`` in the same thread stores nothing and
+        returns the message stored the first time.
+        """
+
+    @abstractmethod
+    async def add_messages(
+        self, thread_id: str, user_id: str, messages: Iterable[Mapping[str, Any]]
+    ) -> list[Message]:
+        """Append several messages (each a mapping of ``add_message``'s keyword arguments:
+        role, message, content, kind, satoshis, extra_inputs, extra_outputs, client_id) at
+        consecutive ``idx`` values, in one transaction; all or none."""
+
+    @abstractmethod
+    async def list_threads(
+        self, user_id: str, *, limit: int | None = None, before: ThreadInfo | None = None
+    ) -> list[ThreadInfo]:
+        """The user's threads (those whose first message is theirs), most recently active
+        first; with ``limit``, keyset pages continued by passing the last one as ``before``."""
 
     @abstractmethod
     async def get_messages(
@@ -111,8 +140,34 @@ class ContextStore(ABC):
         """The project the session belongs to."""
 
     @abstractmethod
-    async def append(self, message: ContextMessage) -> None:
-        """Append a message at the end of the session."""
+    async def append(
+        self, message: ContextMessage, *, client_id: str | None = None
+    ) -> StoredContextMessage:
+        """Append a message at the end of the session and return it as stored.
+
+        A repeated append with the same ``client_id`` stores nothing and returns the
+        message stored the first time.
+        """
+
+    @abstractmethod
+    async def append_many(
+        self,
+        messages: Iterable[ContextMessage],
+        *,
+        client_ids: Sequence[str | None] | None = None,
+    ) -> list[StoredContextMessage]:
+        """Append messages at consecutive positions, all or none."""
+
+    @abstractmethod
+    async def get_messages(
+        self,
+        *,
+        after: int | None = None,
+        before: int | None = None,
+        limit: int | None = None,
+        reverse: bool = False,
+    ) -> list[StoredContextMessage]:
+        """A keyset window of the history (exclusive position bounds; newest first if reverse)."""
 
     @abstractmethod
     async def get_history(self) -> list[ContextMessage]:
@@ -122,6 +177,23 @@ class ContextStore(ABC):
         """The last ``count`` messages in insertion order (fewer if the session is shorter)."""
         history = await self.get_history()
         return history[-count:] if count > 0 else []
+
+    async def iter_history(self, *, batch_size: int = 500) -> AsyncIterator[StoredContextMessage]:
+        """Stream the whole history in position order, ``batch_size`` messages per read.
+
+        Each batch is one keyset window (:meth:`get_messages`), so memory stays bounded by
+        a batch however long the session is.
+        """
+        if type(batch_size) is not int or batch_size < 1:
+            raise ValidationError("batch_size must be a positive int")
+        after = -1
+        while True:
+            batch = await self.get_messages(after=after, limit=batch_size)
+            for message in batch:
+                yield message
+            if len(batch) < batch_size:
+                return
+            after = batch[-1].position
 
     @abstractmethod
     async def replace_history(self, messages: Iterable[ContextMessage]) -> None:
@@ -139,7 +211,7 @@ class ContextStore(ABC):
         """Remove this session's messages and token totals."""
 
     @abstractmethod
-    async def fork(self) -> ContextStore:
+    async def fork(self, *, at: int | None = None) -> ContextStore:
         """A new session in the same project with a copy of the history and tokens."""
 
     @abstractmethod
@@ -155,8 +227,10 @@ class ContextStore(ABC):
         """``(input_tokens, output_tokens)``; ``(0, 0)`` when never set."""
 
     @abstractmethod
-    async def list_sessions(self) -> list[SessionInfo]:
-        """The project's sessions that hold messages, newest first."""
+    async def list_sessions(
+        self, *, limit: int | None = None, before: SessionInfo | None = None
+    ) -> list[SessionInfo]:
+        """The project's sessions that hold messages, newest first (keyset pages with limit)."""
 
     @abstractmethod
     async def close(self) -> None:

@@ -8,7 +8,7 @@ a fresh copy, never an alias of what is stored. Nothing persists beyond the
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Self
@@ -16,24 +16,30 @@ from uuid import uuid4
 
 from convostore import codec
 from convostore.database import DEFAULT_AGENT_KEY
-from convostore.errors import InsufficientBalance
+from convostore.errors import InsufficientBalance, ValidationError
 from convostore.interfaces import AgentDatabase, ContextStore
 from convostore.models import (
     ContextMessage,
     ContextRole,
     Message,
+    NewMessage,
     SessionInfo,
+    StoredContextMessage,
+    ThreadInfo,
     User,
     check_amount,
+    check_client_ids,
     check_id,
     check_optional_int,
     encoded_context_message,
     new_message,
     validated,
+    validated_fields,
 )
 from convostore.repositories import NO_PREVIEW
 from convostore.tables import (
     AGENT_NAME_LENGTH,
+    CLIENT_ID_LENGTH,
     PROJECT_LENGTH,
     SESSION_ID_LENGTH,
     THREAD_ID_LENGTH,
@@ -49,15 +55,35 @@ class _StoredMessage:
     content: bytes
     extra_inputs: bytes
     extra_outputs: bytes
+    client_id: str | None
+
+
+@dataclass
+class _Thread:
+    user_id: str
+    created_at: datetime
+    updated_at: datetime
+    messages: list[_StoredMessage] = field(default_factory=list)
+
+
+@dataclass
+class _Entry:
+    role: ContextRole
+    data: bytes
+    created_at: datetime
+    client_id: str | None
 
 
 @dataclass
 class _Session:
     created_at: datetime
-    messages: list[tuple[ContextRole, bytes]] = field(default_factory=list)
+    updated_at: datetime
+    messages: list[_Entry] = field(default_factory=list)
     input_tokens: int = 0
     output_tokens: int = 0
     preview: str | None = None
+    parent_session_id: str | None = None
+    forked_at: int | None = None
 
 
 @dataclass
@@ -65,7 +91,7 @@ class MemoryStorage:
     """Everything the in-memory implementations store; share one to share data."""
 
     users: dict[tuple[str, str], User] = field(default_factory=dict)
-    threads: dict[tuple[str, str], list[_StoredMessage]] = field(default_factory=dict)
+    threads: dict[tuple[str, str], _Thread] = field(default_factory=dict)
     sessions: dict[tuple[str, str], _Session] = field(default_factory=dict)
 
 
@@ -146,6 +172,8 @@ class InMemoryDatabase(AgentDatabase):
         satoshis: int | None = None,
         extra_inputs: Mapping[str, Any] | None = None,
         extra_outputs: Mapping[str, Any] | None = None,
+        *,
+        client_id: str | None = None,
     ) -> Message:
         new = new_message(
             thread_id,
@@ -159,28 +187,81 @@ class InMemoryDatabase(AgentDatabase):
             extra_outputs,
             id_lengths=(THREAD_ID_LENGTH, USER_ID_LENGTH),
         )
-        thread = self.storage.threads.setdefault((self._agent, new.thread_id), [])
-        stored = Message(
-            agent_name=self.agent_name,
-            thread_id=new.thread_id,
-            user_id=new.user_id,
-            idx=len(thread),
-            message=new.message,
-            content=new.content,
-            role=new.role,
-            kind=new.kind,
-            satoshis=new.satoshis,
-            created_at=datetime.now(UTC),
-        )
-        thread.append(
-            _StoredMessage(
-                stored,
-                new.encoded_content.data,
-                new.encoded_inputs.data,
-                new.encoded_outputs.data,
+        (stored,) = self._add(new.thread_id, new.user_id, [new], [client_id])
+        return stored
+
+    async def add_messages(
+        self, thread_id: str, user_id: str, messages: Iterable[Mapping[str, Any]]
+    ) -> list[Message]:
+        check_id(thread_id, "thread_id", THREAD_ID_LENGTH)
+        check_id(user_id, "user_id", USER_ID_LENGTH)
+        news, client_ids = [], []
+        for item in messages:
+            fields = dict(validated_fields(item))
+            client_ids.append(fields.pop("client_id", None))
+            news.append(
+                new_message(
+                    thread_id,
+                    user_id,
+                    fields.get("role"),
+                    fields.get("message", ""),
+                    fields.get("content", ""),
+                    fields.get("kind", "request"),
+                    fields.get("satoshis"),
+                    fields.get("extra_inputs"),
+                    fields.get("extra_outputs"),
+                    id_lengths=(THREAD_ID_LENGTH, USER_ID_LENGTH),
+                )
             )
-        )
-        return self._load(thread[-1])
+        return self._add(thread_id, user_id, news, client_ids)
+
+    def _add(
+        self,
+        thread_id: str,
+        user_id: str,
+        news: Sequence[NewMessage],
+        client_ids: Sequence[str | None],
+    ) -> list[Message]:
+        ids = check_client_ids(list(client_ids), len(news), CLIENT_ID_LENGTH)
+        if not news:
+            return []
+        now = datetime.now(UTC)
+        thread = self.storage.threads.get((self._agent, thread_id))
+        retry_key = next((i for i in ids if i is not None), None)
+        if thread is not None and retry_key is not None:
+            for row in thread.messages:
+                if row.client_id == retry_key:
+                    start = row.message.idx
+                    batch = thread.messages[start : start + len(news)]
+                    return [self._load(r) for r in batch if r.message.user_id == user_id]
+        if thread is None:
+            thread = self.storage.threads[(self._agent, thread_id)] = _Thread(
+                user_id=user_id, created_at=now, updated_at=now
+            )
+        thread.updated_at = now
+        for new, client_id in zip(news, ids, strict=True):
+            stored = Message(
+                agent_name=self.agent_name,
+                thread_id=thread_id,
+                user_id=user_id,
+                idx=len(thread.messages),
+                message=new.message,
+                content=new.content,
+                role=new.role,
+                kind=new.kind,
+                satoshis=new.satoshis,
+                created_at=now,
+            )
+            thread.messages.append(
+                _StoredMessage(
+                    stored,
+                    new.encoded_content.data,
+                    new.encoded_inputs.data,
+                    new.encoded_outputs.data,
+                    client_id,
+                )
+            )
+        return [self._load(row) for row in thread.messages[-len(news) :]]
 
     async def get_messages(
         self,
@@ -197,9 +278,10 @@ class InMemoryDatabase(AgentDatabase):
         check_optional_int(limit, "limit", minimum=0)
         check_optional_int(before_idx, "before_idx")
         check_optional_int(after_idx, "after_idx")
+        thread = self.storage.threads.get((self._agent, thread_id))
         rows = [
             row
-            for row in self.storage.threads.get((self._agent, thread_id), [])
+            for row in (thread.messages if thread is not None else [])
             if row.message.user_id == user_id
             and (after_idx is None or row.message.idx > after_idx)
             and (before_idx is None or row.message.idx < before_idx)
@@ -209,6 +291,30 @@ class InMemoryDatabase(AgentDatabase):
         if limit is not None:
             rows = rows[:limit]
         return [self._load(row) for row in rows]
+
+    async def list_threads(
+        self, user_id: str, *, limit: int | None = None, before: ThreadInfo | None = None
+    ) -> list[ThreadInfo]:
+        check_id(user_id, "user_id", USER_ID_LENGTH)
+        check_optional_int(limit, "limit", minimum=0)
+        if before is not None and not isinstance(before, ThreadInfo):
+            raise ValidationError("before must be a ThreadInfo from a previous page")
+        found = [
+            ThreadInfo(
+                thread_id=thread_id,
+                user_id=thread.user_id,
+                message_count=len(thread.messages),
+                created_at=thread.created_at,
+                updated_at=thread.updated_at,
+            )
+            for (agent, thread_id), thread in self.storage.threads.items()
+            if agent == self._agent and thread.user_id == user_id
+        ]
+        found.sort(key=lambda info: (info.updated_at, info.thread_id), reverse=True)
+        if before is not None:
+            cursor = (before.updated_at, before.thread_id)
+            found = [info for info in found if (info.updated_at, info.thread_id) < cursor]
+        return found if limit is None else found[:limit]
 
     @staticmethod
     def _load(row: _StoredMessage) -> Message:
@@ -249,102 +355,207 @@ class InMemoryContextStore(ContextStore):
         """A store for another session of the same project and storage."""
         return type(self)(self.storage, session_id=session_id, project=self._project)
 
-    def _state(self) -> _Session:
-        key = (self._project, self._session_id)
-        state = self.storage.sessions.get(key)
-        if state is None:
-            state = self.storage.sessions[key] = _Session(created_at=datetime.now(UTC))
-        return state
+    def _stored_state(self) -> _Session | None:
+        return self.storage.sessions.get((self._project, self._session_id))
 
-    async def append(self, message: ContextMessage) -> None:
-        await self.append_many([message])
+    async def append(
+        self, message: ContextMessage, *, client_id: str | None = None
+    ) -> StoredContextMessage:
+        stored = await self.append_many(
+            [message], client_ids=None if client_id is None else [client_id]
+        )
+        return stored[0]
 
-    async def append_many(self, messages: Iterable[ContextMessage]) -> None:
+    async def append_many(
+        self,
+        messages: Iterable[ContextMessage],
+        *,
+        client_ids: Sequence[str | None] | None = None,
+    ) -> list[StoredContextMessage]:
         """Append messages at consecutive positions, all or none."""
         checked = [encoded_context_message(message) for message in messages]
+        ids = check_client_ids(client_ids, len(checked), CLIENT_ID_LENGTH)
         if not checked:
-            return
-        state = self._state()
-        for message, data in checked:
+            return []
+        now = datetime.now(UTC)
+        state = self._stored_state()
+        retry_key = next((i for i in ids if i is not None), None)
+        if state is not None and retry_key is not None:
+            for position, entry in enumerate(state.messages):
+                if entry.client_id == retry_key:
+                    return self._window(state, position, position + len(checked))
+        if state is None:
+            state = self.storage.sessions[(self._project, self._session_id)] = _Session(
+                created_at=now, updated_at=now
+            )
+        first = len(state.messages)
+        for (message, data), client_id in zip(checked, ids, strict=True):
             if state.preview is None:
                 state.preview = message.preview()
-            state.messages.append((message.role, data.data))
+            state.messages.append(_Entry(message.role, data.data, now, client_id))
+        state.updated_at = now
+        return self._window(state, first, len(state.messages))
+
+    @staticmethod
+    def _window(state: _Session, start: int, stop: int) -> list[StoredContextMessage]:
+        return [
+            StoredContextMessage.model_construct(
+                role=entry.role,
+                content=codec.decode(entry.data),
+                position=position,
+                created_at=entry.created_at,
+                client_id=entry.client_id,
+            )
+            for position, entry in enumerate(state.messages[start:stop], start)
+        ]
 
     async def get_history(self) -> list[ContextMessage]:
-        state = self.storage.sessions.get((self._project, self._session_id))
+        state = self._stored_state()
         if state is None:
             return []
         return [
-            ContextMessage.model_construct(role=role, content=codec.decode(data))
-            for role, data in state.messages
+            ContextMessage.model_construct(role=entry.role, content=codec.decode(entry.data))
+            for entry in state.messages
         ]
 
     async def get_last(self, count: int) -> list[ContextMessage]:
         check_amount(count, "count")
         return (await self.get_history())[-count:] if count else []
 
+    async def get_messages(
+        self,
+        *,
+        after: int | None = None,
+        before: int | None = None,
+        limit: int | None = None,
+        reverse: bool = False,
+    ) -> list[StoredContextMessage]:
+        check_optional_int(after, "after")
+        check_optional_int(before, "before")
+        check_optional_int(limit, "limit", minimum=0)
+        state = self._stored_state()
+        if state is None:
+            return []
+        window = [
+            message
+            for message in self._window(state, 0, len(state.messages))
+            if (after is None or message.position > after)
+            and (before is None or message.position < before)
+        ]
+        if reverse:
+            window.reverse()
+        return window if limit is None else window[:limit]
+
     async def replace_history(self, messages: Iterable[ContextMessage]) -> None:
         # Everything is checked and encoded before the stored list is touched: all or none.
         checked = [encoded_context_message(message) for message in messages]
-        state = self._state()
-        state.messages = [(message.role, data.data) for message, data in checked]
+        state = self._stored_state()
+        now = datetime.now(UTC)
+        if state is None:
+            if not checked:
+                return
+            state = self.storage.sessions[(self._project, self._session_id)] = _Session(
+                created_at=now, updated_at=now
+            )
+        state.messages = [_Entry(m.role, data.data, now, None) for m, data in checked]
         state.preview = next((p for m, _ in checked if (p := m.preview()) is not None), None)
+        if checked:
+            state.updated_at = now
 
     async def pop(self) -> ContextMessage | None:
-        state = self.storage.sessions.get((self._project, self._session_id))
+        state = self._stored_state()
         if state is None or not state.messages:
             return None
-        role, data = state.messages.pop()
-        return ContextMessage.model_construct(role=role, content=codec.decode(data))
+        entry = state.messages.pop()
+        return ContextMessage.model_construct(role=entry.role, content=codec.decode(entry.data))
 
     async def clear(self) -> None:
         self.storage.sessions.pop((self._project, self._session_id), None)
 
-    async def fork(self) -> InMemoryContextStore:
+    async def fork(self, *, at: int | None = None) -> InMemoryContextStore:
+        if at is not None:
+            check_amount(at, "at")
         new_id = uuid4().hex
-        state = self.storage.sessions.get((self._project, self._session_id))
+        state = self._stored_state()
         if state is not None:
+            now = datetime.now(UTC)
+            copied = list(state.messages if at is None else state.messages[:at])
+            preview = state.preview
+            if at is not None:
+                preview = next(
+                    (
+                        ContextMessage.model_construct(
+                            role="user", content=codec.decode(entry.data)
+                        ).preview()
+                        for entry in copied
+                        if entry.role == "user"
+                    ),
+                    None,
+                )
             self.storage.sessions[(self._project, new_id)] = _Session(
-                created_at=datetime.now(UTC),
-                messages=list(state.messages),
+                created_at=now,
+                updated_at=now,
+                messages=copied,
                 input_tokens=state.input_tokens,
                 output_tokens=state.output_tokens,
-                preview=state.preview,
+                preview=preview,
+                parent_session_id=self._session_id,
+                forked_at=len(copied),
             )
         return self.with_session(new_id)
+
+    def _tokens_state(self) -> _Session:
+        state = self._stored_state()
+        if state is None:
+            now = datetime.now(UTC)
+            state = self.storage.sessions[(self._project, self._session_id)] = _Session(
+                created_at=now, updated_at=now
+            )
+        return state
 
     async def set_context_tokens(self, input_tokens: int, output_tokens: int) -> None:
         check_amount(input_tokens, "input_tokens")
         check_amount(output_tokens, "output_tokens")
-        state = self._state()
+        state = self._tokens_state()
         state.input_tokens, state.output_tokens = input_tokens, output_tokens
 
     async def add_context_tokens(self, input_tokens: int, output_tokens: int) -> None:
         check_amount(input_tokens, "input_tokens")
         check_amount(output_tokens, "output_tokens")
-        state = self._state()
+        state = self._tokens_state()
         state.input_tokens += input_tokens
         state.output_tokens += output_tokens
 
     async def get_context_tokens(self) -> tuple[int, int]:
-        state = self.storage.sessions.get((self._project, self._session_id))
+        state = self._stored_state()
         return (0, 0) if state is None else (state.input_tokens, state.output_tokens)
 
-    async def list_sessions(self) -> list[SessionInfo]:
+    async def list_sessions(
+        self, *, limit: int | None = None, before: SessionInfo | None = None
+    ) -> list[SessionInfo]:
+        check_optional_int(limit, "limit", minimum=0)
+        if before is not None and not isinstance(before, SessionInfo):
+            raise ValidationError("before must be a SessionInfo from a previous page")
         found = [
             SessionInfo(
                 session_id=session_id,
                 message_count=len(state.messages),
                 preview=NO_PREVIEW if state.preview is None else state.preview,
                 created_at=state.created_at,
+                updated_at=state.updated_at,
                 input_tokens=state.input_tokens,
                 output_tokens=state.output_tokens,
+                parent_session_id=state.parent_session_id,
+                forked_at=state.forked_at,
             )
             for (project, session_id), state in self.storage.sessions.items()
             if project == self._project and state.messages
         ]
         found.sort(key=lambda info: (info.created_at, info.session_id), reverse=True)
-        return found
+        if before is not None:
+            cursor = (before.created_at, before.session_id)
+            found = [info for info in found if (info.created_at, info.session_id) < cursor]
+        return found if limit is None else found[:limit]
 
     async def close(self) -> None:
         return None

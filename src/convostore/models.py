@@ -29,15 +29,19 @@ __all__ = [
     "NewMessage",
     "Role",
     "SessionInfo",
+    "StoredContextMessage",
+    "ThreadInfo",
     "User",
     "check_amount",
     "check_choice",
+    "check_client_ids",
     "check_id",
     "check_optional_int",
     "check_text",
     "encoded_context_message",
     "new_message",
     "validated",
+    "validated_fields",
 ]
 
 Role = Literal["user", "agent", "tool"]
@@ -117,8 +121,34 @@ class ContextMessage(BaseModel):
         return NO_PREVIEW
 
 
+class ThreadInfo(BaseModel):
+    """Summary of one agent thread, as ``list_threads`` returns it."""
+
+    thread_id: str
+    user_id: str | None
+    message_count: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class StoredContextMessage(ContextMessage):
+    """A context message as stored: with its position, time and client id."""
+
+    position: int
+    created_at: datetime
+    client_id: str | None = None
+
+    def message(self) -> ContextMessage:
+        """The plain message (role and content), as ``get_history`` returns it."""
+        return ContextMessage.model_construct(role=self.role, content=self.content)
+
+
 class SessionInfo(BaseModel):
-    """Summary of one context-store session, as ``list_sessions`` returns it."""
+    """Summary of one context-store session, as ``list_sessions`` returns it.
+
+    ``updated_at`` is the last time a message was written; ``parent_session_id`` and
+    ``forked_at`` (the number of messages taken) are set on sessions made by ``fork``.
+    """
 
     session_id: str
     message_count: int
@@ -126,6 +156,9 @@ class SessionInfo(BaseModel):
     created_at: datetime
     input_tokens: int = 0
     output_tokens: int = 0
+    updated_at: datetime | None = None
+    parent_session_id: str | None = None
+    forked_at: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +237,32 @@ def encoded_context_message(message: object) -> tuple[ContextMessage, codec.Enco
     return message, codec.Encoded(codec.encode(content))
 
 
+_MESSAGE_FIELDS = frozenset(
+    {
+        "role",
+        "message",
+        "content",
+        "kind",
+        "satoshis",
+        "extra_inputs",
+        "extra_outputs",
+        "client_id",
+    }
+)
+
+
+def validated_fields(item: object) -> Mapping[str, Any]:
+    """Check one item of ``add_messages``: a mapping of ``add_message``'s keyword arguments."""
+    if not isinstance(item, Mapping):
+        raise ValidationError(f"each message must be a mapping, not {type(item).__name__}")
+    unknown = set(item) - _MESSAGE_FIELDS
+    if unknown:
+        raise ValidationError(f"unknown message fields {sorted(map(str, unknown))}")
+    if "role" not in item:
+        raise ValidationError("each message needs a role")
+    return item
+
+
 def _json_object(value: object, name: str) -> dict[str, Any]:
     if value is None:
         return {}
@@ -267,6 +326,21 @@ def validated(model: type[M], value: object) -> M:
         return model.model_validate(value, from_attributes=True)
     except pydantic.ValidationError as exc:
         raise ValidationError(f"invalid {model.__name__}: {exc}") from exc
+
+
+def check_client_ids(ids: object, count: int, max_length: int) -> list[str | None]:
+    """Check optional client message ids: ``None``, or one id (or ``None``) per message."""
+    if ids is None:
+        return [None] * count
+    if isinstance(ids, str) or not isinstance(ids, (list, tuple)):
+        raise ValidationError("client_ids must be a list with one id (or None) per message")
+    if len(ids) != count:
+        raise ValidationError(f"got {len(ids)} client_ids for {count} messages")
+    checked = [None if i is None else check_id(i, "client_id", max_length) for i in ids]
+    present = [i for i in checked if i is not None]
+    if len(set(present)) != len(present):
+        raise ValidationError("client_ids must be distinct")
+    return checked
 
 
 def check_choice(value: object, name: str, allowed: frozenset[str]) -> str:

@@ -15,13 +15,34 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, Table, delete, insert, literal, select, update
+from sqlalchemy import (
+    BigInteger,
+    Row,
+    Table,
+    and_,
+    case,
+    delete,
+    insert,
+    literal,
+    null,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.functions import coalesce
 
 from convostore import dialects
 from convostore.codec import Encoded
-from convostore.models import NO_PREVIEW, ContextMessage, Message, SessionInfo, User
+from convostore.models import (
+    NO_PREVIEW,
+    ContextMessage,
+    Message,
+    SessionInfo,
+    StoredContextMessage,
+    ThreadInfo,
+    User,
+)
 from convostore.tables import (
     ContextMessageRecord,
     ContextTokensRecord,
@@ -146,11 +167,12 @@ class ThreadRepository:
         self._session = session
         self._agent = agent_key
 
-    async def allocate(self, thread_id: str, count: int, now: datetime) -> int:
+    async def allocate(self, thread_id: str, user_id: str, count: int, now: datetime) -> int:
         """Reserve ``count`` consecutive ``idx`` values in the thread; return the first.
 
-        The thread row is created on first use and stays write-locked until the
-        transaction ends, so concurrent writers get disjoint, gap-free ranges.
+        The thread row is created on first use (owned by ``user_id``) and stays
+        write-locked until the transaction ends, so concurrent writers get disjoint,
+        gap-free ranges.
         """
         after = await dialects.bump_counter(
             self._session,
@@ -158,7 +180,7 @@ class ThreadRepository:
             {"agent_name": self._agent, "thread_id": thread_id},
             counter="next_idx",
             n=count,
-            insert_values={"created_at": now, "updated_at": now},
+            insert_values={"created_at": now, "updated_at": now, "user_id": user_id},
             also_update=lambda new: {"updated_at": new.updated_at},
         )
         return after - count
@@ -166,8 +188,44 @@ class ThreadRepository:
     async def insert_messages(self, rows: Sequence[dict[str, Any]]) -> None:
         """Insert message rows (``idx`` already allocated) of this agent."""
         await self._session.execute(
-            insert(_messages), [{**row, "agent_name": self._agent} for row in rows]
+            _INSERT_MESSAGE,
+            [{"client_id": None, **row, "agent_name": self._agent} for row in rows],
         )
+
+    async def find_client_id(self, thread_id: str, client_id: str) -> Row[Any] | None:
+        """The message row added to the thread with ``client_id``, if any."""
+        m = _messages.c
+        stmt = select(_messages).where(
+            m.agent_name == self._agent, m.thread_id == thread_id, m.client_id == client_id
+        )
+        return (await self._session.execute(stmt)).one_or_none()
+
+    async def threads_of(
+        self, user_id: str, *, limit: int | None, before: ThreadInfo | None
+    ) -> list[ThreadInfo]:
+        """The user's threads (by first message), most recently active first; keyset pages."""
+        t = _threads.c
+        stmt = select(t.thread_id, t.user_id, t.next_idx, t.created_at, t.updated_at).where(
+            t.agent_name == self._agent, t.user_id == user_id
+        )
+        if before is not None:
+            at = literal(before.updated_at, t.updated_at.type)
+            stmt = stmt.where(
+                or_(t.updated_at < at, and_(t.updated_at == at, t.thread_id < before.thread_id))
+            )
+        stmt = stmt.order_by(t.updated_at.desc(), t.thread_id.desc())
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        return [
+            ThreadInfo(
+                thread_id=row.thread_id,
+                user_id=row.user_id,
+                message_count=row.next_idx,
+                created_at=row.created_at,
+                updated_at=row.updated_at,
+            )
+            for row in (await self._session.execute(stmt)).all()
+        ]
 
     async def messages(
         self,
@@ -227,17 +285,28 @@ class SessionRepository:
                 "output_tokens": 0,
                 "preview": preview,
                 "created_at": now,
+                "updated_at": now,
+                "parent_session_id": None,
+                "forked_at": None,
             },
-            also_update=lambda new: {"preview": coalesce(_sessions.c.preview, new.preview)},
+            also_update=lambda new: {
+                "preview": coalesce(_sessions.c.preview, new.preview),
+                "updated_at": new.updated_at,
+            },
         )
         return after - count
 
     async def insert_messages(
-        self, first: int, rows: Sequence[tuple[str, Encoded]], now: datetime
+        self,
+        first: int,
+        rows: Sequence[tuple[str, Encoded]],
+        now: datetime,
+        client_ids: Sequence[str | None] | None = None,
     ) -> None:
         """Insert ``(role, encoded content)`` rows at positions ``first, first + 1, ...``."""
+        ids = client_ids if client_ids is not None else [None] * len(rows)
         await self._session.execute(
-            insert(_context_messages),
+            _INSERT_CONTEXT_MESSAGE,
             [
                 {
                     "project": self._project,
@@ -246,10 +315,43 @@ class SessionRepository:
                     "role": role,
                     "content": content,
                     "created_at": now,
+                    "client_id": client_id,
                 }
-                for offset, (role, content) in enumerate(rows)
+                for offset, ((role, content), client_id) in enumerate(zip(rows, ids, strict=True))
             ],
         )
+
+    async def find_client_id(self, client_id: str) -> StoredContextMessage | None:
+        """The message appended with ``client_id``, if any."""
+        c = _context_messages.c
+        stmt = select(*_STORED_COLUMNS).where(*self._messages_key(), c.client_id == client_id)
+        row = (await self._session.execute(stmt)).one_or_none()
+        return None if row is None else _stored(row)
+
+    async def window(
+        self,
+        *,
+        after: int | None,
+        before: int | None,
+        limit: int | None,
+        newest_first: bool,
+    ) -> list[StoredContextMessage]:
+        """Messages with ``after < position < before``, by position, at most ``limit``.
+
+        A keyset read on the primary key: its cost grows with the window, not the session.
+        ``newest_first`` takes the window from the end (the latest ``limit`` messages
+        before ``before``) and returns it newest first.
+        """
+        c = _context_messages.c
+        stmt = select(*_STORED_COLUMNS).where(*self._messages_key())
+        if after is not None:
+            stmt = stmt.where(c.position > after)
+        if before is not None:
+            stmt = stmt.where(c.position < before)
+        stmt = stmt.order_by(c.position.desc() if newest_first else c.position)
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        return [_stored(row) for row in (await self._session.execute(stmt)).all()]
 
     async def history(self) -> list[ContextMessage]:
         """All messages in position order."""
@@ -327,34 +429,34 @@ class SessionRepository:
 
     async def set_tokens(self, input_tokens: int, output_tokens: int, now: datetime) -> None:
         """Overwrite the token totals."""
-        await self._session.execute(
-            self._tokens_upsert(
-                input_tokens,
-                output_tokens,
-                now,
-                lambda new: {"input_tokens": new.input_tokens, "output_tokens": new.output_tokens},
-            )
-        )
+        await self._tokens_upsert("set", input_tokens, output_tokens, now)
 
     async def add_tokens(self, input_tokens: int, output_tokens: int, now: datetime) -> None:
         """Add to the token totals in one atomic statement."""
-        c = _sessions.c
-        await self._session.execute(
-            self._tokens_upsert(
-                input_tokens,
-                output_tokens,
-                now,
-                lambda new: {
+        await self._tokens_upsert("add", input_tokens, output_tokens, now)
+
+    async def _tokens_upsert(
+        self, how: str, input_tokens: int, output_tokens: int, now: datetime
+    ) -> None:
+        kind = self._kind
+
+        def build() -> Any:
+            c = _sessions.c
+
+            def assignments(new: Any) -> dict[str, Any]:
+                if how == "set":
+                    return {"input_tokens": new.input_tokens, "output_tokens": new.output_tokens}
+                return {
                     "input_tokens": c.input_tokens + new.input_tokens,
                     "output_tokens": c.output_tokens + new.output_tokens,
-                },
-            )
-        )
+                }
 
-    def _tokens_upsert(
-        self, input_tokens: int, output_tokens: int, now: datetime, update_fn: dialects.UpdateFn
-    ) -> Any:
-        values = {
+            values = dialects.params_for(_sessions, _SESSION_COLUMNS)
+            return dialects.upsert(
+                kind, _sessions, values, key=["project", "session_id"], update=assignments
+            )
+
+        params = {
             "project": self._project,
             "session_id": self._session_id,
             "input_tokens": input_tokens,
@@ -362,18 +464,24 @@ class SessionRepository:
             "next_position": 0,
             "preview": None,
             "created_at": now,
+            "updated_at": now,
+            "parent_session_id": None,
+            "forked_at": None,
         }
-        return dialects.upsert(
-            self._kind, _sessions, values, key=["project", "session_id"], update=update_fn
-        )
+        await self._session.execute(dialects.cached((kind, "tokens", how), build), params)
 
     async def delete(self) -> None:
         """Remove the session's messages and state (tokens, counter, preview)."""
         await self._session.execute(delete(_context_messages).where(*self._messages_key()))
         await self._session.execute(delete(_sessions).where(*self._state_key()))
 
-    async def copy_to(self, new_session_id: str, now: datetime) -> None:
-        """Copy state and messages into ``new_session_id`` of the same project, server-side."""
+    async def copy_to(self, new_session_id: str, now: datetime, *, at: int | None = None) -> None:
+        """Copy state and messages into ``new_session_id`` of the same project, server-side.
+
+        With ``at``, only the messages before position ``at`` are copied (a branch from an
+        earlier point). The copy records this session as its parent and how many messages
+        it took (``forked_at``); token totals are copied as they are.
+        """
         s = _sessions.c
         # Lock the source's state row first (PostgreSQL, MySQL/MariaDB) so no append lands
         # between copying the counter and copying the messages. On SQLite the INSERT below
@@ -381,69 +489,147 @@ class SessionRepository:
         await self._session.execute(
             select(s.next_position).where(*self._state_key()).with_for_update()
         )
+        copied: Any = s.next_position
+        if at is not None:
+            copied = case((s.next_position > at, literal(at, BigInteger())), else_=s.next_position)
         await self._session.execute(
             insert(_sessions).from_select(
-                [
-                    "project",
-                    "session_id",
-                    "input_tokens",
-                    "output_tokens",
-                    "next_position",
-                    "preview",
-                    "created_at",
-                ],
+                [*_SESSION_COLUMNS],
                 select(
                     s.project,
-                    literal(new_session_id, _sessions.c.session_id.type),
+                    literal(new_session_id, s.session_id.type),
                     s.input_tokens,
                     s.output_tokens,
-                    s.next_position,
-                    s.preview,
-                    literal(now, _sessions.c.created_at.type),
+                    copied,
+                    s.preview if at is None else null(),
+                    literal(now, s.created_at.type),
+                    literal(now, s.updated_at.type),
+                    literal(self._session_id, s.parent_session_id.type),
+                    copied,
                 ).where(*self._state_key()),
             )
         )
         c = _context_messages.c
+        columns = [
+            "project",
+            "session_id",
+            "position",
+            "role",
+            "content",
+            "created_at",
+            "client_id",
+        ]
+        source = select(
+            c.project,
+            literal(new_session_id, c.session_id.type),
+            c.position,
+            c.role,
+            c.content,
+            c.created_at,
+            c.client_id,
+        ).where(*self._messages_key())
+        if at is not None:
+            source = source.where(c.position < at)
+        await self._session.execute(insert(_context_messages).from_select(columns, source))
+        if at is not None:
+            await self._recompute_preview(new_session_id)
+
+    async def _recompute_preview(self, session_id: str) -> None:
+        c = _context_messages.c
+        first_user = (
+            select(c.content)
+            .where(c.project == self._project, c.session_id == session_id, c.role == "user")
+            .order_by(c.position)
+            .limit(1)
+        )
+        content = (await self._session.execute(first_user)).scalar_one_or_none()
+        if content is None:
+            return
+        preview = ContextMessage.model_construct(role="user", content=content).preview()
         await self._session.execute(
-            insert(_context_messages).from_select(
-                ["project", "session_id", "position", "role", "content", "created_at"],
-                select(
-                    c.project,
-                    literal(new_session_id, c.session_id.type),
-                    c.position,
-                    c.role,
-                    c.content,
-                    c.created_at,
-                ).where(*self._messages_key()),
-            )
+            update(_sessions)
+            .where(_sessions.c.project == self._project, _sessions.c.session_id == session_id)
+            .values(preview=preview)
         )
 
-    async def list_project(self) -> list[SessionInfo]:
-        """Sessions of this repository's project that hold messages, newest first."""
+    async def list_project(
+        self, *, limit: int | None = None, before: SessionInfo | None = None
+    ) -> list[SessionInfo]:
+        """Sessions of this repository's project that hold messages, newest first.
+
+        A keyset page: ``before`` is the last session of the previous page, and the cost
+        grows with ``limit``, not with the number of sessions or messages.
+        """
         s = _sessions.c
-        stmt = (
-            select(
-                s.session_id,
-                s.next_position,
-                s.preview,
-                s.created_at,
-                s.input_tokens,
-                s.output_tokens,
+        stmt = select(
+            s.session_id,
+            s.next_position,
+            s.preview,
+            s.created_at,
+            s.updated_at,
+            s.input_tokens,
+            s.output_tokens,
+            s.parent_session_id,
+            s.forked_at,
+        ).where(s.project == self._project, s.next_position > 0)
+        if before is not None:
+            at = literal(before.created_at, s.created_at.type)
+            stmt = stmt.where(
+                or_(
+                    s.created_at < at,
+                    and_(s.created_at == at, s.session_id < before.session_id),
+                )
             )
-            .where(s.project == self._project, s.next_position > 0)
-            .order_by(s.created_at.desc(), s.session_id.desc())
-        )
+        stmt = stmt.order_by(s.created_at.desc(), s.session_id.desc())
+        if limit is not None:
+            stmt = stmt.limit(limit)
         return [
             SessionInfo(
                 session_id=row.session_id,
                 message_count=row.next_position,
                 preview=NO_PREVIEW if row.preview is None else row.preview,
                 created_at=row.created_at,
+                updated_at=row.updated_at,
                 input_tokens=row.input_tokens,
                 output_tokens=row.output_tokens,
+                parent_session_id=row.parent_session_id,
+                forked_at=row.forked_at,
             )
             for row in (await self._session.execute(stmt)).all()
         ]
+
+
+_SESSION_COLUMNS = (
+    "project",
+    "session_id",
+    "input_tokens",
+    "output_tokens",
+    "next_position",
+    "preview",
+    "created_at",
+    "updated_at",
+    "parent_session_id",
+    "forked_at",
+)
+_INSERT_CONTEXT_MESSAGE = insert(_context_messages)
+_INSERT_MESSAGE = insert(_messages)
+_STORED_COLUMNS = (
+    _context_messages.c.position,
+    _context_messages.c.role,
+    _context_messages.c.content,
+    _context_messages.c.created_at,
+    _context_messages.c.client_id,
+)
+
+
+def _stored(row: Any) -> StoredContextMessage:
+    return StoredContextMessage.model_construct(
+        role=row.role,
+        content=row.content,
+        position=row.position,
+        created_at=row.created_at,
+        client_id=row.client_id,
+    )
 
 
 def message_from_row(row: Row[Any], agent_name: str | None) -> Message:

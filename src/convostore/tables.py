@@ -28,6 +28,7 @@ from convostore.types import CompressedJSON, UTCDateTime, key_string, long_text
 
 __all__ = [
     "AGENT_NAME_LENGTH",
+    "CLIENT_ID_LENGTH",
     "PREVIEW_LENGTH",
     "PROJECT_LENGTH",
     "SESSION_ID_LENGTH",
@@ -49,6 +50,7 @@ THREAD_ID_LENGTH = 255
 PROJECT_LENGTH = 512
 SESSION_ID_LENGTH = 128
 PREVIEW_LENGTH = 100
+CLIENT_ID_LENGTH = 128
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -80,15 +82,24 @@ class UserRecord(Base):
 
 
 class ThreadRecord(Base):
-    """A thread of one agent; ``next_idx`` is the counter that orders its messages."""
+    """A thread of one agent; ``next_idx`` is the counter that orders its messages.
+
+    ``next_idx`` is also the message count, ``updated_at`` the last write, and ``user_id``
+    the user of the first message, so listing a user's threads reads this table alone.
+    """
 
     __tablename__ = "threads"
+    __table_args__ = (
+        Index("ix_threads_agent_name_user_id_updated_at", "agent_name", "user_id", "updated_at"),
+    )
 
     agent_name: Mapped[str] = mapped_column(key_string(AGENT_NAME_LENGTH), primary_key=True)
     thread_id: Mapped[str] = mapped_column(key_string(THREAD_ID_LENGTH), primary_key=True)
     next_idx: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # The user who wrote the thread's first message: list_threads(user_id) pages on it.
+    user_id: Mapped[str | None] = mapped_column(key_string(USER_ID_LENGTH))
 
 
 class MessageRecord(Base):
@@ -102,6 +113,13 @@ class MessageRecord(Base):
             ondelete="CASCADE",
         ),
         Index("ix_messages_agent_name_user_id_thread_id", "agent_name", "user_id", "thread_id"),
+        Index(
+            "ix_messages_agent_name_thread_id_client_id",
+            "agent_name",
+            "thread_id",
+            "client_id",
+            unique=True,
+        ),
     )
 
     agent_name: Mapped[str] = mapped_column(key_string(AGENT_NAME_LENGTH), primary_key=True)
@@ -116,6 +134,9 @@ class MessageRecord(Base):
     extra_inputs: Mapped[Any] = mapped_column(CompressedJSON())
     extra_outputs: Mapped[Any] = mapped_column(CompressedJSON())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # The caller's id for this message, if it gave one: a retried add_message with the same
+    # id finds the stored message instead of adding it twice.
+    client_id: Mapped[str | None] = mapped_column(key_string(CLIENT_ID_LENGTH))
 
 
 class ContextTokensRecord(Base):
@@ -123,8 +144,9 @@ class ContextTokensRecord(Base):
 
     Besides the token totals it holds ``next_position`` (the counter that orders the
     session's messages, equal to its message count since positions are gap-free), the
-    preview (first user message's first text block; ``"(no preview)"`` when it has none) and
-    the creation time. ``list_sessions`` reads this table alone.
+    preview (first user message's first text block; ``"(no preview)"`` when it has none),
+    the creation and last-activity times, and where a fork came from. It is updated in the
+    same statement that allocates positions, so ``list_sessions`` reads this table alone.
     """
 
     __tablename__ = "context_tokens"
@@ -137,6 +159,9 @@ class ContextTokensRecord(Base):
     next_position: Mapped[int] = mapped_column(BigInteger, default=0)
     preview: Mapped[str | None] = mapped_column(String(PREVIEW_LENGTH))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    parent_session_id: Mapped[str | None] = mapped_column(key_string(SESSION_ID_LENGTH))
+    forked_at: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class ContextMessageRecord(Base):
@@ -149,6 +174,13 @@ class ContextMessageRecord(Base):
             ["context_tokens.project", "context_tokens.session_id"],
             ondelete="CASCADE",
         ),
+        Index(
+            "ix_context_messages_project_session_id_client_id",
+            "project",
+            "session_id",
+            "client_id",
+            unique=True,
+        ),
     )
 
     project: Mapped[str] = mapped_column(key_string(PROJECT_LENGTH), primary_key=True)
@@ -157,3 +189,4 @@ class ContextMessageRecord(Base):
     role: Mapped[str] = mapped_column(String(16))
     content: Mapped[Any] = mapped_column(CompressedJSON())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    client_id: Mapped[str | None] = mapped_column(key_string(CLIENT_ID_LENGTH))

@@ -2,17 +2,35 @@
 
 A façade runs each public call as one short transaction on a fresh ``AsyncSession``, or,
 when it is bound to a caller's session (a unit of work), inside that session's transaction
-without committing. Transient conflicts (deadlocks, serialization failures, lock timeouts,
-SQLite's busy database) roll the whole transaction back, and :class:`TransactionRunner`
-runs it again, up to :data:`MAX_ATTEMPTS` times with a short jittered backoff. Calls in a
-caller's unit of work are never retried: the caller owns that transaction.
+without committing. Calls in a caller's unit of work are never retried: the caller owns
+that transaction.
+
+Retry policy. Transient conflicts (:func:`convostore.dialects.is_retryable`: deadlocks,
+serialization failures, lock-wait timeouts, SQLite's "database is locked") roll the whole
+transaction back, so :class:`TransactionRunner` runs it again. The retry is bounded:
+
+* at most :data:`MAX_ATTEMPTS` (8) attempts in all;
+* before attempt ``n + 1`` a random pause drawn uniformly from
+  ``[0, min(0.2 s, 5 ms * 2**n))`` ("full jitter", so writers that collided do not collide
+  again in lockstep); the pauses of one call add up to at most 0.71 s;
+* each attempt may itself wait for locks: up to SQLite's 5 s ``busy_timeout``, or the
+  server's lock-wait timeout (``lock_timeout`` on PostgreSQL, ``innodb_lock_wait_timeout``
+  on MySQL/MariaDB), which are the server's to configure.
+
+After the last attempt the error surfaces as :class:`~convostore.errors.DatabaseError`.
+A lost connection is never retried, since a ``COMMIT`` that was cut off may have been
+applied; it surfaces at once as :class:`~convostore.errors.DatabaseError`, and the next
+call gets a fresh connection from the pool. Hot counters do not need these retries on any
+backend (writers queue on the counter row's lock); they are there for the rare deadlock,
+such as two first inserts of the same key on MySQL/MariaDB.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import TypeVar
 
 from sqlalchemy import exc as sa_exc
@@ -43,6 +61,18 @@ class TransactionRunner:
         runner = TransactionRunner.__new__(TransactionRunner)
         runner.engine, runner.bound, runner.sessionmaker = self.engine, session, self.sessionmaker
         return runner
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """A new session in a transaction: committed if the block ends normally, else rolled back.
+
+        Failures of the begin, the commit or the rollback (a connection killed while the
+        caller's block ran, say) come out as convostore errors like those of any call.
+        The block is not retried: only its owner knows whether it can run again.
+        """
+        with translate_errors():
+            async with self.sessionmaker() as session, session.begin():
+                yield session
 
     async def run(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
         """Run ``work(session)`` in a transaction and commit, retrying transient conflicts.

@@ -127,6 +127,9 @@ class _Kind:
     fields: tuple[str, ...]
     key: tuple[str, ...]
     timestamps: tuple[str, ...]
+    # Fields added after version 1 was first written: absent means null (a missing
+    # updated_at is the created_at).
+    optional: tuple[str, ...] = ()
 
 
 _KINDS: Final = (
@@ -147,9 +150,10 @@ _KINDS: Final = (
     _Kind(
         "thread",
         _threads,
-        ("agent_name", "thread_id", "next_idx", "created_at", "updated_at"),
+        ("agent_name", "thread_id", "next_idx", "created_at", "updated_at", "user_id"),
         ("agent_name", "thread_id"),
         ("created_at", "updated_at"),
+        ("user_id",),
     ),
     _Kind(
         "message",
@@ -167,9 +171,11 @@ _KINDS: Final = (
             "extra_inputs",
             "extra_outputs",
             "created_at",
+            "client_id",
         ),
         ("agent_name", "thread_id", "idx"),
         ("created_at",),
+        ("client_id",),
     ),
     _Kind(
         "session",
@@ -182,16 +188,21 @@ _KINDS: Final = (
             "next_position",
             "preview",
             "created_at",
+            "updated_at",
+            "parent_session_id",
+            "forked_at",
         ),
         ("project", "session_id"),
-        ("created_at",),
+        ("created_at", "updated_at"),
+        ("updated_at", "parent_session_id", "forked_at"),
     ),
     _Kind(
         "context_message",
         _context_messages,
-        ("project", "session_id", "position", "role", "content", "created_at"),
+        ("project", "session_id", "position", "role", "content", "created_at", "client_id"),
         ("project", "session_id", "position"),
         ("created_at",),
+        ("client_id",),
     ),
 )
 _BY_NAME: Final = {kind.name: kind for kind in _KINDS}
@@ -462,6 +473,7 @@ class _Writer:
                     "next_position": self.next_position[(p, s)],
                     "preview": None,
                     "created_at": at,
+                    "updated_at": at,
                 }
                 for (p, s), at in parents.items()
             ]
@@ -585,10 +597,12 @@ def _parse_record(line: bytes, number: int) -> tuple[str, dict[str, Any]]:
             f"expected one of {list(RECORD_TYPES)}"
         )
     where = f"{where} ({kind.name})"
-    missing = [name for name in kind.fields if name not in record]
+    missing = [name for name in kind.fields if name not in record and name not in kind.optional]
     if missing:
         raise ValidationError(f"{where}: missing fields {missing}")
-    row = {name: record[name] for name in kind.fields}
+    row = {name: record.get(name) for name in kind.fields}
+    if "updated_at" in kind.optional and row["updated_at"] is None:
+        row["updated_at"] = row["created_at"]
     for name in kind.timestamps:
         row[name] = _parse_time(row[name], f"{where} {name}")
     _check_row(kind.name, row, where)
@@ -738,10 +752,10 @@ def _axio_sessions(src: sqlite3.Connection, has_tokens: bool) -> dict[tuple[str,
     """One session row per (project, session_id) found in messages or tokens."""
     sessions: dict[tuple[str, str], dict[str, Any]] = {}
     rows = src.execute(
-        "SELECT project, session_id, COUNT(*), MIN(created_at) FROM axio_context_messages"
-        " GROUP BY project, session_id ORDER BY project, session_id"
+        "SELECT project, session_id, COUNT(*), MIN(created_at), MAX(created_at)"
+        " FROM axio_context_messages GROUP BY project, session_id ORDER BY project, session_id"
     )
-    for project, session_id, count, first_at in rows:
+    for project, session_id, count, first_at, last_at in rows:
         where = f"axio session {session_id!r} of project {project!r}"
         sessions[(project, session_id)] = {
             "project": project,
@@ -751,6 +765,7 @@ def _axio_sessions(src: sqlite3.Connection, has_tokens: bool) -> dict[tuple[str,
             "next_position": int(count),
             "preview": None,
             "created_at": _source_time(first_at, where),
+            "updated_at": _source_time(last_at, where),
         }
     if has_tokens:
         now = datetime.now(UTC)
@@ -766,6 +781,7 @@ def _axio_sessions(src: sqlite3.Connection, has_tokens: bool) -> dict[tuple[str,
                     "next_position": 0,
                     "preview": None,
                     "created_at": now,
+                    "updated_at": now,
                 },
             )
             session["input_tokens"] = int(input_tokens)
@@ -877,8 +893,10 @@ def _agentstr_threads(
     src: sqlite3.Connection, agent_expr: str, where: str, params: tuple[str, ...]
 ) -> list[dict[str, Any]]:
     threads = []
-    for agent, thread_id, max_idx, first_at, last_at in src.execute(
-        f"SELECT {agent_expr}, thread_id, MAX(idx), MIN(created_at), MAX(created_at)"
+    for agent, thread_id, max_idx, first_at, last_at, owner in src.execute(
+        f"SELECT {agent_expr}, thread_id, MAX(idx), MIN(created_at), MAX(created_at),"
+        " (SELECT f.user_id FROM message f WHERE f.agent_name IS message.agent_name"
+        "  AND f.thread_id = message.thread_id ORDER BY f.idx LIMIT 1)"
         f" FROM message{where} GROUP BY 1, thread_id ORDER BY 1, thread_id",
         params,
     ):
@@ -889,6 +907,7 @@ def _agentstr_threads(
             "next_idx": int(max_idx) + 1,
             "created_at": _source_time(first_at, at),
             "updated_at": _source_time(last_at, at),
+            "user_id": owner,
         }
         _check_row("thread", row, at)
         threads.append(row)

@@ -37,7 +37,7 @@ async def _add_session(engine: AsyncEngine, session_id: str) -> None:
         await conn.execute(
             insert(ContextTokensRecord).values(
                 project="p", session_id=session_id, input_tokens=1, output_tokens=2,
-                next_position=0, preview=None, created_at=NOW,
+                next_position=0, preview=None, created_at=NOW, updated_at=NOW,
             )
         )  # fmt: skip
 

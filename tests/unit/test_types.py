@@ -46,7 +46,7 @@ async def _add_session(session: AsyncSession, session_id: str = "s") -> None:
     await session.execute(
         insert(ContextTokensRecord).values(
             project="p", session_id=session_id, input_tokens=0, output_tokens=0,
-            next_position=0, preview=None, created_at=NOW,
+            next_position=0, preview=None, created_at=NOW, updated_at=NOW,
         )
     )  # fmt: skip
 
