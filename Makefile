@@ -13,14 +13,14 @@ BIN312 := $(VENV312)/bin
 STAMP := $(VENV)/.installed
 STAMP312 := $(VENV312)/.installed
 
-.PHONY: venv venv312 demo test pytest pytest312 lint format bench clean
+.PHONY: venv venv312 demo test pytest pytest312 lint format bench docs clean
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,postgresql,mysql]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,docs,postgresql,mysql]'
 	touch $(STAMP)
 
 venv312: $(STAMP312)
@@ -55,16 +55,20 @@ pytest312: venv312
 		$(BIN312)/python -m pytest tests/integrations $(PYTEST_ARGS)
 
 lint: venv
-	$(BIN)/ruff check src tests migrations examples bench
-	$(BIN)/ruff format --check src tests migrations examples bench
+	$(BIN)/ruff check src tests migrations examples bench docs/_griffe
+	$(BIN)/ruff format --check src tests migrations examples bench docs/_griffe
 	$(BIN)/mypy
 
 format: venv
 	$(BIN)/ruff format src tests migrations examples bench
 	$(BIN)/ruff check --fix src tests migrations examples bench
 
+# The documentation site, as tests/test_mkdocs.py builds it (every warning is an error).
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 bench: venv312
 	$(BIN312)/python bench/bench.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) $(VENV312) dist build .mypy_cache .ruff_cache .pytest_cache convostore.db*
+	rm -rf $(VENV) $(VENV312) dist build site .mypy_cache .ruff_cache .pytest_cache convostore.db*
