@@ -71,9 +71,7 @@ def downgrade() -> None:
     op.drop_index("ix_messages_agent_name_thread_id_client_id", table_name="messages")
     with op.batch_alter_table("messages") as batch:
         batch.drop_column("client_id")
-    op.drop_index(
-        "ix_context_messages_project_session_id_client_id", table_name="context_messages"
-    )
+    op.drop_index("ix_context_messages_project_session_id_client_id", table_name="context_messages")
     with op.batch_alter_table("context_messages") as batch:
         batch.drop_column("client_id")
     op.drop_index("ix_threads_agent_name_user_id_updated_at", table_name="threads")
