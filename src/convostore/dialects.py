@@ -155,7 +155,9 @@ async def bump_counter(
 
 # Driver error codes meaning "the transaction was rolled back; run it again".
 _PG_RETRY_STATES = frozenset({"40001", "40P01", "55P03"})
-_MYSQL_RETRY_CODES = frozenset({1205, 1213})
+# MySQL/MariaDB: 1205 lock wait timeout, 1213 deadlock, 1020 "record has changed since last
+# read" (MariaDB's innodb_snapshot_isolation, on by default from 11.8).
+_MYSQL_RETRY_CODES = frozenset({1020, 1205, 1213})
 _SQLITE_RETRY_MESSAGES = ("database is locked", "database table is locked")
 
 
