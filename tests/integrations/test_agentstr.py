@@ -113,11 +113,19 @@ async def test_the_one_line_switch(agentstr: tuple[Any, Any], tmp_path: Path) ->
 
 
 def test_every_base_database_method_has_the_same_signature(agentstr: tuple[Any, Any]) -> None:
+    """Every call that works against agentstr's signature works against ours.
+
+    Ours may add parameters only after agentstr's, keyword-only and with a default (such
+    as add_message's client_id): no existing call can reach them by accident.
+    """
     base_database, _ = agentstr
     for name in sorted(base_database.__abstractmethods__):
         theirs = inspect.signature(getattr(base_database, name)).parameters
         ours = inspect.signature(getattr(SQLAlchemyDatabase, name)).parameters
-        assert list(ours) == list(theirs), name
+        assert list(ours)[: len(theirs)] == list(theirs), name
+        for extra in list(ours)[len(theirs) :]:
+            assert ours[extra].kind is inspect.Parameter.KEYWORD_ONLY, (name, extra)
+            assert ours[extra].default is not inspect.Parameter.empty, (name, extra)
         for param, expected in theirs.items():
             actual = ours[param]
             assert actual.kind == expected.kind, (name, param)
