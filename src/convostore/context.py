@@ -31,7 +31,7 @@ from convostore.models import (
     check_client_ids,
     check_id,
     check_optional_int,
-    encoded_context_message,
+    encoded_context_messages,
 )
 from convostore.repositories import SessionRepository
 from convostore.settings import redact
@@ -168,7 +168,7 @@ class SQLAlchemyContextStore(ContextStore):
         already stored is a retry: nothing is written and the stored messages with those
         ids are returned.
         """
-        checked = [encoded_context_message(message) for message in messages]
+        checked = encoded_context_messages(messages)
         ids = check_client_ids(client_ids, len(checked), CLIENT_ID_LENGTH)
         if not checked:
             return []
@@ -226,7 +226,7 @@ class SQLAlchemyContextStore(ContextStore):
         token totals are kept. Either the new history is stored or, on any failure, the old
         one is left exactly as it was (unlike ``clear()`` followed by appends).
         """
-        checked = [encoded_context_message(message) for message in messages]
+        checked = encoded_context_messages(messages)
         preview = next((p for m, _ in checked if (p := m.preview()) is not None), None)
         await self._ensure_ready()
         now = _now()

@@ -31,7 +31,7 @@ from convostore.models import (
     check_client_ids,
     check_id,
     check_optional_int,
-    encoded_context_message,
+    encoded_context_messages,
     new_message,
     validated,
     validated_fields,
@@ -373,7 +373,7 @@ class InMemoryContextStore(ContextStore):
         client_ids: Sequence[str | None] | None = None,
     ) -> list[StoredContextMessage]:
         """Append messages at consecutive positions, all or none."""
-        checked = [encoded_context_message(message) for message in messages]
+        checked = encoded_context_messages(messages)
         ids = check_client_ids(client_ids, len(checked), CLIENT_ID_LENGTH)
         if not checked:
             return []
@@ -448,7 +448,7 @@ class InMemoryContextStore(ContextStore):
 
     async def replace_history(self, messages: Iterable[ContextMessage]) -> None:
         # Everything is checked and encoded before the stored list is touched: all or none.
-        checked = [encoded_context_message(message) for message in messages]
+        checked = encoded_context_messages(messages)
         state = self._stored_state()
         now = datetime.now(UTC)
         if state is None:

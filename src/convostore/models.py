@@ -39,6 +39,7 @@ __all__ = [
     "check_optional_int",
     "check_text",
     "encoded_context_message",
+    "encoded_context_messages",
     "new_message",
     "validated",
     "validated_fields",
@@ -71,7 +72,8 @@ class User(BaseModel):
     model_config = ConfigDict(validate_assignment=True)
 
     user_id: str
-    available_balance: int = Field(default=0, ge=0)
+    # Strict: a balance given as True or "5" is refused, not silently stored as 1 or 5.
+    available_balance: int = Field(default=0, ge=0, strict=True)
     current_thread_id: str | None = None
 
 
@@ -116,7 +118,9 @@ class ContextMessage(BaseModel):
             return None
         for block in self.content:
             if block.get("type") == "text" and isinstance(block.get("text"), str):
-                text: str = block["text"]
+                # NUL is fine inside stored JSON, but the preview is a text column and
+                # PostgreSQL's text cannot hold it.
+                text: str = block["text"].replace("\x00", "")
                 return text[:length] + ("..." if len(text) > length else "")
         return NO_PREVIEW
 
@@ -235,6 +239,22 @@ def encoded_context_message(message: object) -> tuple[ContextMessage, codec.Enco
     if type(content) is not list or any(type(block) is not dict for block in content):
         raise ValidationError("content must be a list of JSON objects (content blocks)")
     return message, codec.Encoded(codec.encode(content))
+
+
+def encoded_context_messages(messages: object) -> list[tuple[ContextMessage, codec.Encoded]]:
+    """:func:`encoded_context_message` for each of ``messages`` (any iterable of messages).
+
+    Raises:
+        ValidationError: ``messages`` is not iterable, or a message is not acceptable.
+        SerializationError: A message's content is not exactly JSON.
+    """
+    try:
+        items = iter(messages)  # type: ignore[call-overload]
+    except TypeError:
+        raise ValidationError(
+            f"messages must be an iterable of messages, not {type(messages).__name__}"
+        ) from None
+    return [encoded_context_message(message) for message in items]
 
 
 _MESSAGE_FIELDS = frozenset(

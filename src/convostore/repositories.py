@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+import pydantic
 from sqlalchemy import (
     BigInteger,
     Row,
@@ -34,6 +35,7 @@ from sqlalchemy.sql.functions import coalesce
 
 from convostore import dialects
 from convostore.codec import Encoded
+from convostore.errors import SerializationError
 from convostore.models import (
     NO_PREVIEW,
     ContextMessage,
@@ -633,18 +635,28 @@ def _stored(row: Any) -> StoredContextMessage:
 
 
 def message_from_row(row: Row[Any], agent_name: str | None) -> Message:
-    """Build the API model of a ``messages`` row; ``agent_name`` as the caller knows it."""
-    return Message(
-        agent_name=agent_name,
-        thread_id=row.thread_id,
-        user_id=row.user_id,
-        idx=row.idx,
-        message=row.message,
-        content=row.content,
-        role=row.role,
-        kind=row.kind,
-        satoshis=row.satoshis,
-        extra_inputs=row.extra_inputs or {},
-        extra_outputs=row.extra_outputs or {},
-        created_at=row.created_at,
-    )
+    """Build the API model of a ``messages`` row; ``agent_name`` as the caller knows it.
+
+    Raises:
+        SerializationError: The stored row decodes to values the model cannot hold (a row
+            written or damaged outside convostore).
+    """
+    try:
+        return Message(
+            agent_name=agent_name,
+            thread_id=row.thread_id,
+            user_id=row.user_id,
+            idx=row.idx,
+            message=row.message,
+            content=row.content,
+            role=row.role,
+            kind=row.kind,
+            satoshis=row.satoshis,
+            extra_inputs=row.extra_inputs or {},
+            extra_outputs=row.extra_outputs or {},
+            created_at=row.created_at,
+        )
+    except pydantic.ValidationError as exc:
+        raise SerializationError(
+            f"stored message {row.idx} of thread {row.thread_id!r} is not a valid message: {exc}"
+        ) from exc
