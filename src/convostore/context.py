@@ -20,7 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from convostore import codec
 from convostore import migrate as migrations
-from convostore.engine import create_engine
+from convostore.dialects import appends_in_one_statement
+from convostore.engine import create_engine, family
 from convostore.errors import ConfigurationError, ConflictError, ValidationError
 from convostore.interfaces import ContextStore
 from convostore.models import (
@@ -185,9 +186,8 @@ class SQLAlchemyContextStore(ContextStore):
                     return await repo.window(
                         after=found.position - 1, before=None, limit=len(ids), newest_first=False
                     )
-            first = await repo.allocate(len(checked), now, preview)
             rows = [(m.role, data) for m, data in checked]
-            await repo.insert_messages(first, rows, now, ids)
+            first = await repo.append(rows, now, preview, ids)
             return [
                 StoredContextMessage.model_construct(
                     role=m.role,
@@ -199,13 +199,14 @@ class SQLAlchemyContextStore(ContextStore):
                 for offset, ((m, data), client_id) in enumerate(zip(checked, ids, strict=True))
             ]
 
+        one_statement = len(checked) == 1 and appends_in_one_statement(family(self.engine))
         try:
-            return await self._runner.run(work)
+            return await self._runner.run(work, autocommit=one_statement)
         except ConflictError:
             if retry_key is None:
                 raise
             # A concurrent retry with the same id won the race; return what it stored.
-            return await self._runner.run(work)
+            return await self._runner.run(work, autocommit=one_statement)
 
     async def get_history(self) -> list[ContextMessage]:
         await self._ensure_ready()

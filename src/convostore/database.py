@@ -18,7 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from convostore import codec
 from convostore import migrate as migrations
-from convostore.engine import create_engine
+from convostore.dialects import appends_in_one_statement
+from convostore.engine import create_engine, family
 from convostore.errors import (
     ConfigurationError,
     ConflictError,
@@ -289,12 +290,11 @@ class SQLAlchemyDatabase(AgentDatabase):
                         reverse=False,
                     )
                     return [message_from_row(row, self.agent_name) for row in rows]
-            first = await threads.allocate(thread_id, user_id, len(news), now)
-            await threads.insert_messages(
+            first = await threads.append(
+                thread_id,
+                user_id,
                 [
                     {
-                        "thread_id": thread_id,
-                        "idx": first + offset,
                         "user_id": user_id,
                         "role": new.role,
                         "kind": new.kind,
@@ -306,8 +306,9 @@ class SQLAlchemyDatabase(AgentDatabase):
                         "created_at": now,
                         "client_id": client_id,
                     }
-                    for offset, (new, client_id) in enumerate(zip(news, ids, strict=True))
-                ]
+                    for new, client_id in zip(news, ids, strict=True)
+                ],
+                now,
             )
             return [
                 Message(
@@ -330,13 +331,14 @@ class SQLAlchemyDatabase(AgentDatabase):
                 for offset, new in enumerate(news)
             ]
 
+        one_statement = len(news) == 1 and appends_in_one_statement(family(self.engine))
         try:
-            return await self._runner.run(work)
+            return await self._runner.run(work, autocommit=one_statement)
         except ConflictError:
             if retry_key is None:
                 raise
             # A concurrent retry with the same id won the race; return what it stored.
-            return await self._runner.run(work)
+            return await self._runner.run(work, autocommit=one_statement)
 
     async def list_threads(
         self, user_id: str, *, limit: int | None = None, before: ThreadInfo | None = None

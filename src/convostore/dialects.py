@@ -17,10 +17,18 @@ run again (deadlocks, serialization failures, lock timeouts, SQLite's busy datab
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import BindParameter, ColumnElement, Executable, Table, bindparam, select
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    Executable,
+    Table,
+    bindparam,
+    insert,
+    select,
+)
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -29,9 +37,11 @@ from sqlalchemy.sql.dml import Insert
 from convostore.engine import Family, family_from_name
 
 __all__ = [
+    "appends_in_one_statement",
     "bump_counter",
     "cached",
     "family_of",
+    "insert_at_counter",
     "insert_ignore",
     "is_retryable",
     "params_for",
@@ -151,6 +161,84 @@ async def bump_counter(
         await session.execute(stmt, params)
         value = (await session.execute(locked, dict(key_values))).scalar_one()
     return int(value)
+
+
+def appends_in_one_statement(kind: Family) -> bool:
+    """Whether :func:`insert_at_counter` makes a single-row append one statement.
+
+    When it does, the caller may run that statement on its own (autocommit): it is atomic
+    by itself, and skipping ``BEGIN``/``COMMIT`` saves two round trips.
+    """
+    return kind == "postgresql"
+
+
+async def insert_at_counter(
+    session: AsyncSession,
+    counter_table: Table,
+    key_values: Mapping[str, Any],
+    *,
+    counter: str,
+    insert_values: Mapping[str, Any],
+    also_update: UpdateFn,
+    target: Table,
+    position: str,
+    rows: Sequence[Mapping[str, Any]],
+) -> int:
+    """Allocate ``len(rows)`` positions from a counter row and insert ``rows`` at them.
+
+    Returns the first position; row ``i`` gets ``first + i`` in its ``position`` column.
+    On PostgreSQL a single row goes in one statement: a data-modifying CTE bumps the
+    counter and the ``INSERT … SELECT`` reads the new value from it (the foreign key to
+    the counter row is checked at the end of the statement, when that row exists).
+    Everywhere else, and for several rows, it is :func:`bump_counter` then one ``INSERT``.
+    """
+    kind = family_of(session)
+    if len(rows) != 1 or not appends_in_one_statement(kind):
+        after = await bump_counter(
+            session,
+            counter_table,
+            key_values,
+            counter=counter,
+            n=len(rows),
+            insert_values=insert_values,
+            also_update=also_update,
+        )
+        first = after - len(rows)
+        await session.execute(
+            cached(("insert", target.name), lambda: target.insert()),
+            [{**row, position: first + offset} for offset, row in enumerate(rows)],
+        )
+        return first
+    (row,) = rows
+    columns = (*key_values, *insert_values)
+    row_columns = tuple(row)
+
+    def build() -> Executable:
+        column = counter_table.c[counter]
+        amount = bindparam("n", type_=column.type)
+        stmt = upsert(
+            kind,
+            counter_table,
+            {**params_for(counter_table, columns), counter: amount},
+            key=list(key_values),
+            update=lambda incoming: {**also_update(incoming), counter: column + amount},
+        )
+        bumped = stmt.returning(column).cte("bumped")
+        values = [
+            bindparam(f"row_{name}", type_=target.c[name].type).label(name) for name in row_columns
+        ]
+        source = select(*values, (bumped.c[counter] - 1).label(position))
+        return (
+            insert(target)
+            .from_select([*row_columns, position], source)
+            .returning(target.c[position])
+        )
+
+    site = also_update.__code__
+    stmt = cached((kind, "insert_at", counter_table.name, target.name, row_columns, site), build)
+    params = {**key_values, **insert_values, "n": 1}
+    params.update({f"row_{name}": value for name, value in row.items()})
+    return int((await session.execute(stmt, params)).scalar_one())
 
 
 # Driver error codes meaning "the transaction was rolled back; run it again".

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from sqlalchemy import URL, event
 from sqlalchemy.dialects.sqlite.aiosqlite import SQLiteDialect_aiosqlite
 from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
 
@@ -44,7 +45,10 @@ def create_engine(
       the parent directory is created.
     * SQLite ``:memory:``: one connection kept for the engine's lifetime, so the database
       survives across calls; concurrent callers queue for it.
-    * PostgreSQL, MySQL/MariaDB: ``pool_pre_ping`` so a dropped connection is replaced.
+    * PostgreSQL (asyncpg): a connection the server closed is replaced at checkout, from
+      the driver's own state (no round trip).
+    * MySQL/MariaDB and other drivers: ``pool_pre_ping`` so a dropped connection is
+      replaced.
 
     SQLite connections use :mod:`convostore.sqlite_driver` (aiosqlite with one thread round
     trip per statement) unless ``fast_sqlite=False`` or the environment sets
@@ -75,6 +79,11 @@ def create_engine(
             cargs, cparams = SQLiteDialect_aiosqlite().create_connect_args(resolved)
             cparams.update(kwargs.pop("connect_args", {}))
             options["async_creator"] = sqlite_driver.creator(*cargs, **cparams)
+    elif resolved.drivername == "postgresql+asyncpg":
+        # asyncpg reads its socket all the time, so a connection the server closed is
+        # already marked closed: checking that on checkout (_drop_closed_asyncpg) replaces
+        # it without the round trip pool_pre_ping would spend on every call.
+        options["pool_pre_ping"] = False
     else:
         options["pool_pre_ping"] = True
         if kind == "mysql":
@@ -89,6 +98,8 @@ def create_engine(
         ) from exc
     if kind == "sqlite":
         event.listen(engine.sync_engine, "connect", _configure_sqlite)
+    elif not engine.sync_engine.pool._pre_ping and resolved.drivername == "postgresql+asyncpg":
+        event.listen(engine.sync_engine, "checkout", _drop_closed_asyncpg)
     return engine
 
 
@@ -116,6 +127,15 @@ def family_from_name(name: str) -> Family:
     if name in ("mysql", "mariadb"):
         return "mysql"
     raise ConfigurationError(f"unsupported database backend {name!r}")
+
+
+def _drop_closed_asyncpg(
+    dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry, _proxy: Any
+) -> None:
+    # SQLAlchemy's documented "pessimistic" pattern: raising DisconnectionError in a
+    # checkout handler makes the pool discard this connection and hand out another.
+    if dbapi_connection.driver_connection.is_closed():
+        raise DisconnectionError("the server closed this connection")
 
 
 def _configure_sqlite(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:

@@ -28,6 +28,7 @@ such as two first inserts of the same key on MySQL/MariaDB.
 from __future__ import annotations
 
 import asyncio
+import copy
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -55,12 +56,24 @@ class TransactionRunner:
         self.engine = engine
         self.bound = bound
         self.sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
+        self._autocommit_sessionmaker: async_sessionmaker[AsyncSession] | None = None
 
     def bind(self, session: AsyncSession) -> TransactionRunner:
         """A runner that works inside ``session`` and leaves committing to its owner."""
-        runner = TransactionRunner.__new__(TransactionRunner)
-        runner.engine, runner.bound, runner.sessionmaker = self.engine, session, self.sessionmaker
+        runner = copy.copy(self)
+        runner.bound = session
         return runner
+
+    def _sessions(self, autocommit: bool) -> async_sessionmaker[AsyncSession]:
+        if not autocommit:
+            return self.sessionmaker
+        if self._autocommit_sessionmaker is None:
+            # Same pool; the connection is switched to autocommit for the checkout only.
+            autocommit_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+            self._autocommit_sessionmaker = async_sessionmaker(
+                autocommit_engine, expire_on_commit=False
+            )
+        return self._autocommit_sessionmaker
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
@@ -74,8 +87,15 @@ class TransactionRunner:
             async with self.sessionmaker() as session, session.begin():
                 yield session
 
-    async def run(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    async def run(
+        self, work: Callable[[AsyncSession], Awaitable[T]], *, autocommit: bool = False
+    ) -> T:
         """Run ``work(session)`` in a transaction and commit, retrying transient conflicts.
+
+        Args:
+            work: The repository calls to run.
+            autocommit: ``work`` writes with a single statement (atomic by itself) and may
+                run without ``BEGIN``/``COMMIT``; ignored inside a caller's unit of work.
 
         Raises:
             ConvostoreError: Whatever ``work`` raised, or the translated database error.
@@ -83,10 +103,11 @@ class TransactionRunner:
         with translate_errors():
             if self.bound is not None:
                 return await work(self.bound)
+            sessions = self._sessions(autocommit)
             attempt = 1
             while True:
                 try:
-                    async with self.sessionmaker() as session, session.begin():
+                    async with sessions() as session, session.begin():
                         return await work(session)
                 except sa_exc.DBAPIError as exc:
                     if attempt >= MAX_ATTEMPTS or not is_retryable(exc):
