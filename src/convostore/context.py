@@ -29,6 +29,7 @@ from convostore.models import (
     SessionInfo,
     StoredContextMessage,
     check_amount,
+    check_bool,
     check_client_ids,
     check_id,
     check_optional_int,
@@ -279,6 +280,7 @@ class SQLAlchemyContextStore(ContextStore):
         check_optional_int(after, "after")
         check_optional_int(before, "before")
         check_optional_int(limit, "limit", minimum=0)
+        check_bool(reverse, "reverse")
         await self._ensure_ready()
         return await self._runner.run(
             lambda s: self._repo(s).window(

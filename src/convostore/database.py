@@ -33,6 +33,7 @@ from convostore.models import (
     ThreadInfo,
     User,
     check_amount,
+    check_bool,
     check_client_ids,
     check_id,
     check_optional_int,
@@ -369,6 +370,7 @@ class SQLAlchemyDatabase(AgentDatabase):
         check_optional_int(limit, "limit", minimum=0)
         check_optional_int(before_idx, "before_idx")
         check_optional_int(after_idx, "after_idx")
+        check_bool(reverse, "reverse")
         await self.async_init()
         rows = await self._runner.run(
             lambda s: ThreadRepository(s, self._agent_key).messages(

@@ -28,6 +28,7 @@ from convostore.models import (
     ThreadInfo,
     User,
     check_amount,
+    check_bool,
     check_client_ids,
     check_id,
     check_optional_int,
@@ -278,6 +279,7 @@ class InMemoryDatabase(AgentDatabase):
         check_optional_int(limit, "limit", minimum=0)
         check_optional_int(before_idx, "before_idx")
         check_optional_int(after_idx, "after_idx")
+        check_bool(reverse, "reverse")
         thread = self.storage.threads.get((self._agent, thread_id))
         rows = [
             row
@@ -433,6 +435,7 @@ class InMemoryContextStore(ContextStore):
         check_optional_int(after, "after")
         check_optional_int(before, "before")
         check_optional_int(limit, "limit", minimum=0)
+        check_bool(reverse, "reverse")
         state = self._stored_state()
         if state is None:
             return []

@@ -33,6 +33,7 @@ __all__ = [
     "ThreadInfo",
     "User",
     "check_amount",
+    "check_bool",
     "check_choice",
     "check_client_ids",
     "check_id",
@@ -378,6 +379,13 @@ def check_amount(value: object, name: str) -> int:
         raise ValidationError(f"{name} must not be negative, got {value}")
     if value >= 2**63:
         raise ValidationError(f"{name} does not fit in 64 bits")
+    return value
+
+
+def check_bool(value: object, name: str) -> bool:
+    """Return ``value`` if it is a ``bool`` (``1`` and ``"yes"`` are refused)."""
+    if type(value) is not bool:
+        raise ValidationError(f"{name} must be a bool, not {type(value).__name__}")
     return value
 
 

@@ -353,7 +353,8 @@ class SessionRepository:
         stmt = select(c.role, c.content).where(*self._messages_key()).order_by(c.position)
         rows = (await self._session.execute(stmt)).all()
         return [
-            ContextMessage.model_construct(role=role, content=content) for role, content in rows
+            ContextMessage.model_construct(role=role, content=_blocks(content))
+            for role, content in rows
         ]
 
     async def last(self, count: int) -> list[ContextMessage]:
@@ -367,7 +368,7 @@ class SessionRepository:
         )
         rows = (await self._session.execute(stmt)).all()
         return [
-            ContextMessage.model_construct(role=role, content=content)
+            ContextMessage.model_construct(role=role, content=_blocks(content))
             for role, content in reversed(rows)
         ]
 
@@ -412,7 +413,7 @@ class SessionRepository:
         at = (*self._messages_key(), c.position == position)
         row = (await self._session.execute(select(c.role, c.content).where(*at))).one()
         await self._session.execute(delete(_context_messages).where(*at))
-        return ContextMessage.model_construct(role=row.role, content=row.content)
+        return ContextMessage.model_construct(role=row.role, content=_blocks(row.content))
 
     async def tokens(self) -> tuple[int, int]:
         """``(input, output)`` token totals; ``(0, 0)`` for an unknown session."""
@@ -538,7 +539,7 @@ class SessionRepository:
         content = (await self._session.execute(first_user)).scalar_one_or_none()
         if content is None:
             return
-        preview = ContextMessage.model_construct(role="user", content=content).preview()
+        preview = ContextMessage.model_construct(role="user", content=_blocks(content)).preview()
         await self._session.execute(
             update(_sessions)
             .where(_sessions.c.project == self._project, _sessions.c.session_id == session_id)
@@ -623,10 +624,18 @@ _STORED_COLUMNS = (
 )
 
 
+def _blocks(content: Any) -> list[dict[str, Any]]:
+    # Reads skip pydantic validation for speed; this is the part of it that a row written
+    # outside convostore could violate while still decoding as JSON.
+    if type(content) is not list or any(type(block) is not dict for block in content):
+        raise SerializationError("stored content is not a list of content blocks")
+    return content
+
+
 def _stored(row: Any) -> StoredContextMessage:
     return StoredContextMessage.model_construct(
         role=row.role,
-        content=row.content,
+        content=_blocks(row.content),
         position=row.position,
         created_at=row.created_at,
         client_id=row.client_id,

@@ -122,6 +122,15 @@ def _sqlite_url(path: str) -> URL:
 
 
 def _with_async_driver(url: URL) -> URL:
+    url = _driver_url(url)
+    if url.drivername == "postgresql+asyncpg" and "sslmode" in url.query:
+        # libpq's sslmode, as pasted from every hosting dashboard, is asyncpg's ssl.
+        sslmode = url.query["sslmode"]
+        url = url.difference_update_query(["sslmode"]).update_query_dict({"ssl": sslmode})
+    return url
+
+
+def _driver_url(url: URL) -> URL:
     backend, _, driver = url.drivername.partition("+")
     if backend != "sqlite" and backend not in _ASYNC_DRIVERS:
         raise ConfigurationError(f"unsupported database backend {backend!r} in {redact(url)!r}")

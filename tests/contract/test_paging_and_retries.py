@@ -216,3 +216,12 @@ async def test_list_threads_pages_by_last_activity(make_database: MakeDatabase) 
     assert [t.thread_id for t in await db.list_threads("bob")] == ["bob-thread"]
     other_agent = await make_database(agent_name="other")
     assert await other_agent.list_threads("alice") == []
+
+
+async def test_reverse_must_be_a_bool(make_database: MakeDatabase, make_store: MakeStore) -> None:
+    db = await make_database()
+    store = await make_store(session_id="s")
+    with pytest.raises(ValidationError):
+        await db.get_messages("t", "u", reverse="yes")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError):
+        await store.get_messages(reverse=1)  # type: ignore[arg-type]

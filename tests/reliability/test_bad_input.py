@@ -597,8 +597,6 @@ CASES += [
         lambda e: e.other_store(project="seed", session_id="s").get_history(),
         SerializationError,
         corrupt=plant_context(lambda: codec.encode({"not": "a list"})),
-        known_gap="reads build ContextMessage without validation (model_construct), so a "
-        "row written outside convostore comes back with the wrong shape",
     ),
     Case(
         "stored-garbage-pop",

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import URL
+from sqlalchemy import URL, text
 
+from convostore.engine import create_engine
 from convostore.errors import ConfigurationError
 from convostore.settings import ENV_VARS, is_memory_sqlite, redact, resolve_url
+from tests.conftest import require_backend, server_admin_url
 
 SECRET = "s3cr3t-pw"
 
@@ -193,3 +195,21 @@ def test_redact_url_objects() -> None:
     url = URL.create("postgresql+asyncpg", username="u", password=SECRET, host="h", database="d")
     assert redact(url) == "postgresql+asyncpg://u:***@h/d"
     assert SECRET not in redact(resolve_url(f"postgres://u:{SECRET}@h/d"))
+
+
+def test_libpq_sslmode_becomes_asyncpg_ssl() -> None:
+    url = resolve_url("postgres://app:pw@db.example:5432/agents?sslmode=require")
+    assert url.drivername == "postgresql+asyncpg"
+    assert dict(url.query) == {"ssl": "require"}
+
+
+@pytest.mark.postgresql
+async def test_sslmode_url_connects(request: pytest.FixtureRequest) -> None:
+    require_backend(request.config, "postgresql")
+    url = server_admin_url("postgresql").set(drivername="postgresql")
+    engine = create_engine(url.update_query_dict({"sslmode": "disable"}))
+    try:
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT 1"))).scalar() == 1
+    finally:
+        await engine.dispose()
