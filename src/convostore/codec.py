@@ -45,6 +45,7 @@ __all__ = [
     "decode",
     "decode_axio_payload",
     "encode",
+    "encoded",
 ]
 
 DEFAULT_THRESHOLD: Final = 512
@@ -81,6 +82,27 @@ class Encoded:
     """
 
     data: bytes
+    json: bytes | None = None
+    """The uncompressed JSON, kept by :func:`encoded` for :meth:`value`."""
+
+    def value(self) -> Any:
+        """The value exactly as it will read back from the database (tuples as lists).
+
+        Parses the kept JSON when there is one, which skips decompressing ``data``.
+        """
+        return orjson.loads(self.json) if self.json is not None else decode(self.data)
+
+
+def encoded(
+    value: Any,
+    *,
+    threshold: int = DEFAULT_THRESHOLD,
+    max_size: int = DEFAULT_MAX_SIZE,
+    codec: Codec = "zstd",
+) -> Encoded:
+    """Like :func:`encode`, returning an :class:`Encoded` that also keeps the JSON."""
+    raw = _dumps(value, max_size)
+    return Encoded(_pack(raw, threshold, codec), raw)
 
 
 def encode(
@@ -95,6 +117,10 @@ def encode(
     Raises:
         SerializationError: ``value`` is not exactly JSON, or its JSON is over ``max_size``.
     """
+    return _pack(_dumps(value, max_size), threshold, codec)
+
+
+def _dumps(value: Any, max_size: int) -> bytes:
     try:
         raw = orjson.dumps(value, default=_refuse, option=_ORJSON_OPTIONS)
     except (orjson.JSONEncodeError, TypeError) as exc:
@@ -105,6 +131,10 @@ def encode(
         raise SerializationError(
             f"payload of {len(raw)} bytes exceeds the maximum of {max_size} bytes"
         )
+    return raw
+
+
+def _pack(raw: bytes, threshold: int, codec: Codec) -> bytes:
     if len(raw) > threshold:
         if codec == "zstd":
             body = _zstd_compressor().compress(raw)

@@ -18,7 +18,6 @@ from uuid import uuid4
 from sqlalchemy import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from convostore import codec
 from convostore import migrate as migrations
 from convostore.dialects import appends_in_one_statement
 from convostore.engine import create_engine, family
@@ -33,6 +32,7 @@ from convostore.models import (
     check_client_ids,
     check_id,
     check_optional_int,
+    construct,
     encoded_context_messages,
 )
 from convostore.repositories import SessionRepository
@@ -190,12 +190,15 @@ class SQLAlchemyContextStore(ContextStore):
             rows = [(m.role, data) for m, data in checked]
             first = await repo.append(rows, now, preview, ids)
             return [
-                StoredContextMessage.model_construct(
-                    role=m.role,
-                    content=codec.decode(data.data),
-                    position=first + offset,
-                    created_at=now,
-                    client_id=client_id,
+                construct(
+                    StoredContextMessage,
+                    {
+                        "role": m.role,
+                        "content": data.value(),
+                        "position": first + offset,
+                        "created_at": now,
+                        "client_id": client_id,
+                    },
                 )
                 for offset, ((m, data), client_id) in enumerate(zip(checked, ids, strict=True))
             ]

@@ -16,7 +16,6 @@ from typing import Any, Self
 from sqlalchemy import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from convostore import codec
 from convostore import migrate as migrations
 from convostore.dialects import appends_in_one_statement
 from convostore.engine import create_engine, family
@@ -325,8 +324,8 @@ class SQLAlchemyDatabase(AgentDatabase):
                     # Decoded from what was written, as get_messages will return them:
                     # tuples become lists, and later changes to the caller's objects do
                     # not show through.
-                    extra_inputs=codec.decode(new.encoded_inputs.data),
-                    extra_outputs=codec.decode(new.encoded_outputs.data),
+                    extra_inputs=new.encoded_inputs.value(),
+                    extra_outputs=new.encoded_outputs.value(),
                     created_at=now,
                 )
                 for offset, new in enumerate(news)

@@ -43,6 +43,7 @@ from convostore.models import (
     StoredContextMessage,
     ThreadInfo,
     User,
+    construct,
 )
 from convostore.tables import (
     ContextMessageRecord,
@@ -353,7 +354,7 @@ class SessionRepository:
         stmt = select(c.role, c.content).where(*self._messages_key()).order_by(c.position)
         rows = (await self._session.execute(stmt)).all()
         return [
-            ContextMessage.model_construct(role=role, content=_blocks(content))
+            construct(ContextMessage, {"role": role, "content": _blocks(content)})
             for role, content in rows
         ]
 
@@ -368,7 +369,7 @@ class SessionRepository:
         )
         rows = (await self._session.execute(stmt)).all()
         return [
-            ContextMessage.model_construct(role=role, content=_blocks(content))
+            construct(ContextMessage, {"role": role, "content": _blocks(content)})
             for role, content in reversed(rows)
         ]
 
@@ -579,18 +580,31 @@ class SessionRepository:
         if limit is not None:
             stmt = stmt.limit(limit)
         return [
-            SessionInfo(
-                session_id=row.session_id,
-                message_count=row.next_position,
-                preview=NO_PREVIEW if row.preview is None else row.preview,
-                created_at=row.created_at,
-                updated_at=row.updated_at,
-                input_tokens=row.input_tokens,
-                output_tokens=row.output_tokens,
-                parent_session_id=row.parent_session_id,
-                forked_at=row.forked_at,
+            construct(
+                SessionInfo,
+                {
+                    "session_id": session_id,
+                    "message_count": count,
+                    "preview": NO_PREVIEW if preview is None else preview,
+                    "created_at": created_at,
+                    "input_tokens": input_tokens,
+                    "output_tokens": output_tokens,
+                    "updated_at": updated_at,
+                    "parent_session_id": parent,
+                    "forked_at": forked_at,
+                },
             )
-            for row in (await self._session.execute(stmt)).all()
+            for (
+                session_id,
+                count,
+                preview,
+                created_at,
+                updated_at,
+                input_tokens,
+                output_tokens,
+                parent,
+                forked_at,
+            ) in (await self._session.execute(stmt)).all()
         ]
 
 
@@ -633,12 +647,16 @@ def _blocks(content: Any) -> list[dict[str, Any]]:
 
 
 def _stored(row: Any) -> StoredContextMessage:
-    return StoredContextMessage.model_construct(
-        role=row.role,
-        content=_blocks(row.content),
-        position=row.position,
-        created_at=row.created_at,
-        client_id=row.client_id,
+    position, role, content, created_at, client_id = row
+    return construct(
+        StoredContextMessage,
+        {
+            "role": role,
+            "content": _blocks(content),
+            "position": position,
+            "created_at": created_at,
+            "client_id": client_id,
+        },
     )
 
 
