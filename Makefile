@@ -8,12 +8,13 @@ PYTHON312 ?= $(shell for p in python3.12 $(wildcard /root/.pyenv/versions/3.12*/
 	$$p -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null && { echo $$p; break; }; done)
 VENV ?= .venv
 VENV312 ?= .venv312
+VENV_SA20 ?= .venv-sa20
 BIN := $(VENV)/bin
 BIN312 := $(VENV312)/bin
 STAMP := $(VENV)/.installed
 STAMP312 := $(VENV312)/.installed
 
-.PHONY: venv venv312 demo test pytest pytest312 lint format bench docs clean
+.PHONY: venv venv312 demo test pytest pytest312 compat lint format bench docs clean
 
 venv: $(STAMP)
 
@@ -45,7 +46,7 @@ demo: venv
 
 # The whole suite: lint and types, every test on every reachable backend (with CI=true,
 # every backend is required), then the Python 3.12 integration tests.
-test: lint pytest pytest312
+test: lint pytest pytest312 compat
 
 pytest: venv venv312
 	CONVOSTORE_TEST_PY312=$(abspath $(BIN312))/python $(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -53,6 +54,17 @@ pytest: venv venv312
 pytest312: venv312
 	CONVOSTORE_AGENTSTR_PATH=$(abspath $(VENV312))/agentstr \
 		$(BIN312)/python -m pytest tests/integrations $(PYTEST_ARGS)
+
+# The oldest SQLAlchemy series we support (2.0), for what depends on its adapter layer:
+# convostore.sqlite_driver and the SQLite contract suites.
+compat: $(VENV_SA20)/.installed
+	$(VENV_SA20)/bin/python -m pytest tests/contract tests/unit --db memory,sqlite -q $(PYTEST_ARGS)
+
+$(VENV_SA20)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV_SA20)
+	$(VENV_SA20)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV_SA20)/bin/python -m pip install --quiet -e '.[dev,postgresql,mysql]' 'sqlalchemy[asyncio]>=2.0.36,<2.1'
+	touch $@
 
 lint: venv
 	$(BIN)/ruff check src tests migrations examples bench docs/_griffe
@@ -71,4 +83,4 @@ bench: venv312
 	$(BIN312)/python bench/bench.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) $(VENV312) dist build site .mypy_cache .ruff_cache .pytest_cache convostore.db*
+	rm -rf $(VENV) $(VENV312) $(VENV_SA20) dist build site .mypy_cache .ruff_cache .pytest_cache convostore.db*

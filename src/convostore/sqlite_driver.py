@@ -20,7 +20,7 @@ pages long reads with keyset queries instead.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from typing import Any
 
 import aiosqlite
@@ -36,7 +36,7 @@ class Connection(aiosqlite.Connection):
     _in_transaction = False
 
     def cursor(self) -> Cursor:  # type: ignore[override]
-        """A cursor (used as ``async with``); free to create, one round trip per statement."""
+        """A cursor (awaitable, or used as ``async with``); free to create."""
         return Cursor(self)
 
     async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -88,6 +88,13 @@ class Cursor:
         self.description: Any = None
         self.rowcount = -1
         self.lastrowid: int | None = None
+
+    def __await__(self) -> Generator[Any, None, Cursor]:
+        # SQLAlchemy 2.0 awaits connection.cursor(); 2.1 enters it with ``async with``.
+        return self._ready().__await__()
+
+    async def _ready(self) -> Cursor:
+        return self
 
     async def __aenter__(self) -> Cursor:
         return self
