@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from convostore import migrate as migrations
 from convostore.dialects import appends_in_one_statement
 from convostore.engine import create_engine, family
-from convostore.errors import ConfigurationError, ConflictError, ValidationError
+from convostore.errors import ConfigurationError, ValidationError
 from convostore.interfaces import ContextStore
 from convostore.models import (
     ContextMessage,
@@ -204,13 +204,9 @@ class SQLAlchemyContextStore(ContextStore):
             ]
 
         one_statement = len(checked) == 1 and appends_in_one_statement(family(self.engine))
-        try:
-            return await self._runner.run(work, autocommit=one_statement)
-        except ConflictError:
-            if retry_key is None:
-                raise
-            # A concurrent retry with the same id won the race; return what it stored.
-            return await self._runner.run(work, autocommit=one_statement)
+        return await self._runner.run(
+            work, autocommit=one_statement, rerun_on_conflict=retry_key is not None
+        )
 
     async def get_history(self) -> list[ContextMessage]:
         await self._ensure_ready()

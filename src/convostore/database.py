@@ -21,7 +21,6 @@ from convostore.dialects import appends_in_one_statement
 from convostore.engine import create_engine, family
 from convostore.errors import (
     ConfigurationError,
-    ConflictError,
     InsufficientBalance,
     ValidationError,
 )
@@ -37,8 +36,8 @@ from convostore.models import (
     check_id,
     check_optional_int,
     new_message,
+    new_message_batch,
     validated,
-    validated_fields,
 )
 from convostore.repositories import ThreadRepository, UserRepository, message_from_row
 from convostore.settings import redact, resolve_url
@@ -240,26 +239,9 @@ class SQLAlchemyDatabase(AgentDatabase):
     async def add_messages(
         self, thread_id: str, user_id: str, messages: Iterable[Mapping[str, Any]]
     ) -> list[Message]:
-        check_id(thread_id, "thread_id", THREAD_ID_LENGTH)
-        check_id(user_id, "user_id", USER_ID_LENGTH)
-        news, client_ids = [], []
-        for item in messages:
-            fields = dict(validated_fields(item))
-            client_ids.append(fields.pop("client_id", None))
-            news.append(
-                new_message(
-                    thread_id,
-                    user_id,
-                    fields.get("role"),
-                    fields.get("message", ""),
-                    fields.get("content", ""),
-                    fields.get("kind", "request"),
-                    fields.get("satoshis"),
-                    fields.get("extra_inputs"),
-                    fields.get("extra_outputs"),
-                    id_lengths=(THREAD_ID_LENGTH, USER_ID_LENGTH),
-                )
-            )
+        news, client_ids = new_message_batch(
+            thread_id, user_id, messages, id_lengths=(THREAD_ID_LENGTH, USER_ID_LENGTH)
+        )
         return await self._add(thread_id, user_id, news, client_ids)
 
     async def _add(
@@ -332,13 +314,9 @@ class SQLAlchemyDatabase(AgentDatabase):
             ]
 
         one_statement = len(news) == 1 and appends_in_one_statement(family(self.engine))
-        try:
-            return await self._runner.run(work, autocommit=one_statement)
-        except ConflictError:
-            if retry_key is None:
-                raise
-            # A concurrent retry with the same id won the race; return what it stored.
-            return await self._runner.run(work, autocommit=one_statement)
+        return await self._runner.run(
+            work, autocommit=one_statement, rerun_on_conflict=retry_key is not None
+        )
 
     async def list_threads(
         self, user_id: str, *, limit: int | None = None, before: ThreadInfo | None = None

@@ -34,8 +34,8 @@ from convostore.models import (
     check_optional_int,
     encoded_context_messages,
     new_message,
+    new_message_batch,
     validated,
-    validated_fields,
 )
 from convostore.repositories import NO_PREVIEW
 from convostore.tables import (
@@ -194,26 +194,9 @@ class InMemoryDatabase(AgentDatabase):
     async def add_messages(
         self, thread_id: str, user_id: str, messages: Iterable[Mapping[str, Any]]
     ) -> list[Message]:
-        check_id(thread_id, "thread_id", THREAD_ID_LENGTH)
-        check_id(user_id, "user_id", USER_ID_LENGTH)
-        news, client_ids = [], []
-        for item in messages:
-            fields = dict(validated_fields(item))
-            client_ids.append(fields.pop("client_id", None))
-            news.append(
-                new_message(
-                    thread_id,
-                    user_id,
-                    fields.get("role"),
-                    fields.get("message", ""),
-                    fields.get("content", ""),
-                    fields.get("kind", "request"),
-                    fields.get("satoshis"),
-                    fields.get("extra_inputs"),
-                    fields.get("extra_outputs"),
-                    id_lengths=(THREAD_ID_LENGTH, USER_ID_LENGTH),
-                )
-            )
+        news, client_ids = new_message_batch(
+            thread_id, user_id, messages, id_lengths=(THREAD_ID_LENGTH, USER_ID_LENGTH)
+        )
         return self._add(thread_id, user_id, news, client_ids)
 
     def _add(

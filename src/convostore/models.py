@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Literal, TypeVar, get_args
@@ -43,6 +43,7 @@ __all__ = [
     "encoded_context_message",
     "encoded_context_messages",
     "new_message",
+    "new_message_batch",
     "validated",
     "validated_fields",
 ]
@@ -257,6 +258,46 @@ def encoded_context_messages(messages: object) -> list[tuple[ContextMessage, cod
             f"messages must be an iterable of messages, not {type(messages).__name__}"
         ) from None
     return [encoded_context_message(message) for message in items]
+
+
+def new_message_batch(
+    thread_id: object,
+    user_id: object,
+    messages: object,
+    *,
+    id_lengths: tuple[int, int],
+) -> tuple[list[NewMessage], list[str | None]]:
+    """Check ``add_messages``' items (mappings of ``add_message``'s keyword arguments).
+
+    Returns the checked messages and their client ids (``None`` where not given).
+
+    Raises:
+        ValidationError: An item is not a mapping, has unknown fields or bad values.
+        SerializationError: An extra is not exactly JSON.
+    """
+    check_id(thread_id, "thread_id", id_lengths[0])
+    check_id(user_id, "user_id", id_lengths[1])
+    if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Iterable):
+        raise ValidationError("messages must be an iterable of mappings")
+    news, client_ids = [], []
+    for item in messages:
+        fields = dict(validated_fields(item))
+        client_ids.append(fields.pop("client_id", None))
+        news.append(
+            new_message(
+                thread_id,
+                user_id,
+                fields.get("role"),
+                fields.get("message", ""),
+                fields.get("content", ""),
+                fields.get("kind", "request"),
+                fields.get("satoshis"),
+                fields.get("extra_inputs"),
+                fields.get("extra_outputs"),
+                id_lengths=id_lengths,
+            )
+        )
+    return news, client_ids
 
 
 _MESSAGE_FIELDS = frozenset(

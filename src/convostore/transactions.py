@@ -38,7 +38,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from convostore.dialects import is_retryable
-from convostore.errors import translate_errors
+from convostore.errors import ConflictError, translate_errors
 
 __all__ = ["MAX_ATTEMPTS", "TransactionRunner"]
 
@@ -88,7 +88,11 @@ class TransactionRunner:
                 yield session
 
     async def run(
-        self, work: Callable[[AsyncSession], Awaitable[T]], *, autocommit: bool = False
+        self,
+        work: Callable[[AsyncSession], Awaitable[T]],
+        *,
+        autocommit: bool = False,
+        rerun_on_conflict: bool = False,
     ) -> T:
         """Run ``work(session)`` in a transaction and commit, retrying transient conflicts.
 
@@ -96,10 +100,21 @@ class TransactionRunner:
             work: The repository calls to run.
             autocommit: ``work`` writes with a single statement (atomic by itself) and may
                 run without ``BEGIN``/``COMMIT``; ignored inside a caller's unit of work.
+            rerun_on_conflict: ``work`` first looks for what an earlier run stored (a
+                client message id); if it loses a race on that unique key, run it once
+                more so it finds the winner's row.
 
         Raises:
             ConvostoreError: Whatever ``work`` raised, or the translated database error.
         """
+        try:
+            return await self._run(work, autocommit)
+        except ConflictError:
+            if not rerun_on_conflict or self.bound is not None:
+                raise
+            return await self._run(work, autocommit)
+
+    async def _run(self, work: Callable[[AsyncSession], Awaitable[T]], autocommit: bool) -> T:
         with translate_errors():
             if self.bound is not None:
                 return await work(self.bound)

@@ -99,9 +99,12 @@ class SimulatedCrashError(Exception):
 
 
 def inserts_messages(statement: str) -> bool:
-    """An ``INSERT ... VALUES`` of context messages (not a fork's ``INSERT ... SELECT``)."""
-    words = statement.split()
-    return words[:3] == ["INSERT", "INTO", "context_messages"] and "VALUES" in words
+    """A statement that appends context messages (not a fork's copy of another session's).
+
+    That is ``INSERT INTO context_messages ... VALUES`` or, on PostgreSQL, the one-statement
+    append whose CTE bumps the counter first; a fork reads ``FROM context_messages``.
+    """
+    return "INSERT INTO context_messages" in statement and "FROM context_messages" not in statement
 
 
 @contextmanager
