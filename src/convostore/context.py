@@ -127,7 +127,11 @@ class SQLAlchemyContextStore(ContextStore):
         """Run several calls in one transaction: commit at the end, roll back on error."""
         await self._ensure_ready()
         async with self._runner.transaction() as session:
-            yield self.bind(session)
+            view = self.bind(session)
+            try:
+                yield view
+            finally:
+                view._runner.ended = True
 
     def bind(self, session: AsyncSession) -> Self:
         """A view of this store that works inside ``session``'s transaction, never committing."""
@@ -184,8 +188,10 @@ class SQLAlchemyContextStore(ContextStore):
             if retry_key is not None:
                 found = await repo.find_client_id(retry_key)
                 if found is not None:
+                    # A retry: the batch starts where the key's message sits, less its offset.
+                    start = found.position - ids.index(retry_key)
                     return await repo.window(
-                        after=found.position - 1, before=None, limit=len(ids), newest_first=False
+                        after=start - 1, before=None, limit=len(ids), newest_first=False
                     )
             rows = [(m.role, data) for m, data in checked]
             first = await repo.append(rows, now, preview, ids)
@@ -330,7 +336,11 @@ class SQLAlchemyContextStore(ContextStore):
         return SessionRepository(session, self._project, self._session_id)
 
     async def _ensure_ready(self) -> None:
-        await migrations.prepare(self.engine, migrate=self._migrate)
+        # A view bound to a caller's session trusts that the engine was prepared (connect()
+        # or a first call did it): checking would need a second connection, which on SQLite
+        # waits for the caller's own write lock.
+        if self._runner.bound is None:
+            await migrations.prepare(self.engine, migrate=self._migrate)
 
 
 def _now() -> datetime:

@@ -21,6 +21,7 @@ from convostore.dialects import appends_in_one_statement
 from convostore.engine import create_engine, family
 from convostore.errors import (
     ConfigurationError,
+    ConflictError,
     InsufficientBalance,
     ValidationError,
 )
@@ -118,7 +119,10 @@ class SQLAlchemyDatabase(AgentDatabase):
         Raises:
             SchemaVersionError: A server database is not at head and ``migrate`` is off.
         """
-        await migrations.prepare(self.engine, migrate=self._migrate)
+        # A view bound to a caller's session trusts that the engine was prepared: checking
+        # would need a second connection, which on SQLite waits for the caller's write lock.
+        if self._runner.bound is None:
+            await migrations.prepare(self.engine, migrate=self._migrate)
         return self
 
     async def close(self) -> None:
@@ -138,7 +142,11 @@ class SQLAlchemyDatabase(AgentDatabase):
         """
         await self.async_init()
         async with self._runner.transaction() as session:
-            yield self.bind(session)
+            view = self.bind(session)
+            try:
+                yield view
+            finally:
+                view._runner.ended = True
 
     def bind(self, session: AsyncSession) -> Self:
         """A view of this database that works inside ``session``'s transaction.
@@ -263,12 +271,18 @@ class SQLAlchemyDatabase(AgentDatabase):
             if retry_key is not None:
                 found = await threads.find_client_id(thread_id, retry_key)
                 if found is not None:
+                    if found.user_id != user_id:
+                        raise ConflictError(
+                            f"client_id {retry_key!r} was used by another user in this thread"
+                        )
+                    # A retry: the batch starts where the key's message sits, less its offset.
+                    start = found.idx - ids.index(retry_key)
                     rows = await threads.messages(
                         thread_id,
-                        found.user_id,
+                        user_id,
                         limit=len(news),
                         before_idx=None,
-                        after_idx=found.idx - 1,
+                        after_idx=start - 1,
                         reverse=False,
                     )
                     return [message_from_row(row, self.agent_name) for row in rows]

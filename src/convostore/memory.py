@@ -16,7 +16,7 @@ from uuid import uuid4
 
 from convostore import codec
 from convostore.database import DEFAULT_AGENT_KEY
-from convostore.errors import InsufficientBalance, ValidationError
+from convostore.errors import ConflictError, InsufficientBalance, ValidationError
 from convostore.interfaces import AgentDatabase, ContextStore
 from convostore.models import (
     ContextMessage,
@@ -215,9 +215,16 @@ class InMemoryDatabase(AgentDatabase):
         if thread is not None and retry_key is not None:
             for row in thread.messages:
                 if row.client_id == retry_key:
-                    start = row.message.idx
+                    if row.message.user_id != user_id:
+                        raise ConflictError(
+                            f"client_id {retry_key!r} was used by another user in this thread"
+                        )
+                    start = row.message.idx - ids.index(retry_key)
                     batch = thread.messages[start : start + len(news)]
                     return [self._load(r) for r in batch if r.message.user_id == user_id]
+        taken = {r.client_id for r in thread.messages} if thread is not None else set()
+        if any(i is not None and i in taken for i in ids):
+            raise ConflictError("a client_id of this batch is already used in this thread")
         if thread is None:
             thread = self.storage.threads[(self._agent, thread_id)] = _Thread(
                 user_id=user_id, created_at=now, updated_at=now
@@ -368,7 +375,11 @@ class InMemoryContextStore(ContextStore):
         if state is not None and retry_key is not None:
             for position, entry in enumerate(state.messages):
                 if entry.client_id == retry_key:
-                    return self._window(state, position, position + len(checked))
+                    start = position - ids.index(retry_key)
+                    return self._window(state, start, start + len(checked))
+        taken = {e.client_id for e in state.messages} if state is not None else set()
+        if any(i is not None and i in taken for i in ids):
+            raise ConflictError("a client_id of this batch is already used in this session")
         if state is None:
             state = self.storage.sessions[(self._project, self._session_id)] = _Session(
                 created_at=now, updated_at=now

@@ -28,6 +28,7 @@ such as two first inserts of the same key on MySQL/MariaDB.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -38,7 +39,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from convostore.dialects import is_retryable
-from convostore.errors import ConflictError, translate_errors
+from convostore.errors import ConfigurationError, ConflictError, translate_errors
 
 __all__ = ["MAX_ATTEMPTS", "TransactionRunner"]
 
@@ -57,6 +58,9 @@ class TransactionRunner:
         self.bound = bound
         self.sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
         self._autocommit_sessionmaker: async_sessionmaker[AsyncSession] | None = None
+        # Set when the transaction() block a bound view came from is over: the view (and
+        # any fork or with_session made from it) must not start a new, uncommitted one.
+        self.ended = False
 
     def bind(self, session: AsyncSession) -> TransactionRunner:
         """A runner that works inside ``session`` and leaves committing to its owner."""
@@ -79,13 +83,28 @@ class TransactionRunner:
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """A new session in a transaction: committed if the block ends normally, else rolled back.
 
-        Failures of the begin, the commit or the rollback (a connection killed while the
-        caller's block ran, say) come out as convostore errors like those of any call.
-        The block is not retried: only its owner knows whether it can run again.
+        Failures of the begin or the commit (a connection killed while the caller's block
+        ran, say) come out as convostore errors like those of any call; what the block
+        itself raises passes through untouched. The block is not retried: only its owner
+        knows whether it can run again.
         """
-        with translate_errors():
-            async with self.sessionmaker() as session, session.begin():
+        session = self.sessionmaker()
+        try:
+            with translate_errors():
+                await session.begin()
+            try:
                 yield session
+            except BaseException:
+                # The block's own exception is the one to report; a failed rollback (a dead
+                # connection) changes nothing the database has not already dropped.
+                with contextlib.suppress(sa_exc.SQLAlchemyError, OSError):
+                    await session.rollback()
+                raise
+            with translate_errors():
+                await session.commit()
+        finally:
+            with contextlib.suppress(sa_exc.SQLAlchemyError, OSError):
+                await session.close()
 
     async def run(
         self,
@@ -117,6 +136,11 @@ class TransactionRunner:
     async def _run(self, work: Callable[[AsyncSession], Awaitable[T]], autocommit: bool) -> T:
         with translate_errors():
             if self.bound is not None:
+                if self.ended:
+                    raise ConfigurationError(
+                        "the transaction this view belongs to has ended; "
+                        "use the store or database it came from"
+                    )
                 return await work(self.bound)
             sessions = self._sessions(autocommit)
             attempt = 1

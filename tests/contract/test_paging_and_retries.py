@@ -6,7 +6,14 @@ import asyncio
 
 import pytest
 
-from convostore import ContextMessage, ValidationError
+from convostore import (
+    ConfigurationError,
+    ConflictError,
+    ContextMessage,
+    SQLAlchemyContextStore,
+    SQLAlchemyDatabase,
+    ValidationError,
+)
 from convostore.models import StoredContextMessage
 from tests.contract.conftest import MakeDatabase, MakeStore
 
@@ -225,3 +232,71 @@ async def test_reverse_must_be_a_bool(make_database: MakeDatabase, make_store: M
         await db.get_messages("t", "u", reverse="yes")  # type: ignore[arg-type]
     with pytest.raises(ValidationError):
         await store.get_messages(reverse=1)  # type: ignore[arg-type]
+
+
+async def test_retried_batch_keyed_on_a_later_message(make_store: MakeStore) -> None:
+    store = await make_store(session_id="s")
+    batch = [text("user", "a"), text("assistant", "b")]
+    stored = await store.append_many(batch, client_ids=[None, "k"])
+    await store.append(text("user", "other"))
+    again = await store.append_many(batch, client_ids=[None, "k"])
+    assert again == stored
+    assert bodies(await store.get_messages()) == ["a", "b", "other"]
+
+
+async def test_a_client_id_already_stored_later_in_a_batch_conflicts(make_store: MakeStore) -> None:
+    store = await make_store(session_id="s")
+    await store.append_many([text("user", "a"), text("user", "b")], client_ids=[None, "k"])
+    with pytest.raises(ConflictError):
+        await store.append_many([text("user", "x"), text("user", "y")], client_ids=["new", "k"])
+    assert bodies(await store.get_messages()) == ["a", "b"]
+
+
+async def test_retried_add_messages_keyed_on_a_later_message(make_database: MakeDatabase) -> None:
+    db = await make_database()
+    items = [{"role": "agent", "message": "a"}, {"role": "user", "message": "b", "client_id": "k"}]
+    stored = await db.add_messages("t", "u", items)
+    await db.add_message("t", "u", "user", message="later")
+    assert await db.add_messages("t", "u", items) == stored
+    assert [m.message for m in await db.get_messages("t", "u")] == ["a", "b", "later"]
+
+
+async def test_a_client_id_belongs_to_its_user(make_database: MakeDatabase) -> None:
+    db = await make_database()
+    await db.add_message("t", "alice", "user", message="mine", client_id="c1")
+    with pytest.raises(ConflictError):
+        await db.add_message("t", "bob", "user", message="bob's", client_id="c1")
+    assert await db.get_messages("t", "bob") == []
+
+
+async def test_a_view_ends_with_its_transaction(
+    make_database: MakeDatabase, make_store: MakeStore
+) -> None:
+    db, store = await make_database(), await make_store(session_id="s")
+    if not isinstance(db, SQLAlchemyDatabase) or not isinstance(store, SQLAlchemyContextStore):
+        pytest.skip("needs a SQL implementation")
+    async with db.transaction() as tx:
+        await tx.credit("u", 5)
+    async with store.transaction() as stx:
+        branch = await stx.fork()
+    with pytest.raises(ConfigurationError):
+        await tx.credit("u", 7)
+    with pytest.raises(ConfigurationError):
+        await branch.append(text("user", "lost?"))
+    assert (await db.get_user("u")).available_balance == 5
+    assert await db.credit("u", 1) == 6  # the database itself is not stuck behind a lock
+
+
+async def test_the_blocks_own_exceptions_pass_through(make_database: MakeDatabase) -> None:
+    db = await make_database()
+    if not isinstance(db, SQLAlchemyDatabase):
+        pytest.skip("needs a SQL implementation")
+
+    async def paid_call_that_times_out() -> None:
+        async with db.transaction() as tx:
+            await tx.credit("u", 5)
+            raise TimeoutError("llm call timed out")
+
+    with pytest.raises(TimeoutError, match="llm call"):
+        await paid_call_that_times_out()
+    assert (await db.get_user("u")).available_balance == 0
