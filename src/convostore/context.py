@@ -289,7 +289,7 @@ class SQLAlchemyContextStore(ContextStore):
         await self._ensure_ready()
         return await self._runner.run(
             lambda s: self._repo(s).window(
-                after=after, before=before, limit=limit, newest_first=bool(reverse)
+                after=after, before=before, limit=limit, newest_first=reverse
             )
         )
 

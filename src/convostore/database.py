@@ -41,7 +41,7 @@ from convostore.models import (
     validated,
 )
 from convostore.repositories import ThreadRepository, UserRepository, message_from_row
-from convostore.settings import redact, resolve_url
+from convostore.settings import DEFAULT_SQLITE_PATH, configured_url, redact, resolve_url
 from convostore.tables import (
     AGENT_NAME_LENGTH,
     CLIENT_ID_LENGTH,
@@ -62,7 +62,8 @@ class SQLAlchemyDatabase(AgentDatabase):
     Args:
         conn_str: A URL (see :mod:`convostore.settings`), or ``None`` for the environment's
             or the default SQLite file. Give this or ``engine``, not both.
-        engine: An engine to share; it is not disposed by :meth:`close`.
+        engine: An engine to share; it is not disposed by :meth:`close`. ``conn_str`` is
+            then the engine's URL with the password hidden.
         agent_name: The agent whose rows this object sees; ``None`` is a valid agent.
         migrate: Bring the schema to head in :meth:`async_init`. Default: yes for SQLite,
             no (only check) for server databases.
@@ -89,9 +90,12 @@ class SQLAlchemyDatabase(AgentDatabase):
             else check_id(agent_name, "agent_name", AGENT_NAME_LENGTH)
         )
         if engine is None:
-            url = resolve_url(conn_str)
-            self.conn_str = conn_str if conn_str is not None else url.render_as_string(False)
-            engine = create_engine(url)
+            if conn_str is None:
+                # As agentstr does: the configured string itself, or its default file in
+                # agentstr's sqlite://PATH form, which its agents know how to read.
+                conn_str = configured_url() or f"sqlite://{DEFAULT_SQLITE_PATH}"
+            self.conn_str = conn_str
+            engine = create_engine(resolve_url(conn_str))
             self._owns_engine = True
         else:
             self.conn_str = engine.url.render_as_string(hide_password=True)
@@ -127,7 +131,7 @@ class SQLAlchemyDatabase(AgentDatabase):
 
     async def close(self) -> None:
         """Dispose of the engine if this object created it."""
-        if self._owns_engine and self._runner.bound is None:
+        if self._owns_engine:
             await self.engine.dispose()
 
     @asynccontextmanager
@@ -370,7 +374,7 @@ class SQLAlchemyDatabase(AgentDatabase):
                 limit=limit,
                 before_idx=before_idx,
                 after_idx=after_idx,
-                reverse=bool(reverse),
+                reverse=reverse,
             )
         )
         return [message_from_row(row, self.agent_name) for row in rows]

@@ -1,7 +1,5 @@
 """SQL that differs between backends, in one place.
 
-Three statements cover every difference the repositories need:
-
 * :func:`upsert`: insert a row or update the existing one (``ON CONFLICT DO UPDATE`` on
   SQLite and PostgreSQL, ``ON DUPLICATE KEY UPDATE`` on MySQL/MariaDB);
 * :func:`insert_ignore`: insert a row unless its key exists;
@@ -9,7 +7,10 @@ Three statements cover every difference the repositories need:
   and return the new value, all under the row's write lock. This is how positions are
   allocated: SQLite and PostgreSQL do it in one ``INSERT … ON CONFLICT … RETURNING``;
   MySQL/MariaDB, which has no ``RETURNING`` on upserts, reads the value back with
-  ``SELECT … FOR UPDATE`` inside the same transaction, after its own upsert locked the row.
+  ``SELECT … FOR UPDATE`` inside the same transaction, after its own upsert locked the row;
+* :func:`insert_at_counter`: allocate positions and insert rows at them; on PostgreSQL a
+  single row is one statement (a data-modifying CTE), see :func:`appends_in_one_statement`;
+* :func:`cached` and :func:`params_for`: hot statements built once, with bind parameters.
 
 :func:`is_retryable` says which failures roll back a whole transaction that can simply be
 run again (deadlocks, serialization failures, lock timeouts, SQLite's busy database).
@@ -35,11 +36,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.dml import Insert
 
 from convostore.engine import Family, family_from_name
+from convostore.errors import ValidationError
 
 __all__ = [
+    "INT64_MAX",
     "appends_in_one_statement",
     "bump_counter",
     "cached",
+    "checked_counter",
     "family_of",
     "insert_at_counter",
     "insert_ignore",
@@ -160,7 +164,23 @@ async def bump_counter(
     else:
         await session.execute(stmt, params)
         value = (await session.execute(locked, dict(key_values))).scalar_one()
-    return int(value)
+    return checked_counter(value, table.name, counter)
+
+
+INT64_MAX = 2**63 - 1
+
+
+def checked_counter(value: Any, table: str, counter: str) -> int:
+    """``value`` as an int, refusing what overflowed 64 bits.
+
+    PostgreSQL and MySQL/MariaDB raise on a BIGINT overflow (which
+    :func:`convostore.errors.translate_errors` makes a ValidationError); SQLite instead
+    turns the result into a REAL, which this catches so the transaction rolls back the
+    same way.
+    """
+    if type(value) is not int or value > INT64_MAX:
+        raise ValidationError(f"{table}.{counter} would overflow 64 bits")
+    return value
 
 
 def appends_in_one_statement(kind: Family) -> bool:

@@ -67,7 +67,7 @@ def create_engine(
     options: dict[str, Any] = {}
     kind = family_from_name(resolved.get_backend_name())
     if kind == "sqlite":
-        if is_memory_sqlite(resolved):
+        if is_memory_sqlite(resolved) and "poolclass" not in kwargs:
             options.update(poolclass=AsyncAdaptedQueuePool, pool_size=1, max_overflow=0)
         else:
             path = sqlite_path(resolved)

@@ -62,7 +62,9 @@ class SchemaVersionError(ConvostoreError):
 class DatabaseError(ConvostoreError):
     """The database failed to run an operation (lost connection, lock timeout, server error).
 
-    The operation was not applied; it is safe to retry it.
+    Usually nothing was applied, but a connection lost during ``COMMIT`` leaves that
+    unknown: retry writes that carry a ``client_id`` (a repeat is stored once), and check
+    before retrying those that do not.
     """
 
 
@@ -83,6 +85,8 @@ def translate_errors() -> Iterator[None]:
     except sa_exc.StatementError as exc:
         if isinstance(exc.orig, ConvostoreError):
             raise exc.orig from exc
+        if _out_of_range(exc.orig):
+            raise ValidationError(f"a value is out of range: {_short(exc)}") from exc
         if isinstance(exc, sa_exc.IntegrityError):
             raise ConflictError(f"integrity constraint violated: {_short(exc)}") from exc
         raise DatabaseError(f"{type(exc).__name__}: {_short(exc)}") from exc
@@ -106,6 +110,21 @@ _DRIVER_PACKAGES = frozenset(
 def is_driver_error(exc: BaseException) -> bool:
     """Whether ``exc`` is an exception class defined by a database driver package."""
     return any(cls.__module__.partition(".")[0] in _DRIVER_PACKAGES for cls in type(exc).__mro__)
+
+
+# PostgreSQL's numeric_value_out_of_range, MySQL/MariaDB's ER_DATA_OUT_OF_RANGE.
+_PG_OUT_OF_RANGE = "22003"
+_MYSQL_OUT_OF_RANGE = 1690
+
+
+def _out_of_range(orig: BaseException | None) -> bool:
+    if orig is None:
+        return False
+    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if state == _PG_OUT_OF_RANGE:
+        return True
+    args: tuple[object, ...] = getattr(orig, "args", ())
+    return bool(args) and args[0] == _MYSQL_OUT_OF_RANGE
 
 
 def _short(exc: sa_exc.StatementError) -> str:

@@ -15,7 +15,9 @@ from typing import Any, Self
 from uuid import uuid4
 
 from convostore import codec
+from convostore.context import default_project
 from convostore.database import DEFAULT_AGENT_KEY
+from convostore.dialects import checked_counter
 from convostore.errors import ConflictError, InsufficientBalance, ValidationError
 from convostore.interfaces import AgentDatabase, ContextStore
 from convostore.models import (
@@ -145,6 +147,7 @@ class InMemoryDatabase(AgentDatabase):
         check_id(user_id, "user_id", USER_ID_LENGTH)
         check_amount(amount, "amount")
         user = await self.get_user(user_id)
+        checked_counter(user.available_balance + amount, "users", "available_balance")
         user.available_balance += amount
         self.storage.users[(self._agent, user_id)] = user
         return user.available_balance
@@ -327,13 +330,15 @@ class InMemoryContextStore(ContextStore):
         storage: MemoryStorage | None = None,
         *,
         session_id: str | None = None,
-        project: str = "default",
+        project: str | None = None,
     ) -> None:
         self.storage = storage if storage is not None else MemoryStorage()
         self._session_id = check_id(
             uuid4().hex if session_id is None else session_id, "session_id", SESSION_ID_LENGTH
         )
-        self._project = check_id(project, "project", PROJECT_LENGTH)
+        self._project = check_id(
+            default_project() if project is None else project, "project", PROJECT_LENGTH
+        )
 
     @property
     def session_id(self) -> str:
@@ -519,6 +524,12 @@ class InMemoryContextStore(ContextStore):
     async def add_context_tokens(self, input_tokens: int, output_tokens: int) -> None:
         check_amount(input_tokens, "input_tokens")
         check_amount(output_tokens, "output_tokens")
+        current = self._stored_state()
+        if current is not None:
+            checked_counter(current.input_tokens + input_tokens, "context_tokens", "input_tokens")
+            checked_counter(
+                current.output_tokens + output_tokens, "context_tokens", "output_tokens"
+            )
         state = self._tokens_state()
         state.input_tokens += input_tokens
         state.output_tokens += output_tokens

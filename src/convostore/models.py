@@ -179,8 +179,6 @@ class NewMessage:
     message: str
     content: str
     satoshis: int | None
-    extra_inputs: dict[str, Any]
-    extra_outputs: dict[str, Any]
     encoded_content: codec.Encoded
     encoded_inputs: codec.Encoded
     encoded_outputs: codec.Encoded
@@ -217,8 +215,6 @@ def new_message(
         message=check_text(message, "message"),
         content=checked_content,
         satoshis=None if satoshis is None else check_amount(satoshis, "satoshis"),
-        extra_inputs=inputs,
-        extra_outputs=outputs,
         encoded_content=codec.encoded(checked_content),
         encoded_inputs=codec.encoded(inputs),
         encoded_outputs=codec.encoded(outputs),

@@ -447,9 +447,12 @@ class SessionRepository:
                 }
 
             values = dialects.params_for(_sessions, _SESSION_COLUMNS)
-            return dialects.upsert(
+            stmt = dialects.upsert(
                 kind, _sessions, values, key=["project", "session_id"], update=assignments
             )
+            # Read the totals back where the dialect can, to refuse an overflow SQLite
+            # would otherwise store as a REAL (servers raise on their own).
+            return stmt if kind == "mysql" else stmt.returning(c.input_tokens, c.output_tokens)
 
         params = {
             "project": self._project,
@@ -463,12 +466,20 @@ class SessionRepository:
             "parent_session_id": None,
             "forked_at": None,
         }
-        await self._session.execute(dialects.cached((kind, "tokens", how), build), params)
+        result = await self._session.execute(dialects.cached((kind, "tokens", how), build), params)
+        if kind != "mysql":
+            totals = result.one()
+            dialects.checked_counter(totals[0], "context_tokens", "input_tokens")
+            dialects.checked_counter(totals[1], "context_tokens", "output_tokens")
 
     async def delete(self) -> None:
-        """Remove the session's messages and state (tokens, counter, preview)."""
-        await self._session.execute(delete(_context_messages).where(*self._messages_key()))
+        """Remove the session's messages and state (tokens, counter, preview).
+
+        The state row goes first: like an append or a pop, this locks it before touching
+        any message, so concurrent writers always take locks in the same order.
+        """
         await self._session.execute(delete(_sessions).where(*self._state_key()))
+        await self._session.execute(delete(_context_messages).where(*self._messages_key()))
 
     async def copy_to(self, new_session_id: str, now: datetime, *, at: int | None = None) -> None:
         """Copy state and messages into ``new_session_id`` of the same project, server-side.

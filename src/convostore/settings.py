@@ -27,6 +27,7 @@ from convostore.errors import ConfigurationError
 __all__ = [
     "DEFAULT_SQLITE_PATH",
     "ENV_VARS",
+    "configured_url",
     "is_memory_sqlite",
     "redact",
     "resolve_url",
@@ -56,7 +57,7 @@ def resolve_url(url: str | URL | None = None) -> URL:
         ConfigurationError: The URL cannot be parsed or names a synchronous driver.
     """
     if url is None:
-        url = next((os.environ[name] for name in ENV_VARS if os.environ.get(name)), None)
+        url = configured_url()
     if url is None:
         return _sqlite_url(DEFAULT_SQLITE_PATH)
     if isinstance(url, URL):
@@ -82,6 +83,12 @@ def resolve_url(url: str | URL | None = None) -> URL:
     return _with_async_driver(parsed)
 
 
+def configured_url() -> str | None:
+    """The URL the environment configures (``CONVOSTORE_DATABASE_URL``, then
+    ``DATABASE_URL``), or ``None``."""
+    return next((os.environ[name] for name in ENV_VARS if os.environ.get(name)), None)
+
+
 def is_memory_sqlite(url: URL) -> bool:
     """Whether ``url`` is a private in-memory SQLite database."""
     database = url.database or ""
@@ -93,9 +100,17 @@ def is_memory_sqlite(url: URL) -> bool:
     )
 
 
+# Query parameters that carry secrets (drivers accept passwords there too).
+_SECRET_QUERY_KEYS = frozenset({"password", "passwd", "sslpassword", "ssl_key_password"})
+
+
 def redact(url: str | URL) -> str:
-    """Render a URL for messages and logs with any password hidden."""
+    """Render a URL for messages and logs with any password hidden (in the query too)."""
     if isinstance(url, URL):
+        secrets = _SECRET_QUERY_KEYS.intersection(key.lower() for key in url.query)
+        if secrets:
+            hidden = {key: "***" for key in url.query if key.lower() in secrets}
+            url = url.update_query_dict(hidden)
         return url.render_as_string(hide_password=True)
     return _redact_text(url)
 
@@ -108,7 +123,7 @@ def _redact_text(text: str) -> str:
     # An "@" left in the host means SQLAlchemy split an unescaped password at its first
     # "@"; the last "@" is where the credentials really end.
     if url is not None and "@" not in (url.host or ""):
-        return url.render_as_string(hide_password=True)
+        return redact(url)
     scheme, sep, rest = text.partition("://")
     if not sep or "@" not in rest:
         return text

@@ -300,3 +300,19 @@ async def test_the_blocks_own_exceptions_pass_through(make_database: MakeDatabas
     with pytest.raises(TimeoutError, match="llm call"):
         await paid_call_that_times_out()
     assert (await db.get_user("u")).available_balance == 0
+
+
+async def test_counters_refuse_to_overflow(
+    make_database: MakeDatabase, make_store: MakeStore
+) -> None:
+    db, store = await make_database(), await make_store(session_id="s")
+    top = 2**63 - 1
+    assert await db.credit("u", top) == top
+    with pytest.raises(ValidationError):
+        await db.credit("u", 1)
+    assert (await db.get_user("u")).available_balance == top
+    assert await db.debit("u", 1) == top - 1
+    await store.set_context_tokens(top, 0)
+    with pytest.raises(ValidationError):
+        await store.add_context_tokens(1, 0)
+    assert await store.get_context_tokens() == (top, 0)

@@ -213,3 +213,15 @@ async def test_sslmode_url_connects(request: pytest.FixtureRequest) -> None:
             assert (await conn.execute(text("SELECT 1"))).scalar() == 1
     finally:
         await engine.dispose()
+
+
+def test_passwords_in_the_query_string_are_hidden() -> None:
+    for raw in (
+        "postgresql://postgres@127.0.0.1:5432/x?password=s3cret",
+        "postgresql://u:pw@h/x?sslpassword=s3cret&application_name=a",
+    ):
+        assert "s3cret" not in redact(raw)
+        assert "s3cret" not in redact(resolve_url(raw))
+    assert "application_name=a" in redact(
+        "postgresql://u:pw@h/x?sslpassword=s3cret&application_name=a"
+    )
