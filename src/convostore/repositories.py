@@ -5,8 +5,9 @@ scope's key into every statement it issues, so no method can touch another tenan
 They may flush; commit, rollback and close belong to the caller (the façades in
 :mod:`convostore.database` and :mod:`convostore.context`, or the user's unit of work).
 
-Hot paths use Core statements through the session rather than ORM unit-of-work flushes:
-an append is one counter bump plus one ``INSERT``.
+Hot paths use Core statements, built once, through the session rather than ORM
+unit-of-work flushes: an append is one counter bump plus one ``INSERT`` (a single
+statement on PostgreSQL, see :func:`convostore.dialects.insert_at_counter`).
 """
 
 from __future__ import annotations
