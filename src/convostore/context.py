@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from convostore import migrate as migrations
 from convostore.dialects import appends_in_one_statement
 from convostore.engine import create_engine, family
-from convostore.errors import ConfigurationError, ValidationError
+from convostore.errors import ConfigurationError
 from convostore.interfaces import ContextStore
 from convostore.models import (
     ContextMessage,
@@ -32,6 +32,7 @@ from convostore.models import (
     check_client_ids,
     check_id,
     check_optional_int,
+    check_page,
     construct,
     encoded_context_messages,
 )
@@ -126,17 +127,16 @@ class SQLAlchemyContextStore(ContextStore):
     async def transaction(self) -> AsyncIterator[Self]:
         """Run several calls in one transaction: commit at the end, roll back on error."""
         await self._ensure_ready()
-        async with self._runner.transaction() as session:
-            view = self.bind(session)
-            try:
-                yield view
-            finally:
-                view._runner.ended = True
+        async with self._runner.transaction() as runner:
+            yield self._with_runner(runner)
 
     def bind(self, session: AsyncSession) -> Self:
         """A view of this store that works inside ``session``'s transaction, never committing."""
+        return self._with_runner(self._runner.bind(session))
+
+    def _with_runner(self, runner: TransactionRunner) -> Self:
         view = copy.copy(self)
-        view._runner = self._runner.bind(session)
+        view._runner = runner
         view._owns_engine = False
         return view
 
@@ -319,9 +319,7 @@ class SQLAlchemyContextStore(ContextStore):
         Without arguments, all of them (axio's semantics). With ``limit``, one keyset page;
         pass the last :class:`SessionInfo` of a page as ``before`` for the next one.
         """
-        check_optional_int(limit, "limit", minimum=0)
-        if before is not None and not isinstance(before, SessionInfo):
-            raise ValidationError("before must be a SessionInfo from a previous page")
+        check_page(limit, before, SessionInfo)
         await self._ensure_ready()
         return await self._runner.run(
             lambda s: self._repo(s).list_project(limit=limit, before=before)

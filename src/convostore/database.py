@@ -23,7 +23,6 @@ from convostore.errors import (
     ConfigurationError,
     ConflictError,
     InsufficientBalance,
-    ValidationError,
 )
 from convostore.interfaces import AgentDatabase
 from convostore.models import (
@@ -36,6 +35,7 @@ from convostore.models import (
     check_client_ids,
     check_id,
     check_optional_int,
+    check_page,
     new_message,
     new_message_batch,
     validated,
@@ -145,20 +145,19 @@ class SQLAlchemyDatabase(AgentDatabase):
                 await tx.add_message("t1", "alice", "user", message="paid question")
         """
         await self.async_init()
-        async with self._runner.transaction() as session:
-            view = self.bind(session)
-            try:
-                yield view
-            finally:
-                view._runner.ended = True
+        async with self._runner.transaction() as runner:
+            yield self._with_runner(runner)
 
     def bind(self, session: AsyncSession) -> Self:
         """A view of this database that works inside ``session``'s transaction.
 
         The view never commits or rolls back: the owner of ``session`` does.
         """
+        return self._with_runner(self._runner.bind(session))
+
+    def _with_runner(self, runner: TransactionRunner) -> Self:
         view = copy.copy(self)
-        view._runner = self._runner.bind(session)
+        view._runner = runner
         view._owns_engine = False
         return view
 
@@ -340,9 +339,7 @@ class SQLAlchemyDatabase(AgentDatabase):
         self, user_id: str, *, limit: int | None = None, before: ThreadInfo | None = None
     ) -> list[ThreadInfo]:
         check_id(user_id, "user_id", USER_ID_LENGTH)
-        check_optional_int(limit, "limit", minimum=0)
-        if before is not None and not isinstance(before, ThreadInfo):
-            raise ValidationError("before must be a ThreadInfo from a previous page")
+        check_page(limit, before, ThreadInfo)
         await self.async_init()
         return await self._runner.run(
             lambda s: ThreadRepository(s, self._agent_key).threads_of(

@@ -18,7 +18,7 @@ from convostore import codec
 from convostore.context import default_project
 from convostore.database import DEFAULT_AGENT_KEY
 from convostore.dialects import checked_counter
-from convostore.errors import ConflictError, InsufficientBalance, ValidationError
+from convostore.errors import ConflictError, InsufficientBalance
 from convostore.interfaces import AgentDatabase, ContextStore
 from convostore.models import (
     ContextMessage,
@@ -34,6 +34,7 @@ from convostore.models import (
     check_client_ids,
     check_id,
     check_optional_int,
+    check_page,
     encoded_context_messages,
     new_message,
     new_message_batch,
@@ -291,9 +292,7 @@ class InMemoryDatabase(AgentDatabase):
         self, user_id: str, *, limit: int | None = None, before: ThreadInfo | None = None
     ) -> list[ThreadInfo]:
         check_id(user_id, "user_id", USER_ID_LENGTH)
-        check_optional_int(limit, "limit", minimum=0)
-        if before is not None and not isinstance(before, ThreadInfo):
-            raise ValidationError("before must be a ThreadInfo from a previous page")
+        check_page(limit, before, ThreadInfo)
         found = [
             ThreadInfo(
                 thread_id=thread_id,
@@ -541,9 +540,7 @@ class InMemoryContextStore(ContextStore):
     async def list_sessions(
         self, *, limit: int | None = None, before: SessionInfo | None = None
     ) -> list[SessionInfo]:
-        check_optional_int(limit, "limit", minimum=0)
-        if before is not None and not isinstance(before, SessionInfo):
-            raise ValidationError("before must be a SessionInfo from a previous page")
+        check_page(limit, before, SessionInfo)
         found = [
             SessionInfo(
                 session_id=session_id,

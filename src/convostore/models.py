@@ -38,6 +38,7 @@ __all__ = [
     "check_client_ids",
     "check_id",
     "check_optional_int",
+    "check_page",
     "check_text",
     "construct",
     "encoded_context_message",
@@ -440,6 +441,14 @@ def check_bool(value: object, name: str) -> bool:
     if type(value) is not bool:
         raise ValidationError(f"{name} must be a bool, not {type(value).__name__}")
     return value
+
+
+def check_page(limit: object, before: object, cursor: type[BaseModel]) -> None:
+    """Check a keyset page's arguments: ``limit`` >= 0 or None, ``before`` a ``cursor``
+    (the last item of the previous page) or None."""
+    check_optional_int(limit, "limit", minimum=0)
+    if before is not None and not isinstance(before, cursor):
+        raise ValidationError(f"before must be a {cursor.__name__} from a previous page")
 
 
 def check_optional_int(value: object, name: str, *, minimum: int | None = None) -> int | None:

@@ -629,18 +629,7 @@ def _thread_activity(new: Any) -> dict[str, Any]:
     return {"updated_at": new.updated_at}
 
 
-_SESSION_COLUMNS = (
-    "project",
-    "session_id",
-    "input_tokens",
-    "output_tokens",
-    "next_position",
-    "preview",
-    "created_at",
-    "updated_at",
-    "parent_session_id",
-    "forked_at",
-)
+_SESSION_COLUMNS = tuple(_sessions.c.keys())
 _STORED_COLUMNS = (
     _context_messages.c.position,
     _context_messages.c.role,

@@ -80,26 +80,31 @@ class TransactionRunner:
         return self._autocommit_sessionmaker
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncSession]:
-        """A new session in a transaction: committed if the block ends normally, else rolled back.
+    async def transaction(self) -> AsyncIterator[TransactionRunner]:
+        """A runner bound to a new transaction: committed if the block ends normally, else
+        rolled back.
 
         Failures of the begin or the commit (a connection killed while the caller's block
         ran, say) come out as convostore errors like those of any call; what the block
         itself raises passes through untouched. The block is not retried: only its owner
-        knows whether it can run again.
+        knows whether it can run again. Once the block is over, the bound runner (and any
+        view holding it) refuses to run.
         """
         session = self.sessionmaker()
         try:
             with translate_errors():
                 await session.begin()
+            bound = self.bind(session)
             try:
-                yield session
+                yield bound
             except BaseException:
                 # The block's own exception is the one to report; a failed rollback (a dead
                 # connection) changes nothing the database has not already dropped.
                 with contextlib.suppress(sa_exc.SQLAlchemyError, OSError):
                     await session.rollback()
                 raise
+            finally:
+                bound.ended = True
             with translate_errors():
                 await session.commit()
         finally:
