@@ -13,8 +13,12 @@ BIN := $(VENV)/bin
 BIN312 := $(VENV312)/bin
 STAMP := $(VENV)/.installed
 STAMP312 := $(VENV312)/.installed
+# The peers' own sdists (their READMEs and test suites run against our drop-ins).
+PEERS ?= .peers
+PEER_SDISTS := axio-context-sqlite==0.12.2 agentstr-sdk==0.6.15
+PEERS_STAMP := $(PEERS)/.downloaded
 
-.PHONY: venv venv312 demo test pytest pytest312 compat lint format bench docs clean
+.PHONY: venv venv312 peers demo test pytest pytest312 compat lint format bench docs clean
 
 venv: $(STAMP)
 
@@ -37,6 +41,17 @@ $(STAMP312): pyproject.toml
 		agentstr-sdk==0.6.15 pynostr coincurve tlv8
 	touch $(STAMP312)
 
+# Downloaded, never committed: tests/integrations/test_peer_suites.py runs the tests these
+# sdists ship with our conftest swapping in convostore's drop-ins (the Makefile is the
+# only place that names the versions).
+peers: $(PEERS_STAMP)
+
+$(PEERS_STAMP): Makefile $(STAMP312)
+	rm -rf $(PEERS) && mkdir -p $(PEERS)
+	$(BIN312)/python -m pip download --quiet --no-deps --no-binary :all: -d $(PEERS) $(PEER_SDISTS)
+	for f in $(PEERS)/*.tar.gz; do tar -xzf $$f -C $(PEERS); done
+	touch $@
+
 # Migrate the embedded SQLite default (convostore.db), write a conversation through both
 # interfaces in one process, and read it back in another.
 demo: venv
@@ -51,8 +66,8 @@ test: lint pytest pytest312 compat
 pytest: venv venv312
 	CONVOSTORE_TEST_PY312=$(abspath $(BIN312))/python $(BIN)/python -m pytest $(PYTEST_ARGS)
 
-pytest312: venv312
-	CONVOSTORE_AGENTSTR_PATH=$(abspath $(VENV312))/agentstr \
+pytest312: venv312 peers
+	CONVOSTORE_AGENTSTR_PATH=$(abspath $(VENV312))/agentstr CONVOSTORE_PEERS_DIR=$(abspath $(PEERS)) \
 		$(BIN312)/python -m pytest tests/integrations $(PYTEST_ARGS)
 
 # The oldest SQLAlchemy series we support (2.0): the contract and unit suites on every

@@ -11,7 +11,7 @@ Nothing here opens a connection at import time.
 
 from convostore.context import SQLAlchemyContextStore, connect
 from convostore.database import Database, SQLAlchemyDatabase
-from convostore.engine import create_engine
+from convostore.engine import Engine, create_engine
 from convostore.errors import (
     ConfigurationError,
     ConflictError,
@@ -38,6 +38,7 @@ __all__ = [
     "ConvostoreError",
     "Database",
     "DatabaseError",
+    "Engine",
     "InMemoryContextStore",
     "InMemoryDatabase",
     "InsufficientBalance",

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from convostore import migrate as migrations
 from convostore.dialects import appends_in_one_statement
-from convostore.engine import create_engine, family
+from convostore.engine import Engine, create_engine, family
 from convostore.errors import ConfigurationError
 from convostore.interfaces import ContextStore
 from convostore.models import (
@@ -31,10 +31,12 @@ from convostore.models import (
     check_bool,
     check_client_ids,
     check_id,
+    check_namespace,
     check_optional_int,
     check_page,
     construct,
     encoded_context_messages,
+    scoped_project,
 )
 from convostore.repositories import SessionRepository
 from convostore.settings import redact
@@ -44,17 +46,20 @@ from convostore.transactions import TransactionRunner
 __all__ = ["SQLAlchemyContextStore", "connect", "default_project"]
 
 
-async def connect(url: str | URL | None = None, *, migrate: bool | None = None) -> AsyncEngine:
-    """Open the database at ``url`` (a path or URL) with its schema at head; the caller disposes it.
+async def connect(url: str | Path | URL | None = None, *, migrate: bool | None = None) -> Engine:
+    """Open the database at ``url`` (a path or URL) with its schema at head.
 
     SQLite gets WAL, a 5 s busy timeout, ``synchronous=NORMAL`` and foreign keys, and is
     migrated to the latest revision (safe when several processes start at once). A server
     database is checked, and migrated only with ``migrate=True``.
 
+    The result is an :class:`~convostore.engine.Engine`: an ``AsyncEngine`` that the caller
+    closes with ``await engine.close()`` (or ``dispose()``, or ``async with``).
+
     Raises:
         SchemaVersionError: The schema is not at head and may not be migrated here.
     """
-    engine = create_engine(url)
+    engine = create_engine(str(url) if isinstance(url, Path) else url)
     try:
         await migrations.prepare(engine, migrate=migrate)
     except BaseException:
@@ -76,11 +81,15 @@ class SQLAlchemyContextStore(ContextStore):
         url: Open an engine for this URL; :meth:`close` disposes it.
         session_id: The session's id; a new random one by default.
         project: The project's name; the current working directory by default.
+        namespace: Keep this store's sessions apart from those of other namespaces in the
+            same database (axio-context-sqlite's ``db_name``): 1 to 64 letters, digits or
+            underscores. ``None``, the default namespace, is where every other store and
+            the CLI look.
         migrate: As for :func:`connect`, when this store opens or first uses the engine.
 
     Raises:
         ConfigurationError: Both ``engine`` and ``url`` were given.
-        ValidationError: ``session_id`` or ``project`` is not a usable id.
+        ValidationError: ``session_id``, ``project`` or ``namespace`` is not usable.
     """
 
     def __init__(
@@ -90,6 +99,7 @@ class SQLAlchemyContextStore(ContextStore):
         url: str | URL | None = None,
         session_id: str | None = None,
         project: str | None = None,
+        namespace: str | None = None,
         migrate: bool | None = None,
     ) -> None:
         if engine is not None and url is not None:
@@ -100,6 +110,9 @@ class SQLAlchemyContextStore(ContextStore):
         self._project = check_id(
             default_project() if project is None else project, "project", PROJECT_LENGTH
         )
+        self._namespace = check_namespace(namespace)
+        # What the project and session columns hold: every statement is scoped by it.
+        self._scope = scoped_project(self._namespace, self._project, PROJECT_LENGTH)
         self._owns_engine = engine is None
         self._runner = TransactionRunner(engine if engine is not None else create_engine(url))
         self._migrate = migrate
@@ -113,6 +126,11 @@ class SQLAlchemyContextStore(ContextStore):
         return self._project
 
     @property
+    def namespace(self) -> str | None:
+        """The namespace this store's sessions live in (``None``: the default one)."""
+        return self._namespace
+
+    @property
     def engine(self) -> AsyncEngine:
         """The engine this store runs on."""
         return self._runner.engine
@@ -120,7 +138,9 @@ class SQLAlchemyContextStore(ContextStore):
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(url={redact(self.engine.url)!r}, "
-            f"project={self._project!r}, session_id={self._session_id!r})"
+            f"project={self._project!r}, session_id={self._session_id!r}"
+            + ("" if self._namespace is None else f", namespace={self._namespace!r}")
+            + ")"
         )
 
     @asynccontextmanager
@@ -331,7 +351,7 @@ class SQLAlchemyContextStore(ContextStore):
             await self.engine.dispose()
 
     def _repo(self, session: AsyncSession) -> SessionRepository:
-        return SessionRepository(session, self._project, self._session_id)
+        return SessionRepository(session, self._scope, self._session_id)
 
     async def _ensure_ready(self) -> None:
         # A view bound to a caller's session trusts that the engine was prepared (connect()

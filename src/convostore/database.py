@@ -102,6 +102,9 @@ class SQLAlchemyDatabase(AgentDatabase):
             self._owns_engine = False
         self._migrate = migrate
         self._runner = TransactionRunner(engine)
+        self.conn: AsyncEngine | None = None
+        """agentstr's attribute: ``None`` until :meth:`async_init`, then the engine (agentstr's
+        agent server tests it to know whether to initialise the database)."""
         # Where agentstr is loaded, make isinstance(db, BaseDatabase) hold without importing
         # it ourselves (it is heavy): `from convostore import Database` is the whole switch.
         from convostore.integrations.agentstr import register_if_loaded
@@ -127,10 +130,12 @@ class SQLAlchemyDatabase(AgentDatabase):
         # would need a second connection, which on SQLite waits for the caller's write lock.
         if self._runner.bound is None:
             await migrations.prepare(self.engine, migrate=self._migrate)
+        self.conn = self.engine
         return self
 
     async def close(self) -> None:
         """Dispose of the engine if this object created it."""
+        self.conn = None
         if self._owns_engine:
             await self.engine.dispose()
 

@@ -33,11 +33,13 @@ from convostore.models import (
     check_bool,
     check_client_ids,
     check_id,
+    check_namespace,
     check_optional_int,
     check_page,
     encoded_context_messages,
     new_message,
     new_message_batch,
+    scoped_project,
     validated,
 )
 from convostore.repositories import NO_PREVIEW
@@ -330,6 +332,7 @@ class InMemoryContextStore(ContextStore):
         *,
         session_id: str | None = None,
         project: str | None = None,
+        namespace: str | None = None,
     ) -> None:
         self.storage = storage if storage is not None else MemoryStorage()
         self._session_id = check_id(
@@ -338,6 +341,8 @@ class InMemoryContextStore(ContextStore):
         self._project = check_id(
             default_project() if project is None else project, "project", PROJECT_LENGTH
         )
+        self._namespace = check_namespace(namespace)
+        self._scope = scoped_project(self._namespace, self._project, PROJECT_LENGTH)
 
     @property
     def session_id(self) -> str:
@@ -349,10 +354,12 @@ class InMemoryContextStore(ContextStore):
 
     def with_session(self, session_id: str) -> Self:
         """A store for another session of the same project and storage."""
-        return type(self)(self.storage, session_id=session_id, project=self._project)
+        return type(self)(
+            self.storage, session_id=session_id, project=self._project, namespace=self._namespace
+        )
 
     def _stored_state(self) -> _Session | None:
-        return self.storage.sessions.get((self._project, self._session_id))
+        return self.storage.sessions.get((self._scope, self._session_id))
 
     async def append(
         self, message: ContextMessage, *, client_id: str | None = None
@@ -385,7 +392,7 @@ class InMemoryContextStore(ContextStore):
         if any(i is not None and i in taken for i in ids):
             raise ConflictError("a client_id of this batch is already used in this session")
         if state is None:
-            state = self.storage.sessions[(self._project, self._session_id)] = _Session(
+            state = self.storage.sessions[(self._scope, self._session_id)] = _Session(
                 created_at=now, updated_at=now
             )
         first = len(state.messages)
@@ -455,7 +462,7 @@ class InMemoryContextStore(ContextStore):
         if state is None:
             if not checked:
                 return
-            state = self.storage.sessions[(self._project, self._session_id)] = _Session(
+            state = self.storage.sessions[(self._scope, self._session_id)] = _Session(
                 created_at=now, updated_at=now
             )
         state.messages = [_Entry(m.role, data.data, now, None) for m, data in checked]
@@ -471,7 +478,7 @@ class InMemoryContextStore(ContextStore):
         return ContextMessage.model_construct(role=entry.role, content=codec.decode(entry.data))
 
     async def clear(self) -> None:
-        self.storage.sessions.pop((self._project, self._session_id), None)
+        self.storage.sessions.pop((self._scope, self._session_id), None)
 
     async def fork(self, *, at: int | None = None) -> InMemoryContextStore:
         if at is not None:
@@ -493,7 +500,7 @@ class InMemoryContextStore(ContextStore):
                     ),
                     None,
                 )
-            self.storage.sessions[(self._project, new_id)] = _Session(
+            self.storage.sessions[(self._scope, new_id)] = _Session(
                 created_at=now,
                 updated_at=now,
                 messages=copied,
@@ -509,7 +516,7 @@ class InMemoryContextStore(ContextStore):
         state = self._stored_state()
         if state is None:
             now = datetime.now(UTC)
-            state = self.storage.sessions[(self._project, self._session_id)] = _Session(
+            state = self.storage.sessions[(self._scope, self._session_id)] = _Session(
                 created_at=now, updated_at=now
             )
         return state
@@ -554,7 +561,7 @@ class InMemoryContextStore(ContextStore):
                 forked_at=state.forked_at,
             )
             for (project, session_id), state in self.storage.sessions.items()
-            if project == self._project and state.messages
+            if project == self._scope and state.messages
         ]
         found.sort(key=lambda info: (info.created_at, info.session_id), reverse=True)
         if before is not None:

@@ -20,6 +20,8 @@ from convostore.errors import ValidationError
 __all__ = [
     "CONTEXT_ROLES",
     "KINDS",
+    "NAMESPACE_LENGTH",
+    "NAMESPACE_SEPARATOR",
     "NO_PREVIEW",
     "ROLES",
     "ContextMessage",
@@ -37,6 +39,7 @@ __all__ = [
     "check_choice",
     "check_client_ids",
     "check_id",
+    "check_namespace",
     "check_optional_int",
     "check_page",
     "check_text",
@@ -45,6 +48,7 @@ __all__ = [
     "encoded_context_messages",
     "new_message",
     "new_message_batch",
+    "scoped_project",
     "validated",
     "validated_fields",
 ]
@@ -372,6 +376,52 @@ def check_id(value: object, name: str, max_length: int) -> str:
         raise ValidationError(f"{name} must not end with whitespace")
     check_text(value, name)
     return value
+
+
+NAMESPACE_SEPARATOR = "\x1f"
+"""Joins a namespace to a project in the stored project key (U+001F, the unit separator)."""
+NAMESPACE_LENGTH = 64
+_NAMESPACE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+
+
+def check_namespace(value: object) -> str | None:
+    """Return ``value`` if it is a usable namespace (or ``None``), else raise ValidationError.
+
+    A namespace is what axio-context-sqlite calls ``db_name``, a table-name prefix: so it is
+    1 to 64 letters, digits or underscores.
+    """
+    if value is None:
+        return None
+    if type(value) is not str:
+        raise ValidationError(f"namespace must be a str, not {type(value).__name__}")
+    if not value or len(value) > NAMESPACE_LENGTH or not set(value) <= _NAMESPACE_CHARS:
+        raise ValidationError(
+            f"namespace {value!r} must be 1 to {NAMESPACE_LENGTH} letters, digits or underscores"
+        )
+    return value
+
+
+def scoped_project(namespace: str | None, project: str, max_length: int) -> str:
+    """The project key stored for ``project`` within ``namespace``.
+
+    The default namespace (``None``) stores the project as it is; any other prefixes it
+    with the namespace and :data:`NAMESPACE_SEPARATOR`. Projects may not contain the
+    separator, so two (namespace, project) pairs never share a key.
+
+    Raises:
+        ValidationError: ``project`` contains the separator, or the key is too long.
+    """
+    if NAMESPACE_SEPARATOR in project:
+        raise ValidationError("project must not contain U+001F (the namespace separator)")
+    if namespace is None:
+        return project
+    key = f"{namespace}{NAMESPACE_SEPARATOR}{project}"
+    if len(key) > max_length:
+        raise ValidationError(
+            f"project is too long for namespace {namespace!r}: "
+            f"{len(key)} characters with the namespace; the limit is {max_length}"
+        )
+    return key
 
 
 def check_text(value: object, name: str) -> str:

@@ -108,12 +108,18 @@ async def make_store(
     storage = MemoryStorage()
     opened: list[ContextStore] = []
 
-    async def make(session_id: str | None = None, project: str = "/project") -> ContextStore:
+    async def make(
+        session_id: str | None = None, project: str = "/project", namespace: str | None = None
+    ) -> ContextStore:
         store: ContextStore
         if shared_engine is None:
-            store = InMemoryContextStore(storage, session_id=session_id, project=project)
+            store = InMemoryContextStore(
+                storage, session_id=session_id, project=project, namespace=namespace
+            )
         else:
-            store = SQLAlchemyContextStore(shared_engine, session_id=session_id, project=project)
+            store = SQLAlchemyContextStore(
+                shared_engine, session_id=session_id, project=project, namespace=namespace
+            )
         opened.append(store)
         return store
 

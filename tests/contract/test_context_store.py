@@ -778,3 +778,34 @@ async def test_exception_in_transaction_rolls_everything_back(make_store: MakeSt
         await work()
     assert await state(store) == before
     assert await store.with_session("s2").get_history() == []
+
+
+async def test_namespaces_keep_same_named_sessions_apart(make_store: MakeStore) -> None:
+    # axio-context-sqlite's db_name: the same project and session ids in two namespaces.
+    default = await make_store(session_id="s1", project="/p")
+    other = await make_store(session_id="s1", project="/p", namespace="other")
+    await default.append(user("default"))
+    await other.append(user("other"))
+    await other.set_context_tokens(5, 6)
+    assert await default.get_history() == [user("default")]
+    assert await other.get_history() == [user("other")]
+    assert await default.get_context_tokens() == (0, 0)
+    assert [s.preview for s in await default.list_sessions()] == ["default"]
+    assert [s.preview for s in await other.list_sessions()] == ["other"]
+
+    branch = await other.fork()
+    assert [s.session_id for s in await other.list_sessions()] == [branch.session_id, "s1"]
+    assert [s.session_id for s in await default.list_sessions()] == ["s1"]
+    await other.clear()
+    assert await default.get_history() == [user("default")]
+
+
+@pytest.mark.parametrize("namespace", ["", "a b", "x" * 65, "ns\x1f", 7])
+async def test_unusable_namespace_is_refused(make_store: MakeStore, namespace: Any) -> None:
+    with pytest.raises(ValidationError, match="namespace"):
+        await make_store(session_id="s1", namespace=namespace)
+
+
+async def test_project_with_the_namespace_separator_is_refused(make_store: MakeStore) -> None:
+    with pytest.raises(ValidationError, match="U\\+001F"):
+        await make_store(session_id="s1", project="a\x1fb")

@@ -53,7 +53,7 @@ PROCESS_DEADLINE_S = 120
 @asynccontextmanager
 async def own_engines(url: URL, count: int, **options: Any) -> AsyncIterator[list[AsyncEngine]]:
     """``count`` independent engines (each with its own pool) on ``url``, disposed afterwards."""
-    engines = [create_engine(url, **options) for _ in range(count)]
+    engines: list[AsyncEngine] = [create_engine(url, **options) for _ in range(count)]
     try:
         yield engines
     finally:

@@ -172,3 +172,33 @@ async def test_models_convert_both_ways_through_a_database(
         assert theirs.model_dump() == read.model_dump()
     finally:
         await db.close()
+
+
+async def test_agentstr_names_make_the_import_line_the_only_change(tmp_path: Path) -> None:
+    # agentstr's documented usage of its backend class, with the import changed.
+    db = integration.SQLiteDatabase(conn_str="sqlite://:memory:")
+    assert db.conn is None  # agentstr's server calls async_init() when conn is falsy
+    await db.async_init()
+    assert db.conn is not None
+    await db.upsert_user(integration.User(user_id="u1", available_balance=42))
+    stored = await db.add_message("t1", "u1", "user", content="hi")
+    assert isinstance(stored, integration.Message)
+    assert stored.idx == 0
+    assert isinstance(db, integration.BaseDatabase)
+    await db.close()
+    assert db.conn is None
+
+
+@pytest.mark.parametrize(
+    ("cls", "url"),
+    [
+        (integration.SQLiteDatabase, "postgres://app:secret@db.internal/agents"),
+        (integration.PostgresDatabase, "sqlite://:memory:"),
+    ],
+)
+def test_backend_classes_refuse_the_other_backend(cls: Any, url: str) -> None:
+    from convostore import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=cls.__name__) as caught:
+        cls(url)
+    assert "secret" not in str(caught.value)

@@ -446,3 +446,25 @@ async def test_the_same_crash_loses_the_history_with_axios_own_compaction(
         await auto.add_context_tokens(500, 0)
 
     assert await store.get_history() == []
+
+
+async def test_db_name_keeps_stores_apart(sqlite_engine: AsyncEngine) -> None:
+    # axio-context-sqlite's table-name prefix: same project and session ids, two names.
+    default = AxioContextStore(sqlite_engine, "s1", "/p")
+    other = AxioContextStore(sqlite_engine, "s1", "/p", "other_prefix")
+    assert (default.db_name, other.db_name) == ("axio_context", "other_prefix")
+    await default.append(user("in the default tables"))
+    await other.append(user("in other_prefix"))
+    assert [m.content[0].text for m in await other.get_history()] == ["in other_prefix"]
+    assert [s.preview for s in await default.list_sessions()] == ["in the default tables"]
+    branch = await other.fork()
+    assert branch.db_name == "other_prefix"
+    assert len(await default.list_sessions()) == 1
+
+
+@pytest.mark.parametrize("db_name", ["", "has space", "semi;colon", None])
+def test_unusable_db_name_is_refused(db_name: object) -> None:
+    from convostore import ValidationError
+
+    with pytest.raises(ValidationError):
+        AxioContextStore(None, "s1", "/p", db_name, url="sqlite://:memory:")  # type: ignore[arg-type]

@@ -12,10 +12,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import URL, insert, make_url, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.pool import QueuePool
 
-from convostore import migrate
+from convostore import connect, migrate
 from convostore.engine import (
     SQLITE_BUSY_TIMEOUT_MS,
+    Engine,
     create_engine,
     family,
     family_from_name,
@@ -170,3 +172,36 @@ def test_sqlite_path(url: str, expected: Path | None) -> None:
 
 def test_sqlite_path_of_a_created_url() -> None:
     assert sqlite_path(URL.create("sqlite+aiosqlite", database="/a/b.db")) == Path("/a/b.db")
+
+
+def idle(engine: AsyncEngine) -> int:
+    pool = engine.sync_engine.pool
+    assert isinstance(pool, QueuePool)
+    return pool.checkedin()
+
+
+async def test_engines_close_like_a_connection(tmp_path: Path) -> None:
+    # axio-context-sqlite's examples end in `await conn.close()`; code written for an
+    # AsyncEngine keeps dispose().
+    engine = create_engine(str(tmp_path / "closing.db"))
+    assert isinstance(engine, AsyncEngine)
+    assert isinstance(engine, Engine)
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))
+    assert idle(engine) == 1
+    await engine.close()
+    assert idle(engine) == 0
+    async with create_engine(str(tmp_path / "closing.db")) as scoped:
+        async with scoped.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        assert idle(scoped) == 1
+    assert idle(scoped) == 0
+
+
+async def test_connect_takes_a_path_and_returns_a_closeable_engine(tmp_path: Path) -> None:
+    engine = await connect(tmp_path / "nested" / "chat.db")
+    try:
+        assert isinstance(engine, Engine)
+        assert (tmp_path / "nested" / "chat.db").exists()
+    finally:
+        await engine.close()

@@ -7,6 +7,14 @@
     from convostore.integrations.agentstr import Database
     # was: from agentstr.database import Database
 
+agentstr's other public names are here too, so that whichever of them your code imports,
+the import line is the only change: :class:`SQLiteDatabase` and :class:`PostgresDatabase`
+(the backend classes, each refusing a URL of the other kind), ``BaseDatabase`` (convostore's
+:class:`~convostore.AgentDatabase`), and the ``User`` and ``Message`` models::
+
+    from convostore.integrations.agentstr import SQLiteDatabase, User
+    # was: from agentstr.database.sqlite import SQLiteDatabase; from agentstr.models import User
+
 agentstr-sdk is not a dependency (it pulls in dozens of heavy packages), so
 ``SQLAlchemyDatabase`` cannot inherit from ``BaseDatabase``. :func:`register` makes it a
 *virtual* subclass instead (``BaseDatabase.register``), so ``isinstance(db, BaseDatabase)``
@@ -23,8 +31,22 @@ from sqlalchemy import URL
 
 from convostore.database import Database as _Database
 from convostore.database import SQLAlchemyDatabase
+from convostore.engine import family_from_name
+from convostore.errors import ConfigurationError
+from convostore.interfaces import AgentDatabase as BaseDatabase
+from convostore.models import Message, User
+from convostore.settings import redact, resolve_url
 
-__all__ = ["Database", "register", "register_if_loaded"]
+__all__ = [
+    "BaseDatabase",
+    "Database",
+    "Message",
+    "PostgresDatabase",
+    "SQLiteDatabase",
+    "User",
+    "register",
+    "register_if_loaded",
+]
 
 _BASE_MODULE = "agentstr.database.base"
 
@@ -65,3 +87,50 @@ def Database(  # noqa: N802 - agentstr's factory is a function named like a clas
     """agentstr's ``Database`` drop-in: :func:`convostore.Database`, after :func:`register`."""
     register()
     return _Database(conn_str, agent_name=agent_name, migrate=migrate)
+
+
+class _BackendDatabase(SQLAlchemyDatabase):
+    """An agent database that accepts URLs of one backend family only."""
+
+    _family: str
+
+    def __init__(
+        self,
+        conn_str: str | URL | None = None,
+        *,
+        agent_name: str | None = None,
+        migrate: bool | None = None,
+    ) -> None:
+        if isinstance(conn_str, URL):
+            conn_str = conn_str.render_as_string(hide_password=False)
+        url = resolve_url(conn_str)
+        if family_from_name(url.get_backend_name()) != self._family:
+            raise ConfigurationError(
+                f"{type(self).__name__} needs a {self._family} URL, not {redact(url)!r}; "
+                "use Database() to pick the backend from the URL"
+            )
+        register()
+        super().__init__(conn_str, agent_name=agent_name, migrate=migrate)
+
+
+class SQLiteDatabase(_BackendDatabase):
+    """agentstr's ``SQLiteDatabase``: the agent database on an SQLite file or ``:memory:``.
+
+    ``SQLiteDatabase(conn_str="sqlite://:memory:")`` or ``SQLiteDatabase("sqlite://chat.db")``;
+    without ``conn_str``, the configured URL or the default file, as for :func:`Database`.
+
+    Raises:
+        ConfigurationError: ``conn_str`` is not an SQLite URL.
+    """
+
+    _family = "sqlite"
+
+
+class PostgresDatabase(_BackendDatabase):
+    """agentstr's ``PostgresDatabase``: the agent database on PostgreSQL (asyncpg).
+
+    Raises:
+        ConfigurationError: ``conn_str`` is not a PostgreSQL URL.
+    """
+
+    _family = "postgresql"

@@ -5,9 +5,21 @@ Switching is one import and one name::
     from convostore.integrations.axio import AxioContextStore, connect
     # was: from axio_context_sqlite import SQLiteContextStore, connect
 
-    engine = await connect("chat.db")                  # or a postgresql:// / mysql:// URL
-    store = AxioContextStore(engine, session_id)        # an axio.context.ContextStore
-    await agent.run("Hello", store)
+    conn = await connect("chat.db")                    # or a postgresql:// / mysql:// URL
+    try:
+        store = AxioContextStore(conn, session_id)     # an axio.context.ContextStore
+        await agent.run("Hello", store)
+    finally:
+        await conn.close()
+
+Or, with only the import line changed from axio-context-sqlite's README::
+
+    from convostore.integrations.axio import connect, AxioContextStore as SQLiteContextStore
+
+``connect()`` returns a :class:`convostore.Engine`: an ``AsyncEngine`` that also has the
+``close()`` axio-context-sqlite's connection has. ``db_name`` keeps stores apart as that
+package's table-name prefix does: each ``db_name`` is a namespace of its own in convostore's
+tables (the default, ``"axio_context"``, is convostore's default namespace).
 
 Messages are stored as convostore context messages whose content is axio's own block
 serialization (:func:`axio.blocks.to_dict`), read back with :func:`axio.blocks.from_dict`,
@@ -38,11 +50,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore.context import SQLAlchemyContextStore
 from convostore.context import connect as _connect
+from convostore.engine import Engine
+from convostore.errors import ValidationError
 from convostore.models import ContextMessage
 from convostore.models import SessionInfo as ConvostoreSessionInfo
 
 __all__ = [
     "CREATED_AT_FORMAT",
+    "DEFAULT_DB_NAME",
     "AtomicAutoCompactStore",
     "AxioContextStore",
     "connect",
@@ -58,13 +73,18 @@ parses or sorts axio's ``created_at`` strings keeps working.
 """
 
 
+DEFAULT_DB_NAME = "axio_context"
+"""axio-context-sqlite's default ``db_name``: stored in convostore's default namespace."""
+
+
 async def connect(
     db_path: str | Path | URL | None = None, *, migrate: bool | None = None
-) -> AsyncEngine:
+) -> Engine:
     """Open the database and return the engine to pass to :class:`AxioContextStore`.
 
     Like ``axio_context_sqlite.connect``: a path opens (creating its directory and the
-    schema) a SQLite file, and the caller disposes of the result (``await engine.dispose()``).
+    schema) a SQLite file, and the caller closes the result (``await conn.close()``, as
+    with axio-context-sqlite's connection; ``dispose()`` and ``async with`` work too).
     Unlike it, ``db_path`` may also be any URL convostore accepts, such as
     ``postgresql://...`` or ``mysql://...``; a server database is checked, and migrated
     only with ``migrate=True``. ``None`` resolves ``CONVOSTORE_DATABASE_URL``, then
@@ -73,7 +93,7 @@ async def connect(
     Raises:
         SchemaVersionError: The schema is not at head and may not be migrated here.
     """
-    return await _connect(str(db_path) if isinstance(db_path, Path) else db_path, migrate=migrate)
+    return await _connect(db_path, migrate=migrate)
 
 
 def from_axio(message: Message) -> ContextMessage:
@@ -91,30 +111,44 @@ def to_axio(message: ContextMessage) -> Message:
 class AxioContextStore(ContextStore):
     """An ``axio.context.ContextStore`` kept in convostore's schema, on any backend.
 
+    The positional parameters are axio-context-sqlite's ``SQLiteContextStore(conn,
+    session_id, project=None, db_name="axio_context")``.
+
     Args:
-        engine: The engine from :func:`connect` (or your own); the caller disposes of it,
-            as with axio-context-sqlite's connection. Give this or ``url``.
+        conn: The engine from :func:`connect` (or your own); the caller closes it, as with
+            axio-context-sqlite's connection. Give this or ``url``.
         session_id: The session's id; a new random one by default.
         project: The project; the resolved working directory by default, as axio does.
+        db_name: axio-context-sqlite's table-name prefix. Stores with different names never
+            see each other's sessions: each name is a namespace of its own (letters, digits
+            and underscores, at most 64), and the default is convostore's default namespace.
         url: Open an engine for this URL instead; :meth:`close` disposes of it.
         migrate: As for :func:`connect`, when the store first uses the engine.
 
     Raises:
-        ConfigurationError: Both ``engine`` and ``url`` were given.
-        ValidationError: ``session_id`` or ``project`` is not a usable id.
+        ConfigurationError: Both ``conn`` and ``url`` were given.
+        ValidationError: ``session_id``, ``project`` or ``db_name`` is not usable.
     """
 
     def __init__(
         self,
-        engine: AsyncEngine | None = None,
+        conn: AsyncEngine | None = None,
         session_id: str | None = None,
         project: str | None = None,
+        db_name: str = DEFAULT_DB_NAME,
         *,
         url: str | URL | None = None,
         migrate: bool | None = None,
     ) -> None:
+        if type(db_name) is not str:
+            raise ValidationError(f"db_name must be a str, not {type(db_name).__name__}")
         self._store = SQLAlchemyContextStore(
-            engine, url=url, session_id=session_id, project=project, migrate=migrate
+            conn,
+            url=url,
+            session_id=session_id,
+            project=project,
+            namespace=None if db_name == DEFAULT_DB_NAME else db_name,
+            migrate=migrate,
         )
 
     @classmethod
@@ -137,6 +171,12 @@ class AxioContextStore(ContextStore):
     def project(self) -> str:
         """The project this session belongs to."""
         return self._store.project
+
+    @property
+    def db_name(self) -> str:
+        """axio-context-sqlite's ``db_name``: the namespace this store's sessions live in."""
+        namespace = self._store.namespace
+        return DEFAULT_DB_NAME if namespace is None else namespace
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._store!r})"
