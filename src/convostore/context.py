@@ -19,9 +19,10 @@ from sqlalchemy import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from convostore import migrate as migrations
-from convostore.dialects import appends_in_one_statement
+from convostore.dialects import Executor, appends_in_one_statement
 from convostore.engine import Engine, create_engine, family
 from convostore.errors import ConfigurationError
+from convostore.group_commit import committer_for
 from convostore.interfaces import ContextStore
 from convostore.models import (
     ContextMessage,
@@ -38,7 +39,7 @@ from convostore.models import (
     encoded_context_messages,
     scoped_project,
 )
-from convostore.repositories import SessionRepository
+from convostore.repositories import ContextAppend, SessionRepository, append_context_batch
 from convostore.settings import redact
 from convostore.tables import CLIENT_ID_LENGTH, PROJECT_LENGTH, SESSION_ID_LENGTH
 from convostore.transactions import TransactionRunner
@@ -172,15 +173,43 @@ class SQLAlchemyContextStore(ContextStore):
     ) -> StoredContextMessage:
         """Append a message at the end of the session and return it as stored.
 
+        Concurrent appends on one engine (many sessions written at once) are committed
+        together, each returning once its message is stored (:mod:`convostore.group_commit`).
+
         Args:
             message: The message (or a mapping / object with ``role`` and ``content``).
             client_id: Your id for this message. Appending again with the same id (a
                 retry after a timeout, say) stores nothing and returns the stored message.
         """
-        stored = await self.append_many(
-            [message], client_ids=None if client_id is None else [client_id]
+        if client_id is not None or self._runner.bound is not None:
+            # A retry key must be looked up first, and a caller's transaction is its own.
+            stored = await self.append_many(
+                [message], client_ids=None if client_id is None else [client_id]
+            )
+            return stored[0]
+        ((checked, data),) = encoded_context_messages([message])
+        await self._ensure_ready()
+        now = _now()
+        committer = committer_for(
+            self.engine,
+            "context",
+            append_context_batch,
+            _append_one,
+            one_autocommit=appends_in_one_statement(family(self.engine)),
         )
-        return stored[0]
+        position = await committer.submit(
+            ContextAppend(self._scope, self._session_id, checked.role, data, now, checked.preview())
+        )
+        return construct(
+            StoredContextMessage,
+            {
+                "role": checked.role,
+                "content": data.value(),
+                "position": position,
+                "created_at": now,
+                "client_id": None,
+            },
+        )
 
     async def append_many(
         self,
@@ -203,7 +232,7 @@ class SQLAlchemyContextStore(ContextStore):
         now = _now()
         retry_key = next((i for i in ids if i is not None), None)
 
-        async def work(session: AsyncSession) -> list[StoredContextMessage]:
+        async def work(session: Executor) -> list[StoredContextMessage]:
             repo = self._repo(session)
             if retry_key is not None:
                 found = await repo.find_client_id(retry_key)
@@ -214,7 +243,7 @@ class SQLAlchemyContextStore(ContextStore):
                         after=start - 1, before=None, limit=len(ids), newest_first=False
                     )
             rows = [(m.role, data) for m, data in checked]
-            first = await repo.append(rows, now, preview, ids)
+            first = await repo.append(rows, now, preview, ids, last=True)
             return [
                 construct(
                     StoredContextMessage,
@@ -350,7 +379,7 @@ class SQLAlchemyContextStore(ContextStore):
         if self._owns_engine:
             await self.engine.dispose()
 
-    def _repo(self, session: AsyncSession) -> SessionRepository:
+    def _repo(self, session: Executor) -> SessionRepository:
         return SessionRepository(session, self._scope, self._session_id)
 
     async def _ensure_ready(self) -> None:
@@ -359,6 +388,14 @@ class SQLAlchemyContextStore(ContextStore):
         # waits for the caller's own write lock.
         if self._runner.bound is None:
             await migrations.prepare(self.engine, migrate=self._migrate)
+
+
+async def _append_one(session: Executor, item: ContextAppend) -> int:
+    # A group commit's write of one message, alone in its transaction.
+    repo = SessionRepository(session, item.project, item.session_id)
+    return await repo.append(
+        [(item.role, item.content)], item.created_at, item.preview, [None], last=True
+    )
 
 
 def _now() -> datetime:

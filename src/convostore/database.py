@@ -17,13 +17,14 @@ from sqlalchemy import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from convostore import migrate as migrations
-from convostore.dialects import appends_in_one_statement
+from convostore.dialects import Executor, appends_in_one_statement
 from convostore.engine import create_engine, family
 from convostore.errors import (
     ConfigurationError,
     ConflictError,
     InsufficientBalance,
 )
+from convostore.group_commit import committer_for
 from convostore.interfaces import AgentDatabase
 from convostore.models import (
     Message,
@@ -40,7 +41,13 @@ from convostore.models import (
     new_message_batch,
     validated,
 )
-from convostore.repositories import ThreadRepository, UserRepository, message_from_row
+from convostore.repositories import (
+    ThreadAppend,
+    ThreadRepository,
+    UserRepository,
+    append_thread_batch,
+    message_from_row,
+)
 from convostore.settings import DEFAULT_SQLITE_PATH, configured_url, redact, resolve_url
 from convostore.tables import (
     AGENT_NAME_LENGTH,
@@ -201,7 +208,7 @@ class SQLAlchemyDatabase(AgentDatabase):
         await self.async_init()
         now = _now()
         return await self._runner.run(
-            lambda s: UserRepository(s, self._agent_key).credit(user_id, amount, now)
+            lambda s: UserRepository(s, self._agent_key).credit(user_id, amount, now, last=True)
         )
 
     async def debit(self, user_id: str, amount: int) -> int:
@@ -210,7 +217,7 @@ class SQLAlchemyDatabase(AgentDatabase):
         await self.async_init()
         now = _now()
 
-        async def work(session: AsyncSession) -> int:
+        async def work(session: Executor) -> int:
             users = UserRepository(session, self._agent_key)
             debited = await users.debit(user_id, amount, now)
             user = await users.get(user_id)
@@ -249,8 +256,22 @@ class SQLAlchemyDatabase(AgentDatabase):
             extra_outputs,
             id_lengths=(THREAD_ID_LENGTH, USER_ID_LENGTH),
         )
-        (stored,) = await self._add(new.thread_id, new.user_id, [new], [client_id])
-        return stored
+        if client_id is not None or self._runner.bound is not None:
+            # A retry key must be looked up first, and a caller's transaction is its own.
+            (stored,) = await self._add(new.thread_id, new.user_id, [new], [client_id])
+            return stored
+        await self.async_init()
+        now = _now()
+        row = _message_row(new, new.user_id, now, None)
+        committer = committer_for(
+            self.engine,
+            "thread",
+            append_thread_batch,
+            _add_one,
+            one_autocommit=appends_in_one_statement(family(self.engine)),
+        )
+        idx = await committer.submit(ThreadAppend(self._agent_key, new.thread_id, row))
+        return self._stored(new, new.thread_id, new.user_id, idx, now)
 
     async def add_messages(
         self, thread_id: str, user_id: str, messages: Iterable[Mapping[str, Any]]
@@ -274,7 +295,7 @@ class SQLAlchemyDatabase(AgentDatabase):
         now = _now()
         retry_key = next((i for i in ids if i is not None), None)
 
-        async def work(session: AsyncSession) -> list[Message]:
+        async def work(session: Executor) -> list[Message]:
             threads = ThreadRepository(session, self._agent_key)
             if retry_key is not None:
                 found = await threads.find_client_id(thread_id, retry_key)
@@ -298,46 +319,40 @@ class SQLAlchemyDatabase(AgentDatabase):
                 thread_id,
                 user_id,
                 [
-                    {
-                        "user_id": user_id,
-                        "role": new.role,
-                        "kind": new.kind,
-                        "message": new.message,
-                        "content": new.encoded_content,
-                        "satoshis": new.satoshis,
-                        "extra_inputs": new.encoded_inputs,
-                        "extra_outputs": new.encoded_outputs,
-                        "created_at": now,
-                        "client_id": client_id,
-                    }
+                    _message_row(new, user_id, now, client_id)
                     for new, client_id in zip(news, ids, strict=True)
                 ],
                 now,
+                last=True,
             )
             return [
-                Message(
-                    agent_name=self.agent_name,
-                    thread_id=thread_id,
-                    user_id=user_id,
-                    idx=first + offset,
-                    message=new.message,
-                    content=new.content,
-                    role=new.role,
-                    kind=new.kind,
-                    satoshis=new.satoshis,
-                    # Decoded from what was written, as get_messages will return them:
-                    # tuples become lists, and later changes to the caller's objects do
-                    # not show through.
-                    extra_inputs=new.encoded_inputs.value(),
-                    extra_outputs=new.encoded_outputs.value(),
-                    created_at=now,
-                )
+                self._stored(new, thread_id, user_id, first + offset, now)
                 for offset, new in enumerate(news)
             ]
 
         one_statement = len(news) == 1 and appends_in_one_statement(family(self.engine))
         return await self._runner.run(
             work, autocommit=one_statement, rerun_on_conflict=retry_key is not None
+        )
+
+    def _stored(
+        self, new: NewMessage, thread_id: str, user_id: str, idx: int, now: datetime
+    ) -> Message:
+        return Message(
+            agent_name=self.agent_name,
+            thread_id=thread_id,
+            user_id=user_id,
+            idx=idx,
+            message=new.message,
+            content=new.content,
+            role=new.role,
+            kind=new.kind,
+            satoshis=new.satoshis,
+            # Decoded from what was written, as get_messages will return them: tuples
+            # become lists, and later changes to the caller's objects do not show through.
+            extra_inputs=new.encoded_inputs.value(),
+            extra_outputs=new.encoded_outputs.value(),
+            created_at=now,
         )
 
     async def list_threads(
@@ -397,6 +412,32 @@ def Database(  # noqa: N802 - agentstr's factory is a function named like a clas
     if isinstance(conn_str, URL):
         conn_str = conn_str.render_as_string(hide_password=False)
     return SQLAlchemyDatabase(conn_str, agent_name=agent_name, migrate=migrate)
+
+
+def _message_row(
+    new: NewMessage, user_id: str, now: datetime, client_id: str | None
+) -> dict[str, Any]:
+    # A messages row but for its scope (agent, thread) and idx.
+    return {
+        "user_id": user_id,
+        "role": new.role,
+        "kind": new.kind,
+        "message": new.message,
+        "content": new.encoded_content,
+        "satoshis": new.satoshis,
+        "extra_inputs": new.encoded_inputs,
+        "extra_outputs": new.encoded_outputs,
+        "created_at": now,
+        "client_id": client_id,
+    }
+
+
+async def _add_one(session: Executor, item: ThreadAppend) -> int:
+    # A group commit's write of one message, alone in its transaction.
+    repo = ThreadRepository(session, item.agent_name)
+    return await repo.append(
+        item.thread_id, item.row["user_id"], [item.row], item.row["created_at"], last=True
+    )
 
 
 def _now() -> datetime:

@@ -29,24 +29,29 @@ from sqlalchemy import (
     bindparam,
     insert,
     select,
+    tuple_,
 )
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql, postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.sql.dml import Insert
 
+from convostore import sqlite_driver
 from convostore.engine import Family, family_from_name
 from convostore.errors import ValidationError
 
 __all__ = [
     "INT64_MAX",
+    "Executor",
     "appends_in_one_statement",
     "bump_counter",
+    "bump_counters",
     "cached",
     "checked_counter",
     "family_of",
     "insert_at_counter",
     "insert_ignore",
+    "insert_rows",
     "is_retryable",
     "params_for",
     "upsert",
@@ -59,9 +64,15 @@ T = TypeVar("T")
 _statements: dict[tuple[Hashable, ...], Any] = {}
 
 
-def family_of(session: AsyncSession) -> Family:
-    """The backend family a session is bound to."""
-    return family_from_name(session.get_bind().dialect.name)
+Executor = AsyncSession | AsyncConnection
+"""What repositories run statements on: a caller's ``AsyncSession`` (a unit of work), or
+the connection of a transaction a façade owns. Repositories only ``execute()`` on it."""
+
+
+def family_of(executor: Executor) -> Family:
+    """The backend family an executor is bound to."""
+    bind = executor.get_bind() if isinstance(executor, AsyncSession) else executor
+    return family_from_name(bind.dialect.name)
 
 
 def upsert(
@@ -112,7 +123,7 @@ def params_for(table: Table, names: Iterable[str]) -> dict[str, BindParameter[An
 
 
 async def bump_counter(
-    session: AsyncSession,
+    session: Executor,
     table: Table,
     key_values: Mapping[str, Any],
     *,
@@ -120,6 +131,7 @@ async def bump_counter(
     n: int,
     insert_values: Mapping[str, Any] | None = None,
     also_update: UpdateFn | None = None,
+    last: bool = False,
 ) -> int:
     """Add ``n`` to ``table.counter`` for the row at ``key_values`` and return the new value.
 
@@ -128,6 +140,8 @@ async def bump_counter(
     this transaction alone. ``also_update`` adds assignments to the update of an existing
     row (for example keeping a preview); it must build the same expressions on every call
     (no captured per-call values), since the statement is built once per call site.
+    ``last``: nothing follows in this transaction, so its commit may ride along with this
+    statement (see :mod:`convostore.sqlite_driver`).
     """
     kind = family_of(session)
     insert_values = insert_values or {}
@@ -151,13 +165,16 @@ async def bump_counter(
             update=assignments,
         )
         if kind != "mysql":
-            return stmt.returning(column), None
+            returning = stmt.returning(column)
+            return (
+                _ends(returning, _counter_check(table.name, counter)) if last else returning
+            ), None
         key = params_for(table, key_values)
         locked = select(column).where(*(table.c[k] == key[k] for k in key_values))
         return stmt, locked.with_for_update()
 
     site = getattr(also_update, "__code__", None)
-    stmt, locked = cached((kind, "bump", table.name, counter, columns, site), build)
+    stmt, locked = cached((kind, "bump", table.name, counter, columns, site, last), build)
     params = {**key_values, **insert_values, "n": n}
     if locked is None:
         value = (await session.execute(stmt, params)).scalar_one()
@@ -165,6 +182,65 @@ async def bump_counter(
         await session.execute(stmt, params)
         value = (await session.execute(locked, dict(key_values))).scalar_one()
     return checked_counter(value, table.name, counter)
+
+
+async def bump_counters(
+    session: Executor,
+    table: Table,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    key: Sequence[str],
+    counter: str,
+    also_update: UpdateFn,
+) -> dict[tuple[Any, ...], int]:
+    """Bump the counters of several rows at once; return each key's new value.
+
+    ``rows`` holds one row per key, in key order (the order rows are locked in, the same for
+    every batch, so concurrent batches cannot deadlock on each other), with the amount to
+    add in its ``counter`` column and the values to insert if the row is missing. One
+    multi-row upsert: ``INSERT … VALUES (…), (…) ON CONFLICT … RETURNING`` on SQLite and
+    PostgreSQL; on MySQL/MariaDB the upsert then a locking read of the new values.
+    ``also_update`` is as for :func:`bump_counter`.
+    """
+    kind = family_of(session)
+    columns = tuple(rows[0])
+
+    def build() -> tuple[Executable, Executable | None]:
+        column = table.c[counter]
+
+        def assignments(incoming: Any) -> dict[str, ColumnElement[Any]]:
+            changes: dict[str, Any] = dict(also_update(incoming))
+            # Last, because MySQL applies ON DUPLICATE KEY assignments in order.
+            changes[counter] = column + incoming[counter]
+            return changes
+
+        stmt = upsert(kind, table, params_for(table, columns), key=list(key), update=assignments)
+        keys = [table.c[k] for k in key]
+        if kind != "mysql":
+            return stmt.returning(*keys, column), None
+        locked = select(*keys, column).where(tuple_(*keys).in_(bindparam("keys", expanding=True)))
+        return stmt, locked.with_for_update()
+
+    site = also_update.__code__
+    stmt, locked = cached((kind, "bump_many", table.name, counter, columns, site), build)
+    if locked is None:
+        result = (await session.execute(stmt, list(rows))).all()
+    else:
+        await session.execute(stmt, list(rows))
+        wanted = [tuple(row[k] for k in key) for row in rows]
+        result = (await session.execute(locked, {"keys": wanted})).all()
+    return {tuple(found[:-1]): checked_counter(found[-1], table.name, counter) for found in result}
+
+
+async def insert_rows(
+    session: Executor, table: Table, rows: Sequence[Mapping[str, Any]], *, last: bool = False
+) -> None:
+    """Insert ``rows`` with one ``executemany``; ``last`` as for :func:`bump_counter`."""
+    stmt = cached(
+        ("insert", table.name, last),
+        lambda: _ends(table.insert(), _no_check) if last else table.insert(),
+    )
+    await session.execute(stmt, list(rows))
 
 
 INT64_MAX = 2**63 - 1
@@ -183,6 +259,37 @@ def checked_counter(value: Any, table: str, counter: str) -> int:
     return value
 
 
+def _ends(stmt: T, check: Callable[[list[Any]], None]) -> T:
+    """``stmt`` marked as the last of its transaction, to be committed in the same round trip.
+
+    Only the thin SQLite driver acts on the mark, and only when the transaction belongs to
+    the façade (:data:`convostore.sqlite_driver.OWNED`); ``check`` sees the statement's rows
+    before that commit and may refuse them by raising. Everywhere else the mark is inert.
+    """
+    return cast(T, stmt.execution_options(**{sqlite_driver.COMMIT_AFTER: check}))  # type: ignore[attr-defined]
+
+
+def _no_check(rows: list[Any]) -> None:
+    return None
+
+
+def _counter_check(table: str, counter: str) -> Callable[[list[Any]], None]:
+    def check(rows: list[Any]) -> None:
+        for row in rows:
+            checked_counter(row[0], table, counter)
+
+    return check
+
+
+def _position_check(table: str, counter: str) -> Callable[[list[Any]], None]:
+    # A position is the counter less one: it overflowed if the counter did.
+    def check(rows: list[Any]) -> None:
+        for (position,) in rows:
+            checked_counter(position + 1 if type(position) is int else position, table, counter)
+
+    return check
+
+
 def appends_in_one_statement(kind: Family) -> bool:
     """Whether :func:`insert_at_counter` makes a single-row append one statement.
 
@@ -193,7 +300,7 @@ def appends_in_one_statement(kind: Family) -> bool:
 
 
 async def insert_at_counter(
-    session: AsyncSession,
+    session: Executor,
     counter_table: Table,
     key_values: Mapping[str, Any],
     *,
@@ -203,16 +310,33 @@ async def insert_at_counter(
     target: Table,
     position: str,
     rows: Sequence[Mapping[str, Any]],
+    last: bool = False,
 ) -> int:
     """Allocate ``len(rows)`` positions from a counter row and insert ``rows`` at them.
 
     Returns the first position; row ``i`` gets ``first + i`` in its ``position`` column.
     On PostgreSQL a single row goes in one statement: a data-modifying CTE bumps the
     counter and the ``INSERT … SELECT`` reads the new value from it (the foreign key to
-    the counter row is checked at the end of the statement, when that row exists).
-    Everywhere else, and for several rows, it is :func:`bump_counter` then one ``INSERT``.
+    the counter row is checked at the end of the statement, when that row exists). On
+    SQLite a single row is the bump, deferred, and an ``INSERT … SELECT`` that reads the
+    bumped counter: one round trip to the driver's thread, its commit included when
+    ``last`` (nothing follows in this transaction). Everywhere else, and for several rows,
+    it is :func:`bump_counter` then one ``INSERT``.
     """
     kind = family_of(session)
+    if len(rows) == 1 and kind == "sqlite":
+        return await _insert_one_at_counter_sqlite(
+            session,
+            counter_table,
+            key_values,
+            counter=counter,
+            insert_values=insert_values,
+            also_update=also_update,
+            target=target,
+            position=position,
+            row=rows[0],
+            last=last,
+        )
     if len(rows) != 1 or not appends_in_one_statement(kind):
         after = await bump_counter(
             session,
@@ -224,9 +348,11 @@ async def insert_at_counter(
             also_update=also_update,
         )
         first = after - len(rows)
-        await session.execute(
-            cached(("insert", target.name), lambda: target.insert()),
+        await insert_rows(
+            session,
+            target,
             [{**row, position: first + offset} for offset, row in enumerate(rows)],
+            last=last,
         )
         return first
     (row,) = rows
@@ -259,6 +385,63 @@ async def insert_at_counter(
     params = {**key_values, **insert_values, "n": 1}
     params.update({f"row_{name}": value for name, value in row.items()})
     return int((await session.execute(stmt, params)).scalar_one())
+
+
+async def _insert_one_at_counter_sqlite(
+    session: Executor,
+    counter_table: Table,
+    key_values: Mapping[str, Any],
+    *,
+    counter: str,
+    insert_values: Mapping[str, Any],
+    also_update: UpdateFn,
+    target: Table,
+    position: str,
+    row: Mapping[str, Any],
+    last: bool,
+) -> int:
+    # SQLite holds the database's write lock from the bump to the commit, so the INSERT's
+    # read of the counter sees this transaction's own bump and nobody else's.
+    columns = (*key_values, *insert_values)
+    row_columns = tuple(row)
+
+    def build() -> tuple[Executable, Executable]:
+        column = counter_table.c[counter]
+        amount = bindparam("n", type_=column.type)
+        bump = upsert(
+            "sqlite",
+            counter_table,
+            {**params_for(counter_table, columns), counter: amount},
+            key=list(key_values),
+            update=lambda incoming: {**also_update(incoming), counter: column + amount},
+        ).execution_options(**{sqlite_driver.DEFER: True})
+        key = params_for(counter_table, key_values)
+        bumped = (
+            select(column)
+            .where(*(counter_table.c[k] == key[k] for k in key_values))
+            .scalar_subquery()
+        )
+        values = [
+            bindparam(f"row_{name}", type_=target.c[name].type).label(name) for name in row_columns
+        ]
+        stmt = (
+            insert(target)
+            .from_select([*row_columns, position], select(*values, (bumped - 1).label(position)))
+            .returning(target.c[position])
+        )
+        return bump, (_ends(stmt, _position_check(counter_table.name, counter)) if last else stmt)
+
+    site = also_update.__code__
+    key = ("sqlite", "insert_one", counter_table.name, target.name, row_columns, site, last)
+    bump, stmt = cached(key, build)
+    params = {**key_values, **insert_values, "n": 1}
+    await session.execute(bump, params)
+    params.update({f"row_{name}": value for name, value in row.items()})
+    value = (await session.execute(stmt, params)).scalar_one()
+    if type(value) is not int:
+        # Checked on the driver's thread when the commit rides along; here otherwise.
+        checked_counter(value, counter_table.name, counter)
+    return int(value)
 
 
 # Driver error codes meaning "the transaction was rolled back; run it again".

@@ -94,6 +94,7 @@ def create_engine(
     """
     resolved = resolve_url(url)
     options: dict[str, Any] = {}
+    thin_driver = None
     kind = family_from_name(resolved.get_backend_name())
     if kind == "sqlite":
         if is_memory_sqlite(resolved) and "poolclass" not in kwargs:
@@ -107,7 +108,7 @@ def create_engine(
         if fast_sqlite and resolved.drivername == "sqlite+aiosqlite":
             cargs, cparams = SQLiteDialect_aiosqlite().create_connect_args(resolved)
             cparams.update(kwargs.pop("connect_args", {}))
-            options["async_creator"] = sqlite_driver.creator(*cargs, **cparams)
+            options["async_creator"] = thin_driver = sqlite_driver.creator(*cargs, **cparams)
     elif resolved.drivername == "postgresql+asyncpg":
         # asyncpg reads its socket all the time, so a connection the server closed is
         # already marked closed: checking that on checkout (_drop_closed_asyncpg) replaces
@@ -127,6 +128,8 @@ def create_engine(
         ) from exc
     if kind == "sqlite":
         event.listen(engine.sync_engine, "connect", _configure_sqlite)
+        if thin_driver is not None and options["async_creator"] is thin_driver:
+            event.listen(engine.sync_engine, "before_cursor_execute", sqlite_driver.hand_over)
     elif not engine.sync_engine.pool._pre_ping and resolved.drivername == "postgresql+asyncpg":
         event.listen(engine.sync_engine, "checkout", _drop_closed_asyncpg)
     return engine

@@ -1,5 +1,9 @@
 """Repositories: the SQL of each aggregate, over an ``AsyncSession`` they never commit.
 
+They run their statements on a :data:`~convostore.dialects.Executor`: the caller's
+``AsyncSession`` in a unit of work, or the ``AsyncConnection`` of a transaction a façade owns
+(cheaper than a session for one short call; they need nothing but ``execute()``).
+
 Each repository is built for one scope (an agent, or a project + session) and puts that
 scope's key into every statement it issues, so no method can touch another tenant's rows.
 They may flush; commit, rollback and close belong to the caller (the façades in
@@ -13,6 +17,7 @@ statement on PostgreSQL, see :func:`convostore.dialects.insert_at_counter`).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -30,11 +35,11 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.functions import coalesce
 
 from convostore import dialects
 from convostore.codec import Encoded
+from convostore.dialects import Executor
 from convostore.errors import SerializationError
 from convostore.models import (
     NO_PREVIEW,
@@ -56,9 +61,13 @@ from convostore.tables import (
 
 __all__ = [
     "NO_PREVIEW",
+    "ContextAppend",
     "SessionRepository",
+    "ThreadAppend",
     "ThreadRepository",
     "UserRepository",
+    "append_context_batch",
+    "append_thread_batch",
 ]
 
 _users: Table = UserRecord.__table__  # type: ignore[assignment]
@@ -71,7 +80,7 @@ _context_messages: Table = ContextMessageRecord.__table__  # type: ignore[assign
 class UserRepository:
     """Users of one agent."""
 
-    def __init__(self, session: AsyncSession, agent_key: str) -> None:
+    def __init__(self, session: Executor, agent_key: str) -> None:
         self._session = session
         self._agent = agent_key
         self._kind = dialects.family_of(session)
@@ -136,8 +145,11 @@ class UserRepository:
         )
         await self._session.execute(stmt)
 
-    async def credit(self, user_id: str, amount: int, now: datetime) -> int:
-        """Add ``amount`` to the balance in one atomic statement; return the new balance."""
+    async def credit(self, user_id: str, amount: int, now: datetime, *, last: bool = False) -> int:
+        """Add ``amount`` to the balance in one atomic statement; return the new balance.
+
+        ``last``: nothing follows in this transaction, so its commit may ride along.
+        """
         return await dialects.bump_counter(
             self._session,
             _users,
@@ -146,6 +158,7 @@ class UserRepository:
             n=amount,
             insert_values={"current_thread_id": None, "created_at": now, "updated_at": now},
             also_update=lambda new: {"updated_at": new.updated_at},
+            last=last,
         )
 
     async def debit(self, user_id: str, amount: int, now: datetime) -> bool:
@@ -166,19 +179,26 @@ class UserRepository:
 class ThreadRepository:
     """Threads of one agent and their messages."""
 
-    def __init__(self, session: AsyncSession, agent_key: str) -> None:
+    def __init__(self, session: Executor, agent_key: str) -> None:
         self._session = session
         self._agent = agent_key
 
     async def append(
-        self, thread_id: str, user_id: str, rows: Sequence[dict[str, Any]], now: datetime
+        self,
+        thread_id: str,
+        user_id: str,
+        rows: Sequence[dict[str, Any]],
+        now: datetime,
+        *,
+        last: bool = False,
     ) -> int:
         """Append message rows (without ``idx``) to the thread at the next ``idx`` values.
 
         Returns the first ``idx``. A new thread is owned by ``user_id``; its row stays
         write-locked until the transaction ends, so concurrent writers get disjoint,
-        gap-free ranges. One statement on PostgreSQL for a single row
-        (:func:`dialects.insert_at_counter`).
+        gap-free ranges. One statement on PostgreSQL for a single row, one round trip on
+        SQLite (:func:`dialects.insert_at_counter`). ``last``: nothing follows in this
+        transaction, so its commit may ride along.
         """
         return await dialects.insert_at_counter(
             self._session,
@@ -193,6 +213,7 @@ class ThreadRepository:
                 {"client_id": None, **row, "agent_name": self._agent, "thread_id": thread_id}
                 for row in rows
             ],
+            last=last,
         )
 
     async def find_client_id(self, thread_id: str, client_id: str) -> Row[Any] | None:
@@ -259,7 +280,7 @@ class ThreadRepository:
 class SessionRepository:
     """One context-store session (project + session id): its state row and messages."""
 
-    def __init__(self, session: AsyncSession, project: str, session_id: str) -> None:
+    def __init__(self, session: Executor, project: str, session_id: str) -> None:
         self._session = session
         self._project = project
         self._session_id = session_id
@@ -278,14 +299,17 @@ class SessionRepository:
         now: datetime,
         preview: str | None,
         client_ids: Sequence[str | None],
+        *,
+        last: bool = False,
     ) -> int:
         """Append ``(role, encoded content)`` rows at the next positions; return the first.
 
         ``preview`` is kept only if the session has none yet: pass the preview of the first
         user message among the new ones, or ``None``. The session row is created on first
         use and stays write-locked until the transaction ends, so concurrent writers get
-        disjoint, gap-free ranges. One statement on PostgreSQL for a single row
-        (:func:`dialects.insert_at_counter`).
+        disjoint, gap-free ranges. One statement on PostgreSQL for a single row, one round
+        trip on SQLite (:func:`dialects.insert_at_counter`). ``last``: nothing follows in
+        this transaction, so its commit may ride along.
         """
         return await dialects.insert_at_counter(
             self._session,
@@ -315,6 +339,7 @@ class SessionRepository:
                 }
                 for (role, content), client_id in zip(rows, client_ids, strict=True)
             ],
+            last=last,
         )
 
     async def find_client_id(self, client_id: str) -> StoredContextMessage | None:
@@ -387,7 +412,7 @@ class SessionRepository:
         )
         await self._session.execute(delete(_context_messages).where(*self._messages_key()))
         if rows:
-            await self.append(rows, now, preview, [None] * len(rows))
+            await self.append(rows, now, preview, [None] * len(rows), last=True)
 
     async def pop_last(self) -> ContextMessage | None:
         """Remove the last message and return it, or ``None`` if there is none.
@@ -618,6 +643,146 @@ class SessionRepository:
                 forked_at,
             ) in (await self._session.execute(stmt)).all()
         ]
+
+
+@dataclass(frozen=True, slots=True)
+class ContextAppend:
+    """One message of a batch of appends to any sessions; it carries its own scope key."""
+
+    project: str
+    session_id: str
+    role: str
+    content: Encoded
+    created_at: datetime
+    preview: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadAppend:
+    """One message of a batch of ``add_message`` calls to any threads of any agents."""
+
+    agent_name: str
+    thread_id: str
+    row: dict[str, Any]  # the message's columns but its scope and idx
+
+
+def _group(keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], list[int]]:
+    # Item indexes per scope key, keys in sorted (lock) order, items in submission order.
+    groups: dict[tuple[str, str], list[int]] = {}
+    for index, key in enumerate(keys):
+        groups.setdefault(key, []).append(index)
+    return dict(sorted(groups.items()))
+
+
+async def append_context_batch(session: Executor, items: Sequence[ContextAppend]) -> list[int]:
+    """Append messages to their sessions in one transaction; return each one's position.
+
+    One counter bump for all the sessions (each by its number of messages, in key order)
+    and one ``INSERT`` for all the messages: the statements of a group commit
+    (:mod:`convostore.group_commit`). Each session's messages get consecutive positions
+    in the order given; its preview is kept if it has one, else set from the first of its
+    messages that has one, as :meth:`SessionRepository.append` does.
+    """
+    groups = _group([(item.project, item.session_id) for item in items])
+    counters = []
+    for (project, session_id), indexes in groups.items():
+        mine = [items[i] for i in indexes]
+        counters.append(
+            {
+                "project": project,
+                "session_id": session_id,
+                "input_tokens": 0,
+                "output_tokens": 0,
+                "next_position": len(mine),
+                "preview": next((m.preview for m in mine if m.preview is not None), None),
+                "created_at": mine[0].created_at,
+                "updated_at": max(m.created_at for m in mine),
+                "parent_session_id": None,
+                "forked_at": None,
+            }
+        )
+    bumped = await dialects.bump_counters(
+        session,
+        _sessions,
+        counters,
+        key=("project", "session_id"),
+        counter="next_position",
+        also_update=_session_activity,
+    )
+    positions = [0] * len(items)
+    for key, indexes in groups.items():
+        first = bumped[key] - len(indexes)
+        for offset, index in enumerate(indexes):
+            positions[index] = first + offset
+    await dialects.insert_rows(
+        session,
+        _context_messages,
+        [
+            {
+                "project": item.project,
+                "session_id": item.session_id,
+                "position": position,
+                "role": item.role,
+                "content": item.content,
+                "created_at": item.created_at,
+                "client_id": None,
+            }
+            for item, position in zip(items, positions, strict=True)
+        ],
+        last=True,
+    )
+    return positions
+
+
+async def append_thread_batch(session: Executor, items: Sequence[ThreadAppend]) -> list[int]:
+    """Add messages to their threads in one transaction; return each one's ``idx``.
+
+    As :func:`append_context_batch`, for agent threads: a new thread belongs to the user of
+    its first message, as with :meth:`ThreadRepository.append`.
+    """
+    groups = _group([(item.agent_name, item.thread_id) for item in items])
+    counters = []
+    for (agent_name, thread_id), indexes in groups.items():
+        mine = [items[i] for i in indexes]
+        counters.append(
+            {
+                "agent_name": agent_name,
+                "thread_id": thread_id,
+                "next_idx": len(mine),
+                "created_at": mine[0].row["created_at"],
+                "updated_at": max(m.row["created_at"] for m in mine),
+                "user_id": mine[0].row["user_id"],
+            }
+        )
+    bumped = await dialects.bump_counters(
+        session,
+        _threads,
+        counters,
+        key=("agent_name", "thread_id"),
+        counter="next_idx",
+        also_update=_thread_activity,
+    )
+    indexes_out = [0] * len(items)
+    for key, indexes in groups.items():
+        first = bumped[key] - len(indexes)
+        for offset, index in enumerate(indexes):
+            indexes_out[index] = first + offset
+    await dialects.insert_rows(
+        session,
+        _messages,
+        [
+            {
+                "client_id": None,
+                **item.row,
+                "agent_name": item.agent_name,
+                "thread_id": item.thread_id,
+                "idx": idx,
+            }
+            for item, idx in zip(items, indexes_out, strict=True)
+        ],
+        last=True,
+    )
+    return indexes_out
 
 
 def _session_activity(new: Any) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Transaction boundaries for the façades.
 
-A façade runs each public call as one short transaction on a fresh ``AsyncSession``, or,
+A façade runs each public call as one short transaction on a connection from the pool, or,
 when it is bound to a caller's session (a unit of work), inside that session's transaction
 without committing. Calls in a caller's unit of work are never retried: the caller owns
 that transaction.
@@ -38,8 +38,9 @@ from typing import TypeVar
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from convostore.dialects import is_retryable
+from convostore.dialects import Executor, is_retryable
 from convostore.errors import ConfigurationError, ConflictError, translate_errors
+from convostore.sqlite_driver import OWNED
 
 __all__ = ["MAX_ATTEMPTS", "TransactionRunner"]
 
@@ -56,8 +57,15 @@ class TransactionRunner:
     def __init__(self, engine: AsyncEngine, *, bound: AsyncSession | None = None) -> None:
         self.engine = engine
         self.bound = bound
+        # transaction() hands a session to the caller's block, which decides when it ends.
         self.sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
-        self._autocommit_sessionmaker: async_sessionmaker[AsyncSession] | None = None
+        # run() owns its transactions: it runs them on a plain AsyncConnection (an ORM
+        # session costs ~30% of a small write and the repositories need only execute()),
+        # and says so to the driver, so that a statement marked as the last of its
+        # transaction may carry the commit (see convostore.sqlite_driver).
+        self._owned = engine.execution_options(**{OWNED: True})
+        # The same pool; the connection is switched to autocommit for the checkout only.
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         # Set when the transaction() block a bound view came from is over: the view (and
         # any fork or with_session made from it) must not start a new, uncommitted one.
         self.ended = False
@@ -67,17 +75,6 @@ class TransactionRunner:
         runner = copy.copy(self)
         runner.bound = session
         return runner
-
-    def _sessions(self, autocommit: bool) -> async_sessionmaker[AsyncSession]:
-        if not autocommit:
-            return self.sessionmaker
-        if self._autocommit_sessionmaker is None:
-            # Same pool; the connection is switched to autocommit for the checkout only.
-            autocommit_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
-            self._autocommit_sessionmaker = async_sessionmaker(
-                autocommit_engine, expire_on_commit=False
-            )
-        return self._autocommit_sessionmaker
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[TransactionRunner]:
@@ -113,12 +110,15 @@ class TransactionRunner:
 
     async def run(
         self,
-        work: Callable[[AsyncSession], Awaitable[T]],
+        work: Callable[[Executor], Awaitable[T]],
         *,
         autocommit: bool = False,
         rerun_on_conflict: bool = False,
     ) -> T:
-        """Run ``work(session)`` in a transaction and commit, retrying transient conflicts.
+        """Run ``work`` in a transaction and commit, retrying transient conflicts.
+
+        ``work`` gets what the repositories run their statements on: the caller's session
+        inside a unit of work, else a connection of this runner's own transaction.
 
         Args:
             work: The repository calls to run.
@@ -138,7 +138,7 @@ class TransactionRunner:
                 raise
             return await self._run(work, autocommit)
 
-    async def _run(self, work: Callable[[AsyncSession], Awaitable[T]], autocommit: bool) -> T:
+    async def _run(self, work: Callable[[Executor], Awaitable[T]], autocommit: bool) -> T:
         with translate_errors():
             if self.bound is not None:
                 if self.ended:
@@ -147,12 +147,16 @@ class TransactionRunner:
                         "use the store or database it came from"
                     )
                 return await work(self.bound)
-            sessions = self._sessions(autocommit)
+            engine = self._autocommit if autocommit else self._owned
             attempt = 1
             while True:
                 try:
-                    async with sessions() as session, session.begin():
-                        return await work(session)
+                    # Leaving the block without the commit (work raised) rolls back.
+                    async with engine.connect() as connection:
+                        await connection.begin()
+                        result = await work(connection)
+                        await connection.commit()
+                        return result
                 except sa_exc.DBAPIError as exc:
                     if attempt >= MAX_ATTEMPTS or not is_retryable(exc):
                         raise

@@ -158,3 +158,72 @@ def test_sigkilled_writers_lose_no_acknowledged_write(
     after = check_file(sqlite_file, acked)
     assert after[0] == before[0] + 1 + 2 + 3
     assert after[1:] == (before[1] + 3, before[2] + 3)
+
+
+GROUP_WRITER = Path(__file__).with_name("group_writer.py")
+
+
+def check_group_file(path: Path, acked: dict[str, int]) -> None:
+    """Every session gap-free and in step with its counter; every acknowledged append there."""
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        counters = dict(
+            conn.execute(
+                "SELECT session_id, next_position FROM context_tokens WHERE project = 'group-crash'"
+            ).fetchall()
+        )
+        for session_id, count in counters.items():
+            rows = conn.execute(
+                "SELECT position, content FROM context_messages WHERE project = 'group-crash'"
+                " AND session_id = ? ORDER BY position",
+                (session_id,),
+            ).fetchall()
+            assert [p for p, _ in rows] == list(range(count)), session_id
+            assert [codec.decode(bytes(blob))[0]["seq"] for _, blob in rows] == list(range(count))
+    for session_id, position in acked.items():
+        assert counters.get(session_id, 0) > position, (session_id, position, "lost")
+
+
+@pytest.mark.sqlite
+@pytest.mark.slow
+def test_sigkill_during_group_commits_loses_no_acknowledged_append(
+    sqlite_file: Path, request: pytest.FixtureRequest
+) -> None:
+    require_backend(request.config, "sqlite")
+    seed = random.randrange(2**32)
+    rng = random.Random(seed)
+    acked: dict[str, int] = {}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+    for attempt in range(5):
+        writer = subprocess.Popen(
+            [sys.executable, str(GROUP_WRITER), str(sqlite_file)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        assert writer.stdout is not None
+        lines: list[str] = []
+        try:
+            first = writer.stdout.readline().strip()
+            assert first == "ready", (first, writer.stderr.read() if writer.stderr else "")
+            for _ in range(rng.randint(50, 400)):
+                line = writer.stdout.readline().strip()
+                if not line:
+                    writer.wait(timeout=60)
+                    stderr = writer.stderr.read() if writer.stderr else ""
+                    raise AssertionError(f"writer died early (seed {seed}): {stderr}")
+                lines.append(line)
+        finally:
+            writer.send_signal(signal.SIGKILL)
+            rest, _ = writer.communicate()
+        lines.extend(rest.splitlines())
+        assert writer.returncode == -signal.SIGKILL
+        for line in lines:
+            _, session_id, position = line.split()
+            acked[session_id] = max(acked.get(session_id, -1), int(position))
+        try:
+            check_group_file(sqlite_file, acked)
+        except AssertionError as exc:
+            raise AssertionError(f"after kill {attempt + 1} (seed {seed}): {exc}") from exc
+    assert len(acked) == 16

@@ -1,0 +1,200 @@
+"""Group commit, on every backend: concurrent appends of one engine share transactions.
+
+Each test proves what a caller of ``append`` / ``add_message`` must still be able to count
+on when its message was written together with others': its own position, its own error,
+nothing of it stored when it was cancelled before its batch was taken, and every other
+caller's message stored whatever happened to one of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from convostore import (
+    ContextMessage,
+    SQLAlchemyContextStore,
+    SQLAlchemyDatabase,
+    ValidationError,
+    migrate,
+)
+from convostore.dialects import INT64_MAX
+
+# The first caller writes at once; the others wait in the queue, the last of them surely.
+CALLERS = 12
+POISONED = LAST = CALLERS - 1
+
+
+def message(text_: str) -> ContextMessage:
+    return ContextMessage(role="user", content=[{"type": "text", "text": text_}])
+
+
+@contextmanager
+def batch_inserts(engine: AsyncEngine, table: str) -> Iterator[list[int]]:
+    """The row counts of the multi-row INSERTs into ``table`` issued meanwhile."""
+    sizes: list[int] = []
+
+    def hook(
+        conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
+    ) -> None:
+        if statement.startswith(f"INSERT INTO {table} ") and many:
+            sizes.append(len(parameters))
+
+    event.listen(engine.sync_engine, "before_cursor_execute", hook)
+    try:
+        yield sizes
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", hook)
+
+
+async def prepared(engine: AsyncEngine) -> AsyncEngine:
+    await migrate.prepare(engine)
+    return engine
+
+
+async def test_concurrent_appends_share_transactions_and_keep_every_order(
+    engine: AsyncEngine,
+) -> None:
+    await prepared(engine)
+    sessions, rounds = 32, 15
+    stores = [
+        SQLAlchemyContextStore(engine, session_id=f"s{i}", project="/gc") for i in range(sessions)
+    ]
+
+    async def writer(store: SQLAlchemyContextStore) -> list[int]:
+        return [
+            (await store.append(message(f"{store.session_id}-{r}"))).position for r in range(rounds)
+        ]
+
+    with batch_inserts(engine, "context_messages") as sizes:
+        returned = await asyncio.gather(*(writer(s) for s in stores))
+    assert max(sizes, default=0) > 1, "no two appends were ever committed together"
+    for store, positions in zip(stores, returned, strict=True):
+        assert positions == list(range(rounds))
+        history = await store.get_messages()
+        assert [m.position for m in history] == list(range(rounds))
+        assert [m.content[0]["text"] for m in history] == [
+            f"{store.session_id}-{r}" for r in range(rounds)
+        ]
+    listed = await stores[0].list_sessions()
+    assert sorted(info.message_count for info in listed) == [rounds] * sessions
+    assert {info.preview for info in listed} == {f"s{i}-0" for i in range(sessions)}
+
+
+async def test_many_writers_to_one_session_stay_gap_free(engine: AsyncEngine) -> None:
+    await prepared(engine)
+    stores = [SQLAlchemyContextStore(engine, session_id="one", project="/gc") for _ in range(16)]
+
+    async def writer(index: int, store: SQLAlchemyContextStore) -> list[int]:
+        return [(await store.append(message(f"{index}-{r}"))).position for r in range(10)]
+
+    returned = await asyncio.gather(*(writer(i, s) for i, s in enumerate(stores)))
+    positions = sorted(p for ps in returned for p in ps)
+    assert positions == list(range(160))
+    history = await stores[0].get_messages()
+    by_position = {m.position: m.content[0]["text"] for m in history}
+    for index, mine in enumerate(returned):
+        # Each writer's messages sit where it was told, in the order it wrote them.
+        assert [by_position[p] for p in mine] == [f"{index}-{r}" for r in range(10)]
+
+
+async def test_a_failing_message_gets_its_error_and_the_others_are_stored(
+    engine: AsyncEngine,
+) -> None:
+    await prepared(engine)
+    stores = [SQLAlchemyContextStore(engine, session_id=f"s{i}", project="/gc") for i in range(12)]
+    for store in stores:
+        await store.append(message("first"))
+    # One session's counter is at the end of BIGINT: its next append cannot be stored.
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "UPDATE context_tokens SET next_position = :top "
+                f"WHERE project = '/gc' AND session_id = 's{POISONED}'"
+            ),
+            {"top": INT64_MAX},
+        )
+    with batch_inserts(engine, "context_tokens") as sizes:
+        results = await asyncio.gather(
+            *(s.append(message("second")) for s in stores), return_exceptions=True
+        )
+    assert max(sizes, default=0) > 1, "the appends were never batched"
+    for index, (store, result) in enumerate(zip(stores, results, strict=True)):
+        if index == POISONED:
+            assert isinstance(result, ValidationError), result
+            assert [m.content for m in await store.get_history()] == [message("first").content]
+        else:
+            assert not isinstance(result, BaseException), result
+            assert result.position == 1
+            assert len(await store.get_history()) == 2
+
+
+async def test_a_caller_cancelled_while_queued_stores_nothing(engine: AsyncEngine) -> None:
+    await prepared(engine)
+    stores = [
+        SQLAlchemyContextStore(engine, session_id=f"s{i}", project="/gc") for i in range(CALLERS)
+    ]
+    tasks = [asyncio.create_task(s.append(message("hi"))) for s in stores]
+    await asyncio.sleep(0)  # the first is being written; the others wait in the queue
+    tasks[4].cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(results[4], asyncio.CancelledError)
+    assert await stores[4].get_history() == []
+    for index, store in enumerate(stores):
+        if index != 4:
+            assert len(await store.get_history()) == 1
+
+
+async def test_a_caller_cancelled_mid_batch_leaves_the_batch_whole(engine: AsyncEngine) -> None:
+    await prepared(engine)
+    stores = [
+        SQLAlchemyContextStore(engine, session_id=f"s{i}", project="/gc") for i in range(CALLERS)
+    ]
+    tasks: list[asyncio.Task[Any]] = []
+
+    def cancel_one(
+        conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
+    ) -> None:
+        # The batch is being written: its INSERT is on its way to the database.
+        if statement.startswith("INSERT INTO context_messages ") and many and tasks:
+            tasks[LAST].cancel()
+
+    event.listen(engine.sync_engine, "before_cursor_execute", cancel_one)
+    try:
+        tasks.extend(asyncio.create_task(s.append(message("hi"))) for s in stores)
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", cancel_one)
+    # The cancelled caller sees CancelledError; its message, already in the batch, was
+    # committed with the others (as when a cancellation lands during COMMIT).
+    assert isinstance(results[LAST], asyncio.CancelledError)
+    for index, store in enumerate(stores):
+        assert len(await store.get_history()) == 1, index
+        if index != LAST:
+            assert not isinstance(results[index], BaseException)
+
+
+async def test_concurrent_add_message_shares_transactions(engine: AsyncEngine) -> None:
+    await prepared(engine)
+    dbs = [SQLAlchemyDatabase(engine=engine, agent_name=f"agent-{i % 3}") for i in range(24)]
+
+    async def writer(index: int, db: SQLAlchemyDatabase) -> list[int]:
+        return [
+            (await db.add_message(f"t{index}", f"u{index}", "user", message=f"{index}-{r}")).idx
+            for r in range(8)
+        ]
+
+    with batch_inserts(engine, "messages") as sizes:
+        returned = await asyncio.gather(*(writer(i, db) for i, db in enumerate(dbs)))
+    assert max(sizes, default=0) > 1, "no two messages were ever committed together"
+    for index, (db, idxs) in enumerate(zip(dbs, returned, strict=True)):
+        assert idxs == list(range(8))
+        stored = await db.get_messages(f"t{index}", f"u{index}")
+        assert [m.message for m in stored] == [f"{index}-{r}" for r in range(8)]
+        [thread] = await db.list_threads(f"u{index}")
+        assert thread.message_count == 8
