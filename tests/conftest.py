@@ -41,7 +41,17 @@ DEFAULT_URLS = {
     "mariadb": "mysql+asyncmy://root@127.0.0.1:3306/test",
 }
 # Children first, so deletes never trip a foreign key.
-TABLES = ("messages", "threads", "users", "context_messages", "context_tokens")
+TABLES = (
+    "messages",
+    "threads",
+    "users",
+    "context_messages",
+    "context_tokens",
+    "adk_events",
+    "adk_sessions",
+    "adk_app_states",
+    "adk_user_states",
+)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -1,4 +1,8 @@
-"""The five tables, as declarative SQLAlchemy 2.0 models.
+"""The tables, as declarative SQLAlchemy 2.0 models.
+
+The five core tables serve both interfaces; the four ``adk_*`` tables hold Google ADK
+sessions (:mod:`convostore.integrations.adk`), whose three-part key and three state scopes
+the context store does not have.
 
 The schema itself is owned by the Alembic migrations in ``migrations/``; these classes
 describe it for queries, and ``alembic check`` proves the two agree.
@@ -27,6 +31,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from convostore.types import CompressedJSON, UTCDateTime, key_string, long_text
 
 __all__ = [
+    "ADK_KEY_LENGTH",
     "AGENT_NAME_LENGTH",
     "CLIENT_ID_LENGTH",
     "PREVIEW_LENGTH",
@@ -34,6 +39,10 @@ __all__ = [
     "SESSION_ID_LENGTH",
     "THREAD_ID_LENGTH",
     "USER_ID_LENGTH",
+    "AdkAppStateRecord",
+    "AdkEventRecord",
+    "AdkSessionRecord",
+    "AdkUserStateRecord",
     "Base",
     "ContextMessageRecord",
     "ContextTokensRecord",
@@ -51,6 +60,8 @@ PROJECT_LENGTH = 512
 SESSION_ID_LENGTH = 128
 PREVIEW_LENGTH = 100
 CLIENT_ID_LENGTH = 128
+# ADK's own key columns are 128 characters (app name, user id, session id, event id).
+ADK_KEY_LENGTH = 128
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -190,3 +201,91 @@ class ContextMessageRecord(Base):
     content: Mapped[Any] = mapped_column(CompressedJSON())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     client_id: Mapped[str | None] = mapped_column(key_string(CLIENT_ID_LENGTH))
+
+
+class AdkSessionRecord(Base):
+    """A Google ADK session: its own state, and the counter that orders its events.
+
+    ``next_position`` is also the event count; ``updated_at`` is the timestamp of the last
+    event appended (ADK's ``last_update_time``), which ``list_sessions`` orders and pages by.
+    """
+
+    __tablename__ = "adk_sessions"
+    __table_args__ = (
+        Index(
+            "ix_adk_sessions_app_name_updated_at",
+            "app_name",
+            "updated_at",
+            "user_id",
+            "session_id",
+        ),
+        Index(
+            "ix_adk_sessions_app_name_user_id_updated_at",
+            "app_name",
+            "user_id",
+            "updated_at",
+            "session_id",
+        ),
+    )
+
+    app_name: Mapped[str] = mapped_column(key_string(ADK_KEY_LENGTH), primary_key=True)
+    user_id: Mapped[str] = mapped_column(key_string(ADK_KEY_LENGTH), primary_key=True)
+    session_id: Mapped[str] = mapped_column(key_string(ADK_KEY_LENGTH), primary_key=True)
+    state: Mapped[Any] = mapped_column(CompressedJSON())
+    next_position: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class AdkEventRecord(Base):
+    """One event of an ADK session, at ``position`` (0, 1, 2, ...).
+
+    ``event`` is the event as ADK dumps it to JSON; ``timestamp`` is its own time, kept in a
+    column for ``get_session(after_timestamp=...)``; order comes from the position alone.
+    """
+
+    __tablename__ = "adk_events"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["app_name", "user_id", "session_id"],
+            ["adk_sessions.app_name", "adk_sessions.user_id", "adk_sessions.session_id"],
+            ondelete="CASCADE",
+        ),
+        Index(
+            "ix_adk_events_app_name_user_id_session_id_event_id",
+            "app_name",
+            "user_id",
+            "session_id",
+            "event_id",
+            unique=True,
+        ),
+    )
+
+    app_name: Mapped[str] = mapped_column(key_string(ADK_KEY_LENGTH), primary_key=True)
+    user_id: Mapped[str] = mapped_column(key_string(ADK_KEY_LENGTH), primary_key=True)
+    session_id: Mapped[str] = mapped_column(key_string(ADK_KEY_LENGTH), primary_key=True)
+    position: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    event_id: Mapped[str] = mapped_column(key_string(ADK_KEY_LENGTH))
+    timestamp: Mapped[datetime] = mapped_column(UTCDateTime())
+    event: Mapped[Any] = mapped_column(CompressedJSON())
+
+
+class AdkAppStateRecord(Base):
+    """The ``app:`` state of one ADK app, shared by all its users and sessions."""
+
+    __tablename__ = "adk_app_states"
+
+    app_name: Mapped[str] = mapped_column(key_string(ADK_KEY_LENGTH), primary_key=True)
+    state: Mapped[Any] = mapped_column(CompressedJSON())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class AdkUserStateRecord(Base):
+    """The ``user:`` state of one user of an ADK app, shared by the user's sessions."""
+
+    __tablename__ = "adk_user_states"
+
+    app_name: Mapped[str] = mapped_column(key_string(ADK_KEY_LENGTH), primary_key=True)
+    user_id: Mapped[str] = mapped_column(key_string(ADK_KEY_LENGTH), primary_key=True)
+    state: Mapped[Any] = mapped_column(CompressedJSON())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -22,7 +22,19 @@ from convostore.engine import create_engine
 from tests.conftest import create_server_database, drop_database, require_backend
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-FIVE_TABLES = frozenset({"users", "threads", "messages", "context_tokens", "context_messages"})
+SCHEMA_TABLES = frozenset(
+    {
+        "users",
+        "threads",
+        "messages",
+        "context_tokens",
+        "context_messages",
+        "adk_sessions",
+        "adk_events",
+        "adk_app_states",
+        "adk_user_states",
+    }
+)
 URL_ENV_VARS = ("CONVOSTORE_DATABASE_URL", "DATABASE_URL")
 
 SERVER_BACKENDS = [

@@ -14,8 +14,8 @@ from sqlalchemy import URL
 
 from convostore import migrate
 from tests.migrations.conftest import (
-    FIVE_TABLES,
     REPO_ROOT,
+    SCHEMA_TABLES,
     alembic_command,
     execute,
     plain,
@@ -53,7 +53,7 @@ async def test_alembic_from_the_repo_root_uses_convostore_database_url(tmp_path:
     env = subprocess_env(CONVOSTORE_DATABASE_URL=plain(sqlite_url(db)))
 
     run(alembic_command("upgrade", "head"), cwd=REPO_ROOT, env=env)
-    assert await table_names(sqlite_url(db)) == FIVE_TABLES | {"alembic_version"}
+    assert await table_names(sqlite_url(db)) == SCHEMA_TABLES | {"alembic_version"}
     assert await version_rows(sqlite_url(db)) == [migrate.head()]
 
     check = run(alembic_command("check"), cwd=REPO_ROOT, env=env)
@@ -67,7 +67,7 @@ async def test_alembic_from_the_repo_root_uses_convostore_database_url(tmp_path:
 
 async def test_alembic_x_url_on_every_backend(empty_url: URL) -> None:
     run(alembic_command("-x", f"url={plain(empty_url)}", "upgrade", "head"), cwd=REPO_ROOT)
-    assert await table_names(empty_url) == FIVE_TABLES | {"alembic_version"}
+    assert await table_names(empty_url) == SCHEMA_TABLES | {"alembic_version"}
     assert await version_rows(empty_url) == [migrate.head()]
     run(alembic_command("-x", f"url={plain(empty_url)}", "check"), cwd=REPO_ROOT)
 
@@ -102,7 +102,7 @@ async def test_alembic_without_any_url_migrates_convostore_db_in_the_working_dir
     run(alembic_command("-c", str(REPO_ROOT / "alembic.ini"), "upgrade", "head"), cwd=tmp_path)
     db = tmp_path / "convostore.db"
     assert db.is_file()
-    assert await table_names(sqlite_url(db)) == FIVE_TABLES | {"alembic_version"}
+    assert await table_names(sqlite_url(db)) == SCHEMA_TABLES | {"alembic_version"}
     assert await version_rows(sqlite_url(db)) == [migrate.head()]
 
 
@@ -119,7 +119,7 @@ async def test_python_m_convostore_migrate(tmp_path: Path) -> None:
     upgraded = run(migrate_module("upgrade"), cwd=tmp_path, env=from_env)
     assert "RuntimeWarning" not in upgraded.stderr  # -m on a module the package already imported
     assert not (tmp_path / "convostore.db").exists()
-    assert await table_names(sqlite_url(db)) == FIVE_TABLES | {"alembic_version"}
+    assert await table_names(sqlite_url(db)) == SCHEMA_TABLES | {"alembic_version"}
     current = run(migrate_module("current", "--url", url), cwd=tmp_path)
     assert current.stdout.strip() == migrate.head()
 

@@ -17,7 +17,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import URL
 
 from convostore import migrate
-from tests.migrations.conftest import FIVE_TABLES, plain, table_names, version_rows
+from tests.migrations.conftest import SCHEMA_TABLES, plain, table_names, version_rows
 from tests.migrations.start_worker import start
 
 PROCESSES = 4
@@ -54,7 +54,7 @@ def test_processes_starting_at_once_migrate_once(backend: str, empty_url: URL) -
     assert not failures, "\n".join(failures)
     assert sum(applied for _, applied in outcomes) == len(_revisions())
     assert asyncio.run(version_rows(empty_url)) == [migrate.head()]
-    assert asyncio.run(table_names(empty_url)) == FIVE_TABLES | {"alembic_version"}
+    assert asyncio.run(table_names(empty_url)) == SCHEMA_TABLES | {"alembic_version"}
 
 
 def _revisions() -> list[str]:

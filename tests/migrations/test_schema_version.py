@@ -24,7 +24,7 @@ from convostore import (
     migrate,
 )
 from convostore.engine import create_engine
-from tests.migrations.conftest import FIVE_TABLES, execute, plain, table_names, version_rows
+from tests.migrations.conftest import SCHEMA_TABLES, execute, plain, table_names, version_rows
 
 PASSWORD = "hunter2-not-a-real-secret"
 FUTURE = "ffff_future"
@@ -96,7 +96,7 @@ async def test_server_database_with_migrate_true_is_upgraded(empty_server_url: U
 async def test_connect_with_migrate_true_upgrades_a_server_database(empty_server_url: URL) -> None:
     engine = await connect(plain(empty_server_url), migrate=True)
     await engine.dispose()
-    assert await table_names(empty_server_url) == FIVE_TABLES | {"alembic_version"}
+    assert await table_names(empty_server_url) == SCHEMA_TABLES | {"alembic_version"}
 
 
 async def test_assert_at_head(empty_url: URL) -> None:

@@ -13,14 +13,14 @@ from sqlalchemy import URL
 
 from convostore import migrate
 from convostore.tables import Base
-from tests.migrations.conftest import FIVE_TABLES, alembic_check, execute, table_names
+from tests.migrations.conftest import SCHEMA_TABLES, alembic_check, execute, table_names
 
 
 async def test_upgrade_head_downgrade_base_upgrade_head(empty_url: URL) -> None:
     assert await migrate.current(empty_url) is None
 
     await migrate.upgrade(empty_url)
-    assert await table_names(empty_url) == FIVE_TABLES | {"alembic_version"}
+    assert await table_names(empty_url) == SCHEMA_TABLES | {"alembic_version"}
     assert await migrate.current(empty_url) == migrate.head()
 
     await migrate.downgrade(empty_url, "base")
@@ -28,7 +28,7 @@ async def test_upgrade_head_downgrade_base_upgrade_head(empty_url: URL) -> None:
     assert await migrate.current(empty_url) is None
 
     await migrate.upgrade(empty_url)
-    assert await table_names(empty_url) == FIVE_TABLES | {"alembic_version"}
+    assert await table_names(empty_url) == SCHEMA_TABLES | {"alembic_version"}
     assert await migrate.current(empty_url) == migrate.head()
     await alembic_check(empty_url)
 
@@ -51,7 +51,7 @@ async def test_every_revision_steps_down_and_up_again(empty_url: URL) -> None:
 async def test_models_and_migrations_agree(empty_url: URL) -> None:
     await migrate.upgrade(empty_url)
     await alembic_check(empty_url)
-    assert set(Base.metadata.tables) == FIVE_TABLES
+    assert set(Base.metadata.tables) == SCHEMA_TABLES
 
 
 async def test_check_reports_drift(backend: str, empty_url: URL) -> None:
