@@ -16,6 +16,9 @@ import pytest
 
 pytest.importorskip("axio", reason="axio is not installed (it needs Python 3.12+)")
 pytest.importorskip("agents", reason="openai-agents is not installed")
+pytest.importorskip("langchain_core", reason="langchain-core is not installed")
+pytest.importorskip("google.adk", reason="google-adk is not installed")
+pytest.importorskip("pydantic_ai", reason="pydantic-ai-slim is not installed")
 
 PAGE = Path(__file__).resolve().parents[2] / "docs" / "integrations.md"
 BLOCK = re.compile(r"^```(?P<info>[^\n]*)\n(?P<body>.*?)^```", re.DOTALL | re.MULTILINE)
@@ -31,10 +34,11 @@ def python_blocks(page: Path) -> list[str]:
 
 def test_the_page_has_an_example_per_framework() -> None:
     text = "\n".join(python_blocks(PAGE))
-    for module in ("axio", "agentstr", "openai_agents"):
+    for module in ("axio", "agentstr", "openai_agents", "langchain", "adk", "pydantic_ai"):
         assert f"convostore.integrations.{module} import" in text
 
 
+@pytest.mark.filterwarnings("ignore:RunnableWithMessageHistory is deprecated")
 async def test_the_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("CONVOSTORE_DATABASE_URL", raising=False)
@@ -49,3 +53,5 @@ async def test_the_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
             await result
     assert (tmp_path / "chat.db").exists()
     assert (tmp_path / "conversations.db").exists()
+    for name in ("langchain.db", "sessions.db", "pydantic-ai.db"):
+        assert (tmp_path / name).exists()
