@@ -52,10 +52,10 @@ from google.adk.sessions.session import Session
 from google.adk.sessions.state import State
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 from sqlalchemy import URL, Table, delete, insert, select, tuple_, update
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore import migrate as migrations
-from convostore.dialects import family_of, insert_ignore
+from convostore.dialects import Executor, family_of, insert_ignore
 from convostore.engine import create_engine
 from convostore.errors import (
     ConfigurationError,
@@ -164,7 +164,7 @@ class ConvostoreSessionService(BaseSessionService):
         now = datetime.now(UTC)
         await self._ready()
 
-        async def work(session: AsyncSession) -> Session:
+        async def work(session: Executor) -> Session:
             app_state = await _merge_state(session, _app_states, {"app_name": app_name}, app_delta)
             user_state = await _merge_state(
                 session, _user_states, {"app_name": app_name, "user_id": user_id}, user_delta
@@ -218,7 +218,7 @@ class ConvostoreSessionService(BaseSessionService):
         after = None if config is None else config.after_timestamp
         await self._ready()
 
-        async def work(session: AsyncSession) -> Session | None:
+        async def work(session: Executor) -> Session | None:
             key = _session_key(_sessions, app_name, user_id, session_id)
             row = (
                 await session.execute(select(_sessions.c.state, _sessions.c.updated_at).where(*key))
@@ -275,7 +275,7 @@ class ConvostoreSessionService(BaseSessionService):
         cursor = None if page_token is None else _decode_token(page_token)
         await self._ready()
 
-        async def work(session: AsyncSession) -> SessionPage:
+        async def work(session: Executor) -> SessionPage:
             c = _sessions.c
             stmt = select(c.user_id, c.session_id, c.state, c.updated_at).where(
                 c.app_name == app_name
@@ -323,7 +323,7 @@ class ConvostoreSessionService(BaseSessionService):
         _checked("session_id", session_id)
         await self._ready()
 
-        async def work(session: AsyncSession) -> None:
+        async def work(session: Executor) -> None:
             await session.execute(
                 delete(_events).where(*_session_key(_events, app_name, user_id, session_id))
             )
@@ -342,7 +342,7 @@ class ConvostoreSessionService(BaseSessionService):
         _check_key(app_name, user_id)
         await self._ready()
 
-        async def work(session: AsyncSession) -> dict[str, Any]:
+        async def work(session: Executor) -> dict[str, Any]:
             _, states = await _scope_states(session, app_name, [user_id])
             return states.get(user_id, {})
 
@@ -376,7 +376,7 @@ class ConvostoreSessionService(BaseSessionService):
         when = _from_timestamp(event.timestamp)
         await self._ready()
 
-        async def work(db: AsyncSession) -> bool:
+        async def work(db: Executor) -> bool:
             found = await db.execute(
                 select(_events.c.position).where(
                     *_session_key(_events, app_name, user_id, session_id),
@@ -500,7 +500,7 @@ def _merged(
 
 
 async def _merge_state(
-    session: AsyncSession, table: Table, key: Mapping[str, str], delta: Mapping[str, Any]
+    session: Executor, table: Table, key: Mapping[str, str], delta: Mapping[str, Any]
 ) -> dict[str, Any]:
     """Create the state row at ``key`` if needed, apply ``delta`` under its lock, return it."""
     now = datetime.now(UTC)
@@ -521,7 +521,7 @@ async def _merge_state(
 
 
 async def _scope_states(
-    session: AsyncSession, app_name: str, user_ids: Sequence[str]
+    session: Executor, app_name: str, user_ids: Sequence[str]
 ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """The app's state, and the state of each of ``user_ids`` that has one."""
     app = (
