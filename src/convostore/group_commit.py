@@ -150,6 +150,10 @@ class GroupCommitter(Generic[P]):
                 if not future.done():
                     future.cancel()
             raise
+        except (KeyboardInterrupt, SystemExit) as exc:
+            for _, future in batch:
+                _settle(future, exc=exc)
+            raise
         except Exception as exc:
             if len(batch) == 1:
                 _settle(batch[0][1], exc=exc)

@@ -25,6 +25,7 @@ from sqlalchemy import (
     Index,
     MetaData,
     String,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -62,6 +63,8 @@ PREVIEW_LENGTH = 100
 CLIENT_ID_LENGTH = 128
 # ADK's own key columns are 128 characters (app name, user id, session id, event id).
 ADK_KEY_LENGTH = 128
+
+_HAS_CLIENT_ID = text("client_id IS NOT NULL")
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -130,6 +133,10 @@ class MessageRecord(Base):
             "thread_id",
             "client_id",
             unique=True,
+            # Most rows have no client id: index only those that do (MySQL/MariaDB have
+            # no partial indexes and index every row).
+            sqlite_where=_HAS_CLIENT_ID,
+            postgresql_where=_HAS_CLIENT_ID,
         ),
     )
 
@@ -191,6 +198,10 @@ class ContextMessageRecord(Base):
             "session_id",
             "client_id",
             unique=True,
+            # Most rows have no client id: index only those that do (MySQL/MariaDB have
+            # no partial indexes and index every row).
+            sqlite_where=_HAS_CLIENT_ID,
+            postgresql_where=_HAS_CLIENT_ID,
         ),
     )
 
