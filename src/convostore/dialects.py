@@ -6,8 +6,8 @@
 * :func:`bump_counter`: add ``n`` to a counter column of a row, creating the row if needed,
   and return the new value, all under the row's write lock. This is how positions are
   allocated: SQLite and PostgreSQL do it in one ``INSERT … ON CONFLICT … RETURNING``;
-  MySQL/MariaDB, which has no ``RETURNING`` on upserts, reads the value back with
-  ``SELECT … FOR UPDATE`` inside the same transaction, after its own upsert locked the row;
+  MySQL/MariaDB, which has no ``RETURNING`` on upserts, sets the new value with
+  ``LAST_INSERT_ID(expr)``, which its OK packet hands back (the cursor's ``lastrowid``);
 * :func:`insert_at_counter`: allocate positions and insert rows at them; on PostgreSQL a
   single row is one statement (a data-modifying CTE), see :func:`appends_in_one_statement`;
 * :func:`cached` and :func:`params_for`: hot statements built once, with bind parameters.
@@ -27,6 +27,7 @@ from sqlalchemy import (
     Executable,
     Table,
     bindparam,
+    func,
     insert,
     select,
     tuple_,
@@ -147,14 +148,17 @@ async def bump_counter(
     insert_values = insert_values or {}
     columns = (*key_values, *insert_values)
 
-    def build() -> tuple[Executable, Executable | None]:
+    def build() -> Executable:
         column = table.c[counter]
         amount = bindparam("n", type_=column.type)
 
         def assignments(incoming: Any) -> dict[str, ColumnElement[Any]]:
             changes: dict[str, Any] = dict(also_update(incoming)) if also_update else {}
-            # Last, because MySQL applies ON DUPLICATE KEY assignments in order.
-            changes[counter] = column + amount
+            # Last, because MySQL applies ON DUPLICATE KEY assignments in order. There,
+            # LAST_INSERT_ID(expr) also hands the new value back in the statement's OK
+            # packet (the cursor's lastrowid), which saves the read-back.
+            bumped = column + amount
+            changes[counter] = func.last_insert_id(bumped) if kind == "mysql" else bumped
             return changes
 
         stmt = upsert(
@@ -164,23 +168,17 @@ async def bump_counter(
             key=list(key_values),
             update=assignments,
         )
-        if kind != "mysql":
-            returning = stmt.returning(column)
-            return (
-                _ends(returning, _counter_check(table.name, counter)) if last else returning
-            ), None
-        key = params_for(table, key_values)
-        locked = select(column).where(*(table.c[k] == key[k] for k in key_values))
-        return stmt, locked.with_for_update()
+        if kind == "mysql":
+            return stmt
+        returning = stmt.returning(column)
+        return _ends(returning, _counter_check(table.name, counter)) if last else returning
 
     site = getattr(also_update, "__code__", None)
-    stmt, locked = cached((kind, "bump", table.name, counter, columns, site, last), build)
-    params = {**key_values, **insert_values, "n": n}
-    if locked is None:
-        value = (await session.execute(stmt, params)).scalar_one()
-    else:
-        await session.execute(stmt, params)
-        value = (await session.execute(locked, dict(key_values))).scalar_one()
+    stmt = cached((kind, "bump", table.name, counter, columns, site, last), build)
+    result = await session.execute(stmt, {**key_values, **insert_values, "n": n})
+    # On MySQL/MariaDB lastrowid is 0 when the row was inserted (the tables have no
+    # AUTO_INCREMENT): it then holds n.
+    value = (result.lastrowid or n) if kind == "mysql" else result.scalar_one()  # type: ignore[attr-defined]
     return checked_counter(value, table.name, counter)
 
 
