@@ -225,13 +225,6 @@ class Case:
 
 SESSION_KEY = ("project", "session_id")
 THREAD_KEY = ("agent_name", "thread_id")
-COUNTER_READ = Check(  # MySQL/MariaDB reads the bumped counter back under the row lock
-    r"^SELECT context_tokens\.next_position .*FOR UPDATE",
-    "context_tokens",
-    (PRIMARY,),
-    SESSION_KEY,
-    backends=("mariadb",),
-)
 NOT_POSTGRESQL = ("sqlite", "mariadb")
 TIES_SORTED = (None, "partial")  # the index orders by time; only equal times get sorted
 
@@ -247,7 +240,6 @@ CASES = (
                 reads=False,
                 backends=NOT_POSTGRESQL,
             ),
-            COUNTER_READ,
             Check(
                 r"^INSERT INTO context_messages ",
                 "context_messages",
@@ -365,13 +357,6 @@ CASES = (
                 arbiter=True,
                 reads=False,
                 backends=NOT_POSTGRESQL,
-            ),
-            Check(
-                r"^SELECT threads\.next_idx .*FOR UPDATE",
-                "threads",
-                (PRIMARY,),
-                THREAD_KEY,
-                backends=("mariadb",),
             ),
             Check(r"^INSERT INTO messages ", "messages", reads=False, backends=NOT_POSTGRESQL),
             Check(
