@@ -38,8 +38,11 @@ from typing import TypeVar
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from convostore.deadlines import Deadline
 from convostore.dialects import Executor, is_retryable
 from convostore.errors import ConfigurationError, ConflictError, translate_errors
+from convostore.options import deadline_of
+from convostore.pgbouncer import runs_in_transactions
 from convostore.sqlite_driver import OWNED
 
 __all__ = ["MAX_ATTEMPTS", "TransactionRunner"]
@@ -66,6 +69,9 @@ class TransactionRunner:
         self._owned = engine.execution_options(**{OWNED: True})
         # The same pool; the connection is switched to autocommit for the checkout only.
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        # Behind PgBouncer's transaction pooling nothing may run outside a transaction.
+        self._transactions_only = runs_in_transactions(engine)
+        self.deadline = deadline_of(engine.get_execution_options())
         # Set when the transaction() block a bound view came from is over: the view (and
         # any fork or with_session made from it) must not start a new, uncommitted one.
         self.ended = False
@@ -129,14 +135,16 @@ class TransactionRunner:
                 more so it finds the winner's row.
 
         Raises:
+            DeadlineExceeded: The call took longer than the engine's deadline.
             ConvostoreError: Whatever ``work`` raised, or the translated database error.
         """
-        try:
-            return await self._run(work, autocommit)
-        except ConflictError:
-            if not rerun_on_conflict or self.bound is not None:
-                raise
-            return await self._run(work, autocommit)
+        async with Deadline(self.deadline):
+            try:
+                return await self._run(work, autocommit)
+            except ConflictError:
+                if not rerun_on_conflict or self.bound is not None:
+                    raise
+                return await self._run(work, autocommit)
 
     async def _run(self, work: Callable[[Executor], Awaitable[T]], autocommit: bool) -> T:
         with translate_errors():
@@ -147,7 +155,7 @@ class TransactionRunner:
                         "use the store or database it came from"
                     )
                 return await work(self.bound)
-            engine = self._autocommit if autocommit else self._owned
+            engine = self._autocommit if autocommit and not self._transactions_only else self._owned
             attempt = 1
             while True:
                 try:
