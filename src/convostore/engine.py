@@ -163,6 +163,9 @@ def create_engine(
         PGBOUNCER_OPTION: from_url.pgbouncer == "transaction",
         **options.get("execution_options", {}),
     }
+    if kind == "sqlite":
+        # SQLite's dialects would warn about query arguments they do not know.
+        resolved = resolved.difference_update_query(QUERY_KEYS)
     try:
         engine = Engine(create_async_engine(resolved, **options).sync_engine)
     except ImportError as exc:
