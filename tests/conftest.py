@@ -69,6 +69,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def in_ci() -> bool:
+    """Whether this run must have every backend (``CI=true``)."""
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 

@@ -39,6 +39,7 @@ from convostore.models import (
     encoded_context_messages,
     scoped_project,
 )
+from convostore.replicas import ReplicaUrls, attach_replicas, replica_set
 from convostore.repositories import ContextAppend, SessionRepository, append_context_batch
 from convostore.settings import redact
 from convostore.tables import CLIENT_ID_LENGTH, PROJECT_LENGTH, SESSION_ID_LENGTH
@@ -47,7 +48,12 @@ from convostore.transactions import TransactionRunner
 __all__ = ["SQLAlchemyContextStore", "connect", "default_project"]
 
 
-async def connect(url: str | Path | URL | None = None, *, migrate: bool | None = None) -> Engine:
+async def connect(
+    url: str | Path | URL | None = None,
+    *,
+    migrate: bool | None = None,
+    read_url: ReplicaUrls | None = None,
+) -> Engine:
     """Open the database at ``url`` (a path or URL) with its schema at head.
 
     SQLite gets WAL, a 5 s busy timeout, ``synchronous=NORMAL`` and foreign keys, and is
@@ -57,11 +63,16 @@ async def connect(url: str | Path | URL | None = None, *, migrate: bool | None =
     The result is an :class:`~convostore.engine.Engine`: an ``AsyncEngine`` that the caller
     closes with ``await engine.close()`` (or ``dispose()``, or ``async with``).
 
+    ``read_url``: PostgreSQL read replicas (one URL, a list, or
+    :class:`~convostore.replicas.ReadReplicas`); stores on the engine read from them, with
+    read-your-writes (see :mod:`convostore.replicas`). Closing the engine closes them.
+
     Raises:
         SchemaVersionError: The schema is not at head and may not be migrated here.
     """
     engine = create_engine(str(url) if isinstance(url, Path) else url)
     try:
+        attach_replicas(engine, replica_set(read_url))
         await migrations.prepare(engine, migrate=migrate)
     except BaseException:
         await engine.dispose()
@@ -87,6 +98,8 @@ class SQLAlchemyContextStore(ContextStore):
             underscores. ``None``, the default namespace, is where every other store and
             the CLI look.
         migrate: As for :func:`connect`, when this store opens or first uses the engine.
+        read_url: PostgreSQL read replicas for this store's reads (one URL, a list, or
+            :class:`~convostore.replicas.ReadReplicas`); :meth:`close` closes them.
 
     Raises:
         ConfigurationError: Both ``engine`` and ``url`` were given.
@@ -102,6 +115,7 @@ class SQLAlchemyContextStore(ContextStore):
         project: str | None = None,
         namespace: str | None = None,
         migrate: bool | None = None,
+        read_url: ReplicaUrls | None = None,
     ) -> None:
         if engine is not None and url is not None:
             raise ConfigurationError("give engine or url, not both")
@@ -115,7 +129,10 @@ class SQLAlchemyContextStore(ContextStore):
         # What the project and session columns hold: every statement is scoped by it.
         self._scope = scoped_project(self._namespace, self._project, PROJECT_LENGTH)
         self._owns_engine = engine is None
-        self._runner = TransactionRunner(engine if engine is not None else create_engine(url))
+        self._replicas = replica_set(read_url)
+        self._runner = TransactionRunner(
+            engine if engine is not None else create_engine(url), replicas=self._replicas
+        )
         self._migrate = migrate
 
     @property
@@ -159,6 +176,7 @@ class SQLAlchemyContextStore(ContextStore):
         view = copy.copy(self)
         view._runner = runner
         view._owns_engine = False
+        view._replicas = None
         return view
 
     def with_session(self, session_id: str) -> Self:
@@ -166,6 +184,7 @@ class SQLAlchemyContextStore(ContextStore):
         other = copy.copy(self)
         other._session_id = check_id(session_id, "session_id", SESSION_ID_LENGTH)
         other._owns_engine = False
+        other._replicas = None
         return other
 
     async def append(
@@ -197,8 +216,12 @@ class SQLAlchemyContextStore(ContextStore):
             _append_one,
             one_autocommit=appends_in_one_statement(family(self.engine)),
         )
-        position = await committer.submit(
-            ContextAppend(self._scope, self._session_id, checked.role, data, now, checked.preview())
+        position = await self._runner.noting_write(
+            committer.submit(
+                ContextAppend(
+                    self._scope, self._session_id, checked.role, data, now, checked.preview()
+                )
+            )
         )
         return construct(
             StoredContextMessage,
@@ -265,7 +288,7 @@ class SQLAlchemyContextStore(ContextStore):
 
     async def get_history(self) -> list[ContextMessage]:
         await self._ensure_ready()
-        return await self._runner.run(lambda s: self._repo(s).history())
+        return await self._runner.run(lambda s: self._repo(s).history(), read=True)
 
     async def get_last(self, count: int) -> list[ContextMessage]:
         """The last ``count`` messages in insertion order (fewer if the session is shorter)."""
@@ -273,7 +296,7 @@ class SQLAlchemyContextStore(ContextStore):
         if count == 0:
             return []
         await self._ensure_ready()
-        return await self._runner.run(lambda s: self._repo(s).last(count))
+        return await self._runner.run(lambda s: self._repo(s).last(count), read=True)
 
     async def replace_history(self, messages: Iterable[ContextMessage]) -> None:
         """Make ``messages`` the session's whole history, in one transaction.
@@ -339,7 +362,8 @@ class SQLAlchemyContextStore(ContextStore):
         return await self._runner.run(
             lambda s: self._repo(s).window(
                 after=after, before=before, limit=limit, newest_first=reverse
-            )
+            ),
+            read=True,
         )
 
     async def set_context_tokens(self, input_tokens: int, output_tokens: int) -> None:
@@ -358,7 +382,7 @@ class SQLAlchemyContextStore(ContextStore):
 
     async def get_context_tokens(self) -> tuple[int, int]:
         await self._ensure_ready()
-        return await self._runner.run(lambda s: self._repo(s).tokens())
+        return await self._runner.run(lambda s: self._repo(s).tokens(), read=True)
 
     async def list_sessions(
         self, *, limit: int | None = None, before: SessionInfo | None = None
@@ -371,13 +395,15 @@ class SQLAlchemyContextStore(ContextStore):
         check_page(limit, before, SessionInfo)
         await self._ensure_ready()
         return await self._runner.run(
-            lambda s: self._repo(s).list_project(limit=limit, before=before)
+            lambda s: self._repo(s).list_project(limit=limit, before=before), read=True
         )
 
     async def close(self) -> None:
         """Dispose of the engine if this store opened it; a shared engine is left alone."""
         if self._owns_engine:
             await self.engine.dispose()
+        if self._replicas is not None:
+            await self._replicas.dispose()
 
     def _repo(self, session: Executor) -> SessionRepository:
         return SessionRepository(session, self._scope, self._session_id)

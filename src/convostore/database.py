@@ -41,6 +41,7 @@ from convostore.models import (
     new_message_batch,
     validated,
 )
+from convostore.replicas import ReplicaUrls, replica_set
 from convostore.repositories import (
     ThreadAppend,
     ThreadRepository,
@@ -74,6 +75,8 @@ class SQLAlchemyDatabase(AgentDatabase):
         agent_name: The agent whose rows this object sees; ``None`` is a valid agent.
         migrate: Bring the schema to head in :meth:`async_init`. Default: yes for SQLite,
             no (only check) for server databases.
+        read_url: PostgreSQL read replicas for this object's reads (one URL, a list, or
+            :class:`~convostore.replicas.ReadReplicas`); :meth:`close` closes them.
 
     Raises:
         ConfigurationError: Both or neither-and-unresolvable of ``conn_str`` and ``engine``.
@@ -87,6 +90,7 @@ class SQLAlchemyDatabase(AgentDatabase):
         engine: AsyncEngine | None = None,
         agent_name: str | None = None,
         migrate: bool | None = None,
+        read_url: ReplicaUrls | None = None,
     ) -> None:
         if conn_str is not None and engine is not None:
             raise ConfigurationError("give conn_str or engine, not both")
@@ -108,7 +112,8 @@ class SQLAlchemyDatabase(AgentDatabase):
             self.conn_str = engine.url.render_as_string(hide_password=True)
             self._owns_engine = False
         self._migrate = migrate
-        self._runner = TransactionRunner(engine)
+        self._replicas = replica_set(read_url)
+        self._runner = TransactionRunner(engine, replicas=self._replicas)
         self.conn: AsyncEngine | None = None
         """agentstr's attribute: ``None`` until :meth:`async_init`, then the engine (agentstr's
         agent server tests it to know whether to initialise the database)."""
@@ -145,6 +150,8 @@ class SQLAlchemyDatabase(AgentDatabase):
         self.conn = None
         if self._owns_engine:
             await self.engine.dispose()
+        if self._replicas is not None:
+            await self._replicas.dispose()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Self]:
@@ -171,12 +178,15 @@ class SQLAlchemyDatabase(AgentDatabase):
         view = copy.copy(self)
         view._runner = runner
         view._owns_engine = False
+        view._replicas = None
         return view
 
     async def get_user(self, user_id: str) -> User:
         check_id(user_id, "user_id", USER_ID_LENGTH)
         await self.async_init()
-        stored = await self._runner.run(lambda s: UserRepository(s, self._agent_key).get(user_id))
+        stored = await self._runner.run(
+            lambda s: UserRepository(s, self._agent_key).get(user_id), read=True
+        )
         return stored if stored is not None else User(user_id=user_id)
 
     async def upsert_user(self, user: User) -> None:
@@ -270,7 +280,9 @@ class SQLAlchemyDatabase(AgentDatabase):
             _add_one,
             one_autocommit=appends_in_one_statement(family(self.engine)),
         )
-        idx = await committer.submit(ThreadAppend(self._agent_key, new.thread_id, row))
+        idx = await self._runner.noting_write(
+            committer.submit(ThreadAppend(self._agent_key, new.thread_id, row))
+        )
         return self._stored(new, new.thread_id, new.user_id, idx, now)
 
     async def add_messages(
@@ -364,7 +376,8 @@ class SQLAlchemyDatabase(AgentDatabase):
         return await self._runner.run(
             lambda s: ThreadRepository(s, self._agent_key).threads_of(
                 user_id, limit=limit, before=before
-            )
+            ),
+            read=True,
         )
 
     async def get_messages(
@@ -392,7 +405,8 @@ class SQLAlchemyDatabase(AgentDatabase):
                 before_idx=before_idx,
                 after_idx=after_idx,
                 reverse=reverse,
-            )
+            ),
+            read=True,
         )
         return [message_from_row(row, self.agent_name) for row in rows]
 
@@ -402,6 +416,7 @@ def Database(  # noqa: N802 - agentstr's factory is a function named like a clas
     *,
     agent_name: str | None = None,
     migrate: bool | None = None,
+    read_url: ReplicaUrls | None = None,
 ) -> SQLAlchemyDatabase:
     """Create the agent database for a connection string, like agentstr's ``Database``.
 
@@ -411,7 +426,7 @@ def Database(  # noqa: N802 - agentstr's factory is a function named like a clas
     """
     if isinstance(conn_str, URL):
         conn_str = conn_str.render_as_string(hide_password=False)
-    return SQLAlchemyDatabase(conn_str, agent_name=agent_name, migrate=migrate)
+    return SQLAlchemyDatabase(conn_str, agent_name=agent_name, migrate=migrate, read_url=read_url)
 
 
 def _message_row(

@@ -60,6 +60,16 @@ class Engine(AsyncEngine):
         """Close every pooled connection: the same as ``dispose()``."""
         await self.dispose()
 
+    async def dispose(self, close: bool = True) -> None:
+        """Close every pooled connection, and those of the read replicas it was given."""
+        await super().dispose(close)
+        # Imported here: convostore.replicas creates engines with this module.
+        from convostore.replicas import replicas_of
+
+        replicas = replicas_of(self)
+        if replicas is not None:
+            await replicas.dispose()
+
     async def __aenter__(self) -> Self:
         return self
 
