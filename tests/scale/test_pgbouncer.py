@@ -41,12 +41,17 @@ async def bouncer_url(request: pytest.FixtureRequest) -> URL:
 
 
 async def append_from_tasks(url: URL, tasks: int, each: int) -> tuple[int, list[BaseException]]:
-    """``tasks`` tasks appending ``each`` messages to their own sessions; (stored, errors)."""
-    engine = create_engine(url, pool_size=tasks, max_overflow=0)
+    """``tasks`` tasks appending ``each`` messages to their own sessions; (stored, errors).
+
+    Each task has an engine of its own: PgBouncer sees as many clients as there are
+    tasks, sharing its server connections (one engine would group-commit their appends
+    into one transaction at a time).
+    """
+    engines = [create_engine(url, pool_size=1, max_overflow=0) for _ in range(tasks)]
     errors: list[BaseException] = []
 
     async def task(n: int) -> None:
-        store = SQLAlchemyContextStore(engine, project="bounced", session_id=f"s{n}")
+        store = SQLAlchemyContextStore(engines[n], project="bounced", session_id=f"s{n}")
         for i in range(each):
             try:
                 await store.append(ContextMessage(role="user", content=[{"i": i}]))
@@ -55,7 +60,7 @@ async def append_from_tasks(url: URL, tasks: int, each: int) -> tuple[int, list[
 
     try:
         await asyncio.gather(*(task(n) for n in range(tasks)))
-        reader = SQLAlchemyContextStore(engine, project="bounced")
+        reader = SQLAlchemyContextStore(engines[0], project="bounced")
         stored = 0
         for n in range(tasks):
             history = await reader.with_session(f"s{n}").get_messages()
@@ -63,7 +68,7 @@ async def append_from_tasks(url: URL, tasks: int, each: int) -> tuple[int, list[
             assert [m.position for m in history] == list(range(len(history)))
             stored += len(history)
     finally:
-        await engine.dispose()
+        await asyncio.gather(*(engine.dispose() for engine in engines))
     return stored, errors
 
 
@@ -84,17 +89,17 @@ async def test_without_the_parameter_the_pooler_breaks_calls(bouncer_url: URL) -
 
 
 async def test_the_agent_database_works_through_transaction_pooling(bouncer_url: URL) -> None:
-    engine = create_engine(bouncer_url, pool_size=8, max_overflow=0)
-    db = SQLAlchemyDatabase(engine=engine, agent_name="bounced")
+    engines = [create_engine(bouncer_url, pool_size=2, max_overflow=0) for _ in range(8)]
+    dbs = [SQLAlchemyDatabase(engine=engine, agent_name="bounced") for engine in engines]
     try:
         added = await asyncio.gather(
-            *(db.add_message("t", "u", "user", message=str(n)) for n in range(40))
+            *(dbs[n % 8].add_message("t", "u", "user", message=str(n)) for n in range(40))
         )
         assert sorted(m.idx for m in added) == list(range(40))
-        await asyncio.gather(*(db.credit("u", 1) for _ in range(40)))
-        assert (await db.get_user("u")).available_balance == 40
+        await asyncio.gather(*(dbs[n % 8].credit("u", 1) for n in range(40)))
+        assert (await dbs[0].get_user("u")).available_balance == 40
     finally:
-        await engine.dispose()
+        await asyncio.gather(*(engine.dispose() for engine in engines))
 
 
 def test_the_parameter_marks_the_engine(bouncer_url: URL) -> None:
