@@ -43,6 +43,7 @@ from convostore.replicas import ReplicaUrls, attach_replicas, replica_set
 from convostore.repositories import ContextAppend, SessionRepository, append_context_batch
 from convostore.settings import redact
 from convostore.tables import CLIENT_ID_LENGTH, PROJECT_LENGTH, SESSION_ID_LENGTH
+from convostore.telemetry import traced
 from convostore.transactions import TransactionRunner
 
 __all__ = ["SQLAlchemyContextStore", "connect", "default_project"]
@@ -187,6 +188,7 @@ class SQLAlchemyContextStore(ContextStore):
         other._replicas = None
         return other
 
+    @traced()
     async def append(
         self, message: ContextMessage, *, client_id: str | None = None
     ) -> StoredContextMessage:
@@ -234,6 +236,7 @@ class SQLAlchemyContextStore(ContextStore):
             },
         )
 
+    @traced()
     async def append_many(
         self,
         messages: Iterable[ContextMessage],
@@ -286,10 +289,12 @@ class SQLAlchemyContextStore(ContextStore):
             work, autocommit=one_statement, rerun_on_conflict=retry_key is not None
         )
 
+    @traced()
     async def get_history(self) -> list[ContextMessage]:
         await self._ensure_ready()
         return await self._runner.run(lambda s: self._repo(s).history(), read=True)
 
+    @traced()
     async def get_last(self, count: int) -> list[ContextMessage]:
         """The last ``count`` messages in insertion order (fewer if the session is shorter)."""
         check_amount(count, "count")
@@ -298,6 +303,7 @@ class SQLAlchemyContextStore(ContextStore):
         await self._ensure_ready()
         return await self._runner.run(lambda s: self._repo(s).last(count), read=True)
 
+    @traced()
     async def replace_history(self, messages: Iterable[ContextMessage]) -> None:
         """Make ``messages`` the session's whole history, in one transaction.
 
@@ -312,15 +318,18 @@ class SQLAlchemyContextStore(ContextStore):
         rows = [(m.role, data) for m, data in checked]
         await self._runner.run(lambda s: self._repo(s).replace(rows, now, preview))
 
+    @traced()
     async def pop(self) -> ContextMessage | None:
         """Remove the last message and return it, atomically; ``None`` if there is none."""
         await self._ensure_ready()
         return await self._runner.run(lambda s: self._repo(s).pop_last())
 
+    @traced()
     async def clear(self) -> None:
         await self._ensure_ready()
         await self._runner.run(lambda s: self._repo(s).delete())
 
+    @traced()
     async def fork(self, *, at: int | None = None) -> SQLAlchemyContextStore:
         """A new session in the same project with a copy of the history and tokens.
 
@@ -339,6 +348,7 @@ class SQLAlchemyContextStore(ContextStore):
         await self._runner.run(lambda s: self._repo(s).copy_to(new_id, now, at=at))
         return self.with_session(new_id)
 
+    @traced()
     async def get_messages(
         self,
         *,
@@ -366,6 +376,7 @@ class SQLAlchemyContextStore(ContextStore):
             read=True,
         )
 
+    @traced()
     async def set_context_tokens(self, input_tokens: int, output_tokens: int) -> None:
         check_amount(input_tokens, "input_tokens")
         check_amount(output_tokens, "output_tokens")
@@ -373,6 +384,7 @@ class SQLAlchemyContextStore(ContextStore):
         now = _now()
         await self._runner.run(lambda s: self._repo(s).set_tokens(input_tokens, output_tokens, now))
 
+    @traced()
     async def add_context_tokens(self, input_tokens: int, output_tokens: int) -> None:
         check_amount(input_tokens, "input_tokens")
         check_amount(output_tokens, "output_tokens")
@@ -380,10 +392,12 @@ class SQLAlchemyContextStore(ContextStore):
         now = _now()
         await self._runner.run(lambda s: self._repo(s).add_tokens(input_tokens, output_tokens, now))
 
+    @traced()
     async def get_context_tokens(self) -> tuple[int, int]:
         await self._ensure_ready()
         return await self._runner.run(lambda s: self._repo(s).tokens(), read=True)
 
+    @traced()
     async def list_sessions(
         self, *, limit: int | None = None, before: SessionInfo | None = None
     ) -> list[SessionInfo]:

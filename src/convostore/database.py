@@ -56,6 +56,7 @@ from convostore.tables import (
     THREAD_ID_LENGTH,
     USER_ID_LENGTH,
 )
+from convostore.telemetry import traced
 from convostore.transactions import TransactionRunner
 
 __all__ = ["DEFAULT_AGENT_KEY", "Database", "SQLAlchemyDatabase"]
@@ -181,6 +182,7 @@ class SQLAlchemyDatabase(AgentDatabase):
         view._replicas = None
         return view
 
+    @traced("user_id")
     async def get_user(self, user_id: str) -> User:
         check_id(user_id, "user_id", USER_ID_LENGTH)
         await self.async_init()
@@ -189,6 +191,7 @@ class SQLAlchemyDatabase(AgentDatabase):
         )
         return stored if stored is not None else User(user_id=user_id)
 
+    @traced()
     async def upsert_user(self, user: User) -> None:
         checked = validated(User, user)
         check_id(checked.user_id, "user_id", USER_ID_LENGTH)
@@ -202,6 +205,7 @@ class SQLAlchemyDatabase(AgentDatabase):
     async def get_current_thread_id(self, user_id: str) -> str | None:
         return (await self.get_user(user_id)).current_thread_id
 
+    @traced("user_id", "thread_id")
     async def set_current_thread_id(self, user_id: str, thread_id: str | None) -> None:
         check_id(user_id, "user_id", USER_ID_LENGTH)
         if thread_id is not None:
@@ -212,6 +216,7 @@ class SQLAlchemyDatabase(AgentDatabase):
             lambda s: UserRepository(s, self._agent_key).set_current_thread(user_id, thread_id, now)
         )
 
+    @traced("user_id")
     async def credit(self, user_id: str, amount: int) -> int:
         check_id(user_id, "user_id", USER_ID_LENGTH)
         check_amount(amount, "amount")
@@ -221,6 +226,7 @@ class SQLAlchemyDatabase(AgentDatabase):
             lambda s: UserRepository(s, self._agent_key).credit(user_id, amount, now, last=True)
         )
 
+    @traced("user_id")
     async def debit(self, user_id: str, amount: int) -> int:
         check_id(user_id, "user_id", USER_ID_LENGTH)
         check_amount(amount, "amount")
@@ -240,6 +246,7 @@ class SQLAlchemyDatabase(AgentDatabase):
 
         return await self._runner.run(work)
 
+    @traced("thread_id", "user_id")
     async def add_message(
         self,
         thread_id: str,
@@ -285,6 +292,7 @@ class SQLAlchemyDatabase(AgentDatabase):
         )
         return self._stored(new, new.thread_id, new.user_id, idx, now)
 
+    @traced("thread_id", "user_id")
     async def add_messages(
         self, thread_id: str, user_id: str, messages: Iterable[Mapping[str, Any]]
     ) -> list[Message]:
@@ -367,6 +375,7 @@ class SQLAlchemyDatabase(AgentDatabase):
             created_at=now,
         )
 
+    @traced("user_id")
     async def list_threads(
         self, user_id: str, *, limit: int | None = None, before: ThreadInfo | None = None
     ) -> list[ThreadInfo]:
@@ -380,6 +389,7 @@ class SQLAlchemyDatabase(AgentDatabase):
             read=True,
         )
 
+    @traced("thread_id", "user_id")
     async def get_messages(
         self,
         thread_id: str,

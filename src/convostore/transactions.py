@@ -45,6 +45,7 @@ from convostore.options import deadline_of
 from convostore.pgbouncer import runs_in_transactions
 from convostore.replicas import REPLICAS_OPTION, ReadYourWrites, ReplicaSet
 from convostore.sqlite_driver import OWNED
+from convostore.telemetry import note_retry
 
 __all__ = ["MAX_ATTEMPTS", "TransactionRunner"]
 
@@ -215,6 +216,7 @@ class TransactionRunner:
                 except sa_exc.DBAPIError as exc:
                     if attempt >= MAX_ATTEMPTS or not is_retryable(exc):
                         raise
+                note_retry()
                 delay = min(_MAX_DELAY, _BASE_DELAY * 2**attempt)
                 await asyncio.sleep(random.uniform(0, delay))
                 attempt += 1
