@@ -18,7 +18,7 @@ PEERS ?= .peers
 PEER_SDISTS := axio-context-sqlite==0.12.2 agentstr-sdk==0.6.15
 PEERS_STAMP := $(PEERS)/.downloaded
 
-.PHONY: venv venv312 peers demo test pytest pytest312 compat lint format bench docs clean
+.PHONY: venv venv312 peers demo test pytest pytest312 compat lint format bench docs clean scale-servers
 
 venv: $(STAMP)
 
@@ -82,6 +82,20 @@ $(VENV_SA20)/.installed: pyproject.toml
 	$(VENV_SA20)/bin/python -m pip install --quiet --upgrade pip
 	$(VENV_SA20)/bin/python -m pip install --quiet -e '.[dev,postgresql,mysql]' 'sqlalchemy[asyncio]>=2.0.36,<2.1'
 	touch $@
+
+# What the suite's "running at scale" backends need on this machine (run as root, by
+# .ci/run): Debian's PgBouncer for the `pgbouncer` backend, and a pg_hba.conf line letting
+# pg_basebackup stream from the local PostgreSQL for the `replica` backend (the standby
+# itself is made and removed by the tests). Each step is skipped when already done.
+PG_HBA ?= $(shell psql -h 127.0.0.1 -U postgres -Atc 'SHOW hba_file' 2>/dev/null)
+
+scale-servers:
+	command -v pgbouncer >/dev/null || test -x /usr/sbin/pgbouncer || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer; }
+	@test -n "$(PG_HBA)" || { echo "PostgreSQL is not running on 127.0.0.1:5432"; exit 1; }
+	grep -Eq '^host[[:space:]]+replication[[:space:]]' $(PG_HBA) || { \
+		echo 'host replication all 127.0.0.1/32 trust' >> $(PG_HBA) && \
+		psql -h 127.0.0.1 -U postgres -Atqc 'SELECT pg_reload_conf()'; }
 
 lint: venv
 	$(BIN)/ruff check src tests migrations examples bench docs/_griffe

@@ -2,9 +2,12 @@
 
 Names: ``memory`` (the in-memory reference implementations, contract suites only),
 ``sqlite`` (a file per test, plus ``:memory:`` for the contract suites), ``postgresql``,
-``mariadb``. Default: all of them. A server that cannot be reached is skipped with the
-reason, except with ``CI=true``, where every named backend is required and an unreachable
-one fails the run.
+``mariadb``, ``pgbouncer`` (the local PostgreSQL through a PgBouncer in transaction pooling
+mode that the suite starts; the contract, concurrency and fault suites only, see
+:data:`WITH_PGBOUNCER`) and ``replica`` (a streaming standby of the local PostgreSQL that
+the suite makes, for ``tests/scale``). Default: all of them. A server that cannot be
+reached is skipped with the reason, except with ``CI=true``, where every named backend is
+required and an unreachable one fails the run.
 
 Server URLs come from ``CONVOSTORE_TEST_POSTGRESQL_URL`` and ``CONVOSTORE_TEST_MARIADB_URL``
 (defaults: the machine's ``postgres@127.0.0.1:5432`` and ``root@127.0.0.1:3306``). Each test
@@ -31,11 +34,14 @@ from sqlalchemy.pool import NullPool
 
 from convostore import migrate
 from convostore.engine import create_engine
+from tests.servers import PgBouncer
 
 T = TypeVar("T")
 
-ALL_BACKENDS = ("memory", "sqlite", "postgresql", "mariadb")
-SERVER_BACKENDS = ("postgresql", "mariadb")
+ALL_BACKENDS = ("memory", "sqlite", "postgresql", "mariadb", "pgbouncer", "replica")
+SERVER_BACKENDS = ("postgresql", "mariadb", "pgbouncer")
+# Backends reached through the PostgreSQL dialect.
+POSTGRESQL_BACKENDS = frozenset({"postgresql", "pgbouncer"})
 DEFAULT_URLS = {
     "postgresql": "postgresql+asyncpg://postgres@127.0.0.1:5432/test",
     "mariadb": "mysql+asyncmy://root@127.0.0.1:3306/test",
@@ -63,6 +69,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def in_ci() -> bool:
+    """Whether this run must have every backend (``CI=true``)."""
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
@@ -74,9 +81,37 @@ def selected_backends(config: pytest.Config) -> list[str]:
     return names
 
 
+def is_postgresql(backend: str) -> bool:
+    """Whether ``backend`` is PostgreSQL, directly or through PgBouncer."""
+    return backend in POSTGRESQL_BACKENDS
+
+
 def server_admin_url(name: str) -> URL:
+    """The URL of server ``name``'s maintenance database (PgBouncer's: its PostgreSQL's)."""
+    if name == "pgbouncer":
+        name = "postgresql"
     env = f"CONVOSTORE_TEST_{name.upper()}_URL"
     return make_url(os.environ.get(env) or DEFAULT_URLS[name])
+
+
+_pgbouncer: PgBouncer | None = None
+
+
+def pgbouncer() -> PgBouncer:
+    """This session's PgBouncer (started on first use, stopped when the session ends)."""
+    global _pgbouncer
+    if _pgbouncer is None:
+        upstream = server_admin_url("postgresql")
+        bouncer = PgBouncer(upstream.host or "127.0.0.1", upstream.port or 5432)
+        bouncer.start()
+        _pgbouncer = bouncer
+    return _pgbouncer
+
+
+def through_pgbouncer(url: URL) -> URL:
+    """The same PostgreSQL database, reached through this session's PgBouncer."""
+    assert url.database is not None
+    return pgbouncer().url(url.database, user=url.username or "postgres")
 
 
 @dataclass
@@ -91,9 +126,19 @@ class ServerDatabase:
 _servers: dict[str, ServerDatabase] = {}
 
 
+def direct_url(url: URL) -> URL:
+    """``url`` itself, or for a URL through this session's PgBouncer, PostgreSQL's own."""
+    if _pgbouncer is None or url.port != _pgbouncer.port:
+        return url
+    admin = server_admin_url("postgresql")
+    return admin.set(database=url.database)
+
+
 async def _create_database(name: str) -> URL:
     admin = server_admin_url(name)
     engine = create_engine(admin, poolclass=NullPool, connect_args=_timeout_args(name))
+    if name == "pgbouncer":
+        pgbouncer()
     database = f"convostore_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     try:
         async with engine.connect() as conn:
@@ -101,6 +146,8 @@ async def _create_database(name: str) -> URL:
             await conn.execute(text(f"CREATE DATABASE {database}"))
     finally:
         await engine.dispose()
+    if name == "pgbouncer":
+        return through_pgbouncer(admin.set(database=database))
     return admin.set(database=database)
 
 
@@ -108,6 +155,8 @@ async def drop_database(url: URL) -> None:
     """Drop a test database created by :func:`create_server_database`."""
     name = "postgresql" if url.get_backend_name() == "postgresql" else "mariadb"
     admin = server_admin_url(name)
+    # Through PgBouncer or not, the database lives on the PostgreSQL server; WITH (FORCE)
+    # also ends PgBouncer's server connections to it.
     engine = create_engine(admin, poolclass=NullPool)
     try:
         async with engine.connect() as conn:
@@ -139,7 +188,7 @@ def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
 
 
 def _timeout_args(name: str) -> dict[str, object]:
-    return {"timeout": 5} if name == "postgresql" else {"connect_timeout": 5}
+    return {"timeout": 5} if is_postgresql(name) else {"connect_timeout": 5}
 
 
 def server_database(name: str) -> ServerDatabase:
@@ -155,9 +204,13 @@ def server_database(name: str) -> ServerDatabase:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    global _pgbouncer
     for server in _servers.values():
         if server.url is not None:
             run_sync(drop_database(server.url))
+    if _pgbouncer is not None:
+        _pgbouncer.stop()
+        _pgbouncer = None
 
 
 def require_backend(config: pytest.Config, name: str) -> None:
@@ -190,14 +243,21 @@ SQL_BACKENDS = [
     pytest.param("postgresql", marks=pytest.mark.postgresql),
     pytest.param("mariadb", marks=pytest.mark.mariadb),
 ]
+WITH_PGBOUNCER = [*SQL_BACKENDS, pytest.param("pgbouncer", marks=pytest.mark.pgbouncer)]
+"""The ``backend`` fixture's params for suites that must also hold behind a transaction
+pooler (contract, concurrency, faults), which override the fixture with
+``backend = pytest.fixture(params=WITH_PGBOUNCER)(selected_backend)``. The other suites
+would only test PostgreSQL twice."""
 
 
-@pytest.fixture(params=SQL_BACKENDS)
-def backend(request: pytest.FixtureRequest) -> str:
+def selected_backend(request: pytest.FixtureRequest) -> str:
     """The name of a SQL backend; tests using it run once per selected backend."""
     name: str = request.param
     require_backend(request.config, name)
     return name
+
+
+backend = pytest.fixture(params=SQL_BACKENDS)(selected_backend)
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ from convostore.errors import (
     ConflictError,
     ConvostoreError,
     DatabaseError,
+    DeadlineExceeded,
     InsufficientBalance,
     NotFoundError,
     SchemaVersionError,
@@ -26,6 +27,7 @@ from convostore.errors import (
 from convostore.interfaces import AgentDatabase, ContextStore
 from convostore.memory import InMemoryContextStore, InMemoryDatabase, MemoryStorage
 from convostore.models import ContextMessage, Message, SessionInfo, User
+from convostore.replicas import ReadReplicas
 from convostore.types import CompressedJSON, UTCDateTime
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
     "ConvostoreError",
     "Database",
     "DatabaseError",
+    "DeadlineExceeded",
     "Engine",
     "InMemoryContextStore",
     "InMemoryDatabase",
@@ -45,6 +48,7 @@ __all__ = [
     "MemoryStorage",
     "Message",
     "NotFoundError",
+    "ReadReplicas",
     "SQLAlchemyContextStore",
     "SQLAlchemyDatabase",
     "SchemaVersionError",

@@ -39,15 +39,22 @@ from convostore.models import (
     encoded_context_messages,
     scoped_project,
 )
+from convostore.replicas import ReplicaUrls, attach_replicas, replica_set
 from convostore.repositories import ContextAppend, SessionRepository, append_context_batch
 from convostore.settings import redact
 from convostore.tables import CLIENT_ID_LENGTH, PROJECT_LENGTH, SESSION_ID_LENGTH
+from convostore.telemetry import traced
 from convostore.transactions import TransactionRunner
 
 __all__ = ["SQLAlchemyContextStore", "connect", "default_project"]
 
 
-async def connect(url: str | Path | URL | None = None, *, migrate: bool | None = None) -> Engine:
+async def connect(
+    url: str | Path | URL | None = None,
+    *,
+    migrate: bool | None = None,
+    read_url: ReplicaUrls | None = None,
+) -> Engine:
     """Open the database at ``url`` (a path or URL) with its schema at head.
 
     SQLite gets WAL, a 5 s busy timeout, ``synchronous=NORMAL`` and foreign keys, and is
@@ -57,11 +64,16 @@ async def connect(url: str | Path | URL | None = None, *, migrate: bool | None =
     The result is an :class:`~convostore.engine.Engine`: an ``AsyncEngine`` that the caller
     closes with ``await engine.close()`` (or ``dispose()``, or ``async with``).
 
+    ``read_url``: PostgreSQL read replicas (one URL, a list, or
+    :class:`~convostore.replicas.ReadReplicas`); stores on the engine read from them, with
+    read-your-writes (see :mod:`convostore.replicas`). Closing the engine closes them.
+
     Raises:
         SchemaVersionError: The schema is not at head and may not be migrated here.
     """
     engine = create_engine(str(url) if isinstance(url, Path) else url)
     try:
+        attach_replicas(engine, replica_set(read_url))
         await migrations.prepare(engine, migrate=migrate)
     except BaseException:
         await engine.dispose()
@@ -87,6 +99,8 @@ class SQLAlchemyContextStore(ContextStore):
             underscores. ``None``, the default namespace, is where every other store and
             the CLI look.
         migrate: As for :func:`connect`, when this store opens or first uses the engine.
+        read_url: PostgreSQL read replicas for this store's reads (one URL, a list, or
+            :class:`~convostore.replicas.ReadReplicas`); :meth:`close` closes them.
 
     Raises:
         ConfigurationError: Both ``engine`` and ``url`` were given.
@@ -102,6 +116,7 @@ class SQLAlchemyContextStore(ContextStore):
         project: str | None = None,
         namespace: str | None = None,
         migrate: bool | None = None,
+        read_url: ReplicaUrls | None = None,
     ) -> None:
         if engine is not None and url is not None:
             raise ConfigurationError("give engine or url, not both")
@@ -115,7 +130,10 @@ class SQLAlchemyContextStore(ContextStore):
         # What the project and session columns hold: every statement is scoped by it.
         self._scope = scoped_project(self._namespace, self._project, PROJECT_LENGTH)
         self._owns_engine = engine is None
-        self._runner = TransactionRunner(engine if engine is not None else create_engine(url))
+        self._replicas = replica_set(read_url)
+        self._runner = TransactionRunner(
+            engine if engine is not None else create_engine(url), replicas=self._replicas
+        )
         self._migrate = migrate
 
     @property
@@ -159,6 +177,7 @@ class SQLAlchemyContextStore(ContextStore):
         view = copy.copy(self)
         view._runner = runner
         view._owns_engine = False
+        view._replicas = None
         return view
 
     def with_session(self, session_id: str) -> Self:
@@ -166,8 +185,10 @@ class SQLAlchemyContextStore(ContextStore):
         other = copy.copy(self)
         other._session_id = check_id(session_id, "session_id", SESSION_ID_LENGTH)
         other._owns_engine = False
+        other._replicas = None
         return other
 
+    @traced()
     async def append(
         self, message: ContextMessage, *, client_id: str | None = None
     ) -> StoredContextMessage:
@@ -197,8 +218,12 @@ class SQLAlchemyContextStore(ContextStore):
             _append_one,
             one_autocommit=appends_in_one_statement(family(self.engine)),
         )
-        position = await committer.submit(
-            ContextAppend(self._scope, self._session_id, checked.role, data, now, checked.preview())
+        position = await self._runner.noting_write(
+            committer.submit(
+                ContextAppend(
+                    self._scope, self._session_id, checked.role, data, now, checked.preview()
+                )
+            )
         )
         return construct(
             StoredContextMessage,
@@ -211,6 +236,7 @@ class SQLAlchemyContextStore(ContextStore):
             },
         )
 
+    @traced()
     async def append_many(
         self,
         messages: Iterable[ContextMessage],
@@ -263,18 +289,21 @@ class SQLAlchemyContextStore(ContextStore):
             work, autocommit=one_statement, rerun_on_conflict=retry_key is not None
         )
 
+    @traced()
     async def get_history(self) -> list[ContextMessage]:
         await self._ensure_ready()
-        return await self._runner.run(lambda s: self._repo(s).history())
+        return await self._runner.run(lambda s: self._repo(s).history(), read=True)
 
+    @traced()
     async def get_last(self, count: int) -> list[ContextMessage]:
         """The last ``count`` messages in insertion order (fewer if the session is shorter)."""
         check_amount(count, "count")
         if count == 0:
             return []
         await self._ensure_ready()
-        return await self._runner.run(lambda s: self._repo(s).last(count))
+        return await self._runner.run(lambda s: self._repo(s).last(count), read=True)
 
+    @traced()
     async def replace_history(self, messages: Iterable[ContextMessage]) -> None:
         """Make ``messages`` the session's whole history, in one transaction.
 
@@ -289,15 +318,18 @@ class SQLAlchemyContextStore(ContextStore):
         rows = [(m.role, data) for m, data in checked]
         await self._runner.run(lambda s: self._repo(s).replace(rows, now, preview))
 
+    @traced()
     async def pop(self) -> ContextMessage | None:
         """Remove the last message and return it, atomically; ``None`` if there is none."""
         await self._ensure_ready()
         return await self._runner.run(lambda s: self._repo(s).pop_last())
 
+    @traced()
     async def clear(self) -> None:
         await self._ensure_ready()
         await self._runner.run(lambda s: self._repo(s).delete())
 
+    @traced()
     async def fork(self, *, at: int | None = None) -> SQLAlchemyContextStore:
         """A new session in the same project with a copy of the history and tokens.
 
@@ -316,6 +348,7 @@ class SQLAlchemyContextStore(ContextStore):
         await self._runner.run(lambda s: self._repo(s).copy_to(new_id, now, at=at))
         return self.with_session(new_id)
 
+    @traced()
     async def get_messages(
         self,
         *,
@@ -339,9 +372,11 @@ class SQLAlchemyContextStore(ContextStore):
         return await self._runner.run(
             lambda s: self._repo(s).window(
                 after=after, before=before, limit=limit, newest_first=reverse
-            )
+            ),
+            read=True,
         )
 
+    @traced()
     async def set_context_tokens(self, input_tokens: int, output_tokens: int) -> None:
         check_amount(input_tokens, "input_tokens")
         check_amount(output_tokens, "output_tokens")
@@ -349,6 +384,7 @@ class SQLAlchemyContextStore(ContextStore):
         now = _now()
         await self._runner.run(lambda s: self._repo(s).set_tokens(input_tokens, output_tokens, now))
 
+    @traced()
     async def add_context_tokens(self, input_tokens: int, output_tokens: int) -> None:
         check_amount(input_tokens, "input_tokens")
         check_amount(output_tokens, "output_tokens")
@@ -356,10 +392,12 @@ class SQLAlchemyContextStore(ContextStore):
         now = _now()
         await self._runner.run(lambda s: self._repo(s).add_tokens(input_tokens, output_tokens, now))
 
+    @traced()
     async def get_context_tokens(self) -> tuple[int, int]:
         await self._ensure_ready()
-        return await self._runner.run(lambda s: self._repo(s).tokens())
+        return await self._runner.run(lambda s: self._repo(s).tokens(), read=True)
 
+    @traced()
     async def list_sessions(
         self, *, limit: int | None = None, before: SessionInfo | None = None
     ) -> list[SessionInfo]:
@@ -371,13 +409,15 @@ class SQLAlchemyContextStore(ContextStore):
         check_page(limit, before, SessionInfo)
         await self._ensure_ready()
         return await self._runner.run(
-            lambda s: self._repo(s).list_project(limit=limit, before=before)
+            lambda s: self._repo(s).list_project(limit=limit, before=before), read=True
         )
 
     async def close(self) -> None:
         """Dispose of the engine if this store opened it; a shared engine is left alone."""
         if self._owns_engine:
             await self.engine.dispose()
+        if self._replicas is not None:
+            await self._replicas.dispose()
 
     def _repo(self, session: Executor) -> SessionRepository:
         return SessionRepository(session, self._scope, self._session_id)

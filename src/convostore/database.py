@@ -41,6 +41,7 @@ from convostore.models import (
     new_message_batch,
     validated,
 )
+from convostore.replicas import ReplicaUrls, replica_set
 from convostore.repositories import (
     ThreadAppend,
     ThreadRepository,
@@ -55,6 +56,7 @@ from convostore.tables import (
     THREAD_ID_LENGTH,
     USER_ID_LENGTH,
 )
+from convostore.telemetry import traced
 from convostore.transactions import TransactionRunner
 
 __all__ = ["DEFAULT_AGENT_KEY", "Database", "SQLAlchemyDatabase"]
@@ -74,6 +76,8 @@ class SQLAlchemyDatabase(AgentDatabase):
         agent_name: The agent whose rows this object sees; ``None`` is a valid agent.
         migrate: Bring the schema to head in :meth:`async_init`. Default: yes for SQLite,
             no (only check) for server databases.
+        read_url: PostgreSQL read replicas for this object's reads (one URL, a list, or
+            :class:`~convostore.replicas.ReadReplicas`); :meth:`close` closes them.
 
     Raises:
         ConfigurationError: Both or neither-and-unresolvable of ``conn_str`` and ``engine``.
@@ -87,6 +91,7 @@ class SQLAlchemyDatabase(AgentDatabase):
         engine: AsyncEngine | None = None,
         agent_name: str | None = None,
         migrate: bool | None = None,
+        read_url: ReplicaUrls | None = None,
     ) -> None:
         if conn_str is not None and engine is not None:
             raise ConfigurationError("give conn_str or engine, not both")
@@ -108,7 +113,8 @@ class SQLAlchemyDatabase(AgentDatabase):
             self.conn_str = engine.url.render_as_string(hide_password=True)
             self._owns_engine = False
         self._migrate = migrate
-        self._runner = TransactionRunner(engine)
+        self._replicas = replica_set(read_url)
+        self._runner = TransactionRunner(engine, replicas=self._replicas)
         self.conn: AsyncEngine | None = None
         """agentstr's attribute: ``None`` until :meth:`async_init`, then the engine (agentstr's
         agent server tests it to know whether to initialise the database)."""
@@ -145,6 +151,8 @@ class SQLAlchemyDatabase(AgentDatabase):
         self.conn = None
         if self._owns_engine:
             await self.engine.dispose()
+        if self._replicas is not None:
+            await self._replicas.dispose()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Self]:
@@ -171,14 +179,19 @@ class SQLAlchemyDatabase(AgentDatabase):
         view = copy.copy(self)
         view._runner = runner
         view._owns_engine = False
+        view._replicas = None
         return view
 
+    @traced("user_id")
     async def get_user(self, user_id: str) -> User:
         check_id(user_id, "user_id", USER_ID_LENGTH)
         await self.async_init()
-        stored = await self._runner.run(lambda s: UserRepository(s, self._agent_key).get(user_id))
+        stored = await self._runner.run(
+            lambda s: UserRepository(s, self._agent_key).get(user_id), read=True
+        )
         return stored if stored is not None else User(user_id=user_id)
 
+    @traced()
     async def upsert_user(self, user: User) -> None:
         checked = validated(User, user)
         check_id(checked.user_id, "user_id", USER_ID_LENGTH)
@@ -192,6 +205,7 @@ class SQLAlchemyDatabase(AgentDatabase):
     async def get_current_thread_id(self, user_id: str) -> str | None:
         return (await self.get_user(user_id)).current_thread_id
 
+    @traced("user_id", "thread_id")
     async def set_current_thread_id(self, user_id: str, thread_id: str | None) -> None:
         check_id(user_id, "user_id", USER_ID_LENGTH)
         if thread_id is not None:
@@ -202,6 +216,7 @@ class SQLAlchemyDatabase(AgentDatabase):
             lambda s: UserRepository(s, self._agent_key).set_current_thread(user_id, thread_id, now)
         )
 
+    @traced("user_id")
     async def credit(self, user_id: str, amount: int) -> int:
         check_id(user_id, "user_id", USER_ID_LENGTH)
         check_amount(amount, "amount")
@@ -211,6 +226,7 @@ class SQLAlchemyDatabase(AgentDatabase):
             lambda s: UserRepository(s, self._agent_key).credit(user_id, amount, now, last=True)
         )
 
+    @traced("user_id")
     async def debit(self, user_id: str, amount: int) -> int:
         check_id(user_id, "user_id", USER_ID_LENGTH)
         check_amount(amount, "amount")
@@ -230,6 +246,7 @@ class SQLAlchemyDatabase(AgentDatabase):
 
         return await self._runner.run(work)
 
+    @traced("thread_id", "user_id")
     async def add_message(
         self,
         thread_id: str,
@@ -270,9 +287,12 @@ class SQLAlchemyDatabase(AgentDatabase):
             _add_one,
             one_autocommit=appends_in_one_statement(family(self.engine)),
         )
-        idx = await committer.submit(ThreadAppend(self._agent_key, new.thread_id, row))
+        idx = await self._runner.noting_write(
+            committer.submit(ThreadAppend(self._agent_key, new.thread_id, row))
+        )
         return self._stored(new, new.thread_id, new.user_id, idx, now)
 
+    @traced("thread_id", "user_id")
     async def add_messages(
         self, thread_id: str, user_id: str, messages: Iterable[Mapping[str, Any]]
     ) -> list[Message]:
@@ -355,6 +375,7 @@ class SQLAlchemyDatabase(AgentDatabase):
             created_at=now,
         )
 
+    @traced("user_id")
     async def list_threads(
         self, user_id: str, *, limit: int | None = None, before: ThreadInfo | None = None
     ) -> list[ThreadInfo]:
@@ -364,9 +385,11 @@ class SQLAlchemyDatabase(AgentDatabase):
         return await self._runner.run(
             lambda s: ThreadRepository(s, self._agent_key).threads_of(
                 user_id, limit=limit, before=before
-            )
+            ),
+            read=True,
         )
 
+    @traced("thread_id", "user_id")
     async def get_messages(
         self,
         thread_id: str,
@@ -392,7 +415,8 @@ class SQLAlchemyDatabase(AgentDatabase):
                 before_idx=before_idx,
                 after_idx=after_idx,
                 reverse=reverse,
-            )
+            ),
+            read=True,
         )
         return [message_from_row(row, self.agent_name) for row in rows]
 
@@ -402,6 +426,7 @@ def Database(  # noqa: N802 - agentstr's factory is a function named like a clas
     *,
     agent_name: str | None = None,
     migrate: bool | None = None,
+    read_url: ReplicaUrls | None = None,
 ) -> SQLAlchemyDatabase:
     """Create the agent database for a connection string, like agentstr's ``Database``.
 
@@ -411,7 +436,7 @@ def Database(  # noqa: N802 - agentstr's factory is a function named like a clas
     """
     if isinstance(conn_str, URL):
         conn_str = conn_str.render_as_string(hide_password=False)
-    return SQLAlchemyDatabase(conn_str, agent_name=agent_name, migrate=migrate)
+    return SQLAlchemyDatabase(conn_str, agent_name=agent_name, migrate=migrate, read_url=read_url)
 
 
 def _message_row(

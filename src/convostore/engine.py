@@ -6,6 +6,7 @@ This is one of the two places where backends differ (the other is
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from types import TracebackType
@@ -16,10 +17,18 @@ from sqlalchemy.dialects.sqlite.aiosqlite import SQLiteDialect_aiosqlite
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
+from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, QueuePool
 
-from convostore import sqlite_driver
+from convostore import pgbouncer, sqlite_driver
 from convostore.errors import ConfigurationError
+from convostore.options import (
+    DEADLINE_OPTION,
+    PGBOUNCER_OPTION,
+    QUERY_KEYS,
+    UrlOptions,
+    parse_deadline,
+    url_options,
+)
 from convostore.settings import is_memory_sqlite, redact, resolve_url
 
 __all__ = ["Engine", "Family", "create_engine", "family", "family_from_name", "sqlite_path"]
@@ -51,6 +60,16 @@ class Engine(AsyncEngine):
         """Close every pooled connection: the same as ``dispose()``."""
         await self.dispose()
 
+    async def dispose(self, close: bool = True) -> None:
+        """Close every pooled connection, and those of the read replicas it was given."""
+        await super().dispose(close)
+        # Imported here: convostore.replicas creates engines with this module.
+        from convostore.replicas import replicas_of
+
+        replicas = replicas_of(self)
+        if replicas is not None:
+            await replicas.dispose()
+
     async def __aenter__(self) -> Self:
         return self
 
@@ -63,8 +82,15 @@ class Engine(AsyncEngine):
         await self.dispose()
 
 
+_FROM_URL: Any = object()
+
+
 def create_engine(
-    url: str | URL | None = None, *, fast_sqlite: bool | None = None, **kwargs: Any
+    url: str | URL | None = None,
+    *,
+    fast_sqlite: bool | None = None,
+    deadline: float | None = _FROM_URL,
+    **kwargs: Any,
 ) -> Engine:
     """Create an :class:`Engine` (an ``AsyncEngine``) with convostore's defaults.
 
@@ -83,16 +109,30 @@ def create_engine(
     trip per statement) unless ``fast_sqlite=False`` or the environment sets
     ``CONVOSTORE_SQLITE_DRIVER=aiosqlite``.
 
+    The URL's query string may carry convostore's own options (see
+    :mod:`convostore.options`): ``deadline``, ``pgbouncer``, ``pool_size``,
+    ``max_overflow``, ``pool_timeout``, ``pool_recycle`` and ``pool_pre_ping``. The
+    per-call deadline also bounds each lock wait on the server: SQLite's busy timeout is
+    at most the deadline, MySQL/MariaDB's ``innodb_lock_wait_timeout`` is set to it
+    (rounded up to whole seconds) when a connection opens, and on PostgreSQL asyncpg
+    cancels the running statement on the server when the deadline strikes (no startup
+    parameter, which PgBouncer would refuse).
+
     Args:
         url: Anything :func:`convostore.settings.resolve_url` accepts.
         fast_sqlite: Use the thin SQLite adapter (default: yes, see above).
+        deadline: Seconds one public call of a façade on this engine may take, retries
+            and lock waits included; ``0`` or ``None``: no deadline. Default: the URL's
+            ``deadline``, else :data:`convostore.options.DEFAULT_DEADLINE_S`.
         **kwargs: Passed to :func:`sqlalchemy.ext.asyncio.create_async_engine`, overriding
-            the defaults.
+            the defaults and the URL's pool options.
 
     Raises:
         ConfigurationError: The URL is invalid or its driver is not installed.
     """
     resolved = resolve_url(url)
+    from_url = url_options(resolved)
+    deadline = from_url.deadline if deadline is _FROM_URL else parse_deadline(deadline)
     options: dict[str, Any] = {}
     thin_driver = None
     kind = family_from_name(resolved.get_backend_name())
@@ -106,7 +146,9 @@ def create_engine(
         if fast_sqlite is None:
             fast_sqlite = os.environ.get("CONVOSTORE_SQLITE_DRIVER", "fast") != "aiosqlite"
         if fast_sqlite and resolved.drivername == "sqlite+aiosqlite":
-            cargs, cparams = SQLiteDialect_aiosqlite().create_connect_args(resolved)
+            cargs, cparams = SQLiteDialect_aiosqlite().create_connect_args(
+                resolved.difference_update_query(QUERY_KEYS)
+            )
             cparams.update(kwargs.pop("connect_args", {}))
             options["async_creator"] = thin_driver = sqlite_driver.creator(*cargs, **cparams)
     elif resolved.drivername == "postgresql+asyncpg":
@@ -118,7 +160,22 @@ def create_engine(
         options["pool_pre_ping"] = True
         if kind == "mysql":
             resolved = resolved.update_query_dict({"charset": "utf8mb4"})
+    pool = dict(from_url.pool)
+    poolclass = kwargs.get("poolclass")
+    if poolclass is not None and not issubclass(poolclass, QueuePool):
+        # NullPool, StaticPool...: they have no size, overflow or checkout wait.
+        for name in ("pool_size", "max_overflow", "pool_timeout"):
+            pool.pop(name, None)
+    options.update(pool)
     options.update(kwargs)
+    options["execution_options"] = {
+        DEADLINE_OPTION: deadline,
+        PGBOUNCER_OPTION: from_url.pgbouncer == "transaction",
+        **options.get("execution_options", {}),
+    }
+    if kind == "sqlite":
+        # SQLite's dialects would warn about query arguments they do not know.
+        resolved = resolved.difference_update_query(QUERY_KEYS)
     try:
         engine = Engine(create_async_engine(resolved, **options).sync_engine)
     except ImportError as exc:
@@ -126,13 +183,29 @@ def create_engine(
             f"the driver for {redact(resolved)!r} is not installed ({exc.name}); "
             "install convostore[postgresql] or convostore[mysql]"
         ) from exc
+    event.listen(engine.sync_engine, "do_connect", _connect_arguments(from_url))
     if kind == "sqlite":
-        event.listen(engine.sync_engine, "connect", _configure_sqlite)
+        event.listen(engine.sync_engine, "connect", _sqlite_configurer(deadline))
         if thin_driver is not None and options["async_creator"] is thin_driver:
             event.listen(engine.sync_engine, "before_cursor_execute", sqlite_driver.hand_over)
-    elif not engine.sync_engine.pool._pre_ping and resolved.drivername == "postgresql+asyncpg":
+    elif kind == "mysql" and deadline is not None:
+        event.listen(engine.sync_engine, "connect", _mysql_lock_wait(deadline))
+    if not engine.sync_engine.pool._pre_ping and resolved.drivername == "postgresql+asyncpg":
         event.listen(engine.sync_engine, "checkout", _drop_closed_asyncpg)
     return engine
+
+
+def _connect_arguments(from_url: UrlOptions) -> Any:
+    """A ``do_connect`` hook: drop convostore's query parameters, add what the driver needs."""
+
+    def hook(_dialect: Any, _record: Any, _cargs: Any, cparams: dict[str, Any]) -> None:
+        for key in QUERY_KEYS:
+            cparams.pop(key, None)
+        if from_url.pgbouncer == "transaction":
+            for key, value in pgbouncer.DRIVER_ARGUMENTS.items():
+                cparams.setdefault(key, value)
+
+    return hook
 
 
 def family(engine: AsyncEngine) -> Family:
@@ -170,10 +243,33 @@ def _drop_closed_asyncpg(
         raise DisconnectionError("the server closed this connection")
 
 
-def _configure_sqlite(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
-    cursor = dbapi_connection.cursor()
-    try:
-        for pragma in SQLITE_PRAGMAS:
-            cursor.execute(pragma)
-    finally:
-        cursor.close()
+def _sqlite_configurer(deadline: float | None) -> Any:
+    pragmas: tuple[str, ...] = SQLITE_PRAGMAS
+    if deadline is not None and deadline * 1000 < SQLITE_BUSY_TIMEOUT_MS:
+        # A lock wait may not outlast the call's deadline.
+        busy = f"PRAGMA busy_timeout={math.ceil(deadline * 1000)}"
+        pragmas = tuple(busy if "busy_timeout" in p else p for p in SQLITE_PRAGMAS)
+
+    def configure(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            for pragma in pragmas:
+                cursor.execute(pragma)
+        finally:
+            cursor.close()
+
+    return configure
+
+
+def _mysql_lock_wait(deadline: float) -> Any:
+    # Whole seconds, at least 1. A session setting: the pool's reset (a rollback) keeps it.
+    statement = f"SET SESSION innodb_lock_wait_timeout = {max(1, math.ceil(deadline))}"
+
+    def configure(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(statement)
+        finally:
+            cursor.close()
+
+    return configure

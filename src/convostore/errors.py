@@ -17,6 +17,7 @@ __all__ = [
     "ConflictError",
     "ConvostoreError",
     "DatabaseError",
+    "DeadlineExceeded",
     "InsufficientBalance",
     "NotFoundError",
     "SchemaVersionError",
@@ -65,6 +66,16 @@ class DatabaseError(ConvostoreError):
     Usually nothing was applied, but a connection lost during ``COMMIT`` leaves that
     unknown: retry writes that carry a ``client_id`` (a repeat is stored once), and check
     before retrying those that do not.
+    """
+
+
+class DeadlineExceeded(DatabaseError, TimeoutError):  # noqa: N818 - named like asyncio's
+    """A call did not finish within its deadline (see :mod:`convostore.options`).
+
+    The deadline covers everything the call does: waiting for a pooled connection, lock
+    waits, retries and their pauses. As with any :class:`DatabaseError`, a write whose
+    ``COMMIT`` was in flight when the deadline struck may have been applied. Also a
+    ``TimeoutError``, so code that handles timeouts generically catches it.
     """
 
 

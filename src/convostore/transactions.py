@@ -38,9 +38,14 @@ from typing import TypeVar
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from convostore.deadlines import Deadline
 from convostore.dialects import Executor, is_retryable
 from convostore.errors import ConfigurationError, ConflictError, translate_errors
+from convostore.options import deadline_of
+from convostore.pgbouncer import runs_in_transactions
+from convostore.replicas import REPLICAS_OPTION, ReadYourWrites, ReplicaSet
 from convostore.sqlite_driver import OWNED
+from convostore.telemetry import note_retry
 
 __all__ = ["MAX_ATTEMPTS", "TransactionRunner"]
 
@@ -54,7 +59,13 @@ _MAX_DELAY = 0.2
 class TransactionRunner:
     """Runs repository work in a transaction it owns, or in the caller's session."""
 
-    def __init__(self, engine: AsyncEngine, *, bound: AsyncSession | None = None) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        bound: AsyncSession | None = None,
+        replicas: ReplicaSet | None = None,
+    ) -> None:
         self.engine = engine
         self.bound = bound
         # transaction() hands a session to the caller's block, which decides when it ends.
@@ -66,6 +77,15 @@ class TransactionRunner:
         self._owned = engine.execution_options(**{OWNED: True})
         # The same pool; the connection is switched to autocommit for the checkout only.
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        # Behind PgBouncer's transaction pooling nothing may run outside a transaction.
+        self._transactions_only = runs_in_transactions(engine)
+        self.deadline = deadline_of(engine.get_execution_options())
+        # Where reads may go (convostore.replicas), and what this runner's owner wrote:
+        # shared by every view and copy made from the owner, as read-your-writes requires.
+        self.replicas: ReplicaSet | None = replicas or engine.get_execution_options().get(
+            REPLICAS_OPTION
+        )
+        self.consistency = ReadYourWrites()
         # Set when the transaction() block a bound view came from is over: the view (and
         # any fork or with_session made from it) must not start a new, uncommitted one.
         self.ended = False
@@ -75,6 +95,15 @@ class TransactionRunner:
         runner = copy.copy(self)
         runner.bound = session
         return runner
+
+    async def noting_write(self, write: Awaitable[T]) -> T:
+        """Await a write made outside :meth:`run` (a group commit) and note it was made,
+        for read-your-writes (see :mod:`convostore.replicas`)."""
+        try:
+            return await write
+        finally:
+            if self.replicas is not None:
+                self.consistency.wrote()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[TransactionRunner]:
@@ -104,6 +133,8 @@ class TransactionRunner:
                 bound.ended = True
             with translate_errors():
                 await session.commit()
+            if self.replicas is not None:
+                self.consistency.wrote()
         finally:
             with contextlib.suppress(sa_exc.SQLAlchemyError, OSError):
                 await session.close()
@@ -114,6 +145,7 @@ class TransactionRunner:
         *,
         autocommit: bool = False,
         rerun_on_conflict: bool = False,
+        read: bool = False,
     ) -> T:
         """Run ``work`` in a transaction and commit, retrying transient conflicts.
 
@@ -127,18 +159,37 @@ class TransactionRunner:
             rerun_on_conflict: ``work`` first looks for what an earlier run stored (a
                 client message id); if it loses a race on that unique key, run it once
                 more so it finds the winner's row.
+            read: ``work`` only reads: it may run on a read replica (see
+                :mod:`convostore.replicas`).
 
         Raises:
+            DeadlineExceeded: The call took longer than the engine's deadline.
             ConvostoreError: Whatever ``work`` raised, or the translated database error.
         """
-        try:
-            return await self._run(work, autocommit)
-        except ConflictError:
-            if not rerun_on_conflict or self.bound is not None:
-                raise
-            return await self._run(work, autocommit)
+        async with Deadline(self.deadline):
+            if read and self.replicas is not None and self.bound is None:
+                return await self.replicas.read(
+                    self.engine,
+                    self.consistency,
+                    lambda replica: self._run(work, False, replica),
+                    lambda: self._run(work, False),
+                )
+            try:
+                return await self._run(work, autocommit)
+            except ConflictError:
+                if not rerun_on_conflict or self.bound is not None:
+                    raise
+                return await self._run(work, autocommit)
+            finally:
+                if self.replicas is not None:
+                    self.consistency.wrote()
 
-    async def _run(self, work: Callable[[Executor], Awaitable[T]], autocommit: bool) -> T:
+    async def _run(
+        self,
+        work: Callable[[Executor], Awaitable[T]],
+        autocommit: bool,
+        on: AsyncEngine | None = None,
+    ) -> T:
         with translate_errors():
             if self.bound is not None:
                 if self.ended:
@@ -147,7 +198,12 @@ class TransactionRunner:
                         "use the store or database it came from"
                     )
                 return await work(self.bound)
-            engine = self._autocommit if autocommit else self._owned
+            if on is not None:
+                engine = on
+            elif autocommit and not self._transactions_only:
+                engine = self._autocommit
+            else:
+                engine = self._owned
             attempt = 1
             while True:
                 try:
@@ -160,6 +216,7 @@ class TransactionRunner:
                 except sa_exc.DBAPIError as exc:
                     if attempt >= MAX_ATTEMPTS or not is_retryable(exc):
                         raise
+                note_retry()
                 delay = min(_MAX_DELAY, _BASE_DELAY * 2**attempt)
                 await asyncio.sleep(random.uniform(0, delay))
                 attempt += 1

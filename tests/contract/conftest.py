@@ -1,5 +1,6 @@
 """Implementations under contract: the in-memory reference and every selected SQL backend.
 
+PostgreSQL runs twice: directly and through PgBouncer in transaction pooling mode.
 SQLite runs three ways: a file and ``:memory:`` through convostore's thin driver
 (:mod:`convostore.sqlite_driver`), and a file through SQLAlchemy's stock aiosqlite adapter.
 
@@ -39,6 +40,7 @@ IMPLEMENTATIONS = [
     pytest.param("sqlite-stock", marks=pytest.mark.sqlite),
     pytest.param("postgresql", marks=pytest.mark.postgresql),
     pytest.param("mariadb", marks=pytest.mark.mariadb),
+    pytest.param("pgbouncer", marks=pytest.mark.pgbouncer),
 ]
 
 MakeDatabase = Callable[..., Awaitable[AgentDatabase]]

@@ -39,8 +39,12 @@ from convostore.tables import (
     UserRecord,
 )
 from convostore.transactions import MAX_ATTEMPTS
+from tests.conftest import WITH_PGBOUNCER, is_postgresql, selected_backend
 from tests.integration import writers
 from tests.integration.writers import AGENT, PROJECT, USER
+
+# Through PgBouncer too (the fixture the server fixtures below depend on).
+backend = pytest.fixture(params=WITH_PGBOUNCER)(selected_backend)
 
 T = TypeVar("T")
 
@@ -135,7 +139,7 @@ async def test_eight_engines_append_to_one_scope(db_url: URL, target: str) -> No
 
 
 async def test_thirty_two_connections_append_to_one_session(db_url: URL, backend: str) -> None:
-    if backend != "postgresql":
+    if not is_postgresql(backend):
         pytest.skip("the 32-connection run is the PostgreSQL requirement")
     async with own_engines(db_url, 1, pool_size=32, max_overflow=0) as (engine,):
         await gather_all([writers.append_to_session(engine, "wide", w, 50) for w in range(32)])
@@ -355,6 +359,15 @@ def impatient_engine(url: URL, backend: str, log: ErrorLog) -> AsyncEngine:
     if backend == "postgresql":
         # A server setting, not a SET on connect: the pool's reset would roll a SET back.
         engine = create_engine(url, connect_args={"server_settings": {"lock_timeout": "50ms"}})
+    elif backend == "pgbouncer":
+        # PgBouncer refuses startup parameters and loses session settings: a setting
+        # local to each transaction, made as it begins.
+        engine = create_engine(url)
+
+        def impatient(conn: Any) -> None:
+            conn.exec_driver_sql("SET LOCAL lock_timeout = '50ms'")
+
+        event.listen(engine.sync_engine, "begin", impatient)
     else:
         engine = create_engine(url)
 

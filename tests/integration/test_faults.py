@@ -8,7 +8,10 @@ never a raw driver or SQLAlchemy exception — the next call must succeed on a f
 connection, and every write that was acknowledged must be in the database.
 
 Victims are found without guessing: the façade's engine has a pool of exactly one
-connection, whose server-side id the test reads through that same engine.
+connection, whose server-side id the test reads through that same engine. Through
+PgBouncer that id is the server connection PgBouncer lent for the read; with the admin
+connection going straight to PostgreSQL, the façade is PgBouncer's only client of the
+database, and PgBouncer lends the server connection it used last (LIFO) next time.
 """
 
 from __future__ import annotations
@@ -38,6 +41,10 @@ from convostore import (
     create_engine,
 )
 from convostore.errors import translate_errors
+from tests.conftest import WITH_PGBOUNCER, direct_url, is_postgresql, selected_backend
+
+# Through PgBouncer too (the fixture the server fixtures below depend on).
+backend = pytest.fixture(params=WITH_PGBOUNCER)(selected_backend)
 
 PASSWORD = "pw-Sekrit-4711"
 # How long the test waits for the server to show a connection blocked or gone.
@@ -62,8 +69,8 @@ class Server:
     """Admin operations on the server holding the test database."""
 
     def __init__(self, url: URL, backend: str) -> None:
-        self.backend = backend
-        self.admin = create_engine(url, poolclass=NullPool)
+        self.backend = "postgresql" if is_postgresql(backend) else backend
+        self.admin = create_engine(direct_url(url), poolclass=NullPool)
 
     async def close(self) -> None:
         await self.admin.dispose()
@@ -327,7 +334,7 @@ def failing_url(db_url: URL, backend: str, fault: str) -> str:
     url = db_url.set(password=PASSWORD)
     if fault == "closed_port":
         url = url.set(host="127.0.0.1", port=1)
-    elif backend == "postgresql":
+    elif is_postgresql(backend):
         url = url.set(database="convostore_no_such_database")
     # else: root has no password on this MariaDB, so any password is refused.
     rendered = url.render_as_string(hide_password=False)
@@ -368,7 +375,7 @@ async def test_no_password_in_errors_reprs_or_logs(
 async def test_no_password_in_schema_version_errors(
     fresh_server_database: URL | None, backend: str
 ) -> None:
-    if backend != "postgresql":
+    if not is_postgresql(backend):
         pytest.skip("needs a server that accepts any password (PostgreSQL trust auth)")
     assert fresh_server_database is not None
     rendered = fresh_server_database.set(password=PASSWORD).render_as_string(hide_password=False)

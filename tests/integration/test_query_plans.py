@@ -439,6 +439,9 @@ class Explainer:
     conn: AsyncConnection
     backend: str
     primary: dict[str, str] = field(default_factory=dict)  # table -> its PK index's name
+    # PostgreSQL partition (table or index) -> its parent: a hash-partitioned table's plan
+    # names the partition it reads (convostore.partitioning), checked as the table itself.
+    parents: dict[str, str] = field(default_factory=dict)
     unique: dict[str, tuple[str, ...]] = field(default_factory=dict)  # table -> unique indexes
 
     async def load_schema(self) -> None:
@@ -447,6 +450,15 @@ class Explainer:
                 rows = (await self.conn.exec_driver_sql(f"PRAGMA index_list({table})")).all()
                 self.primary[table] = next(r.name for r in rows if r.origin == "pk")
             elif self.backend == "postgresql":
+                if not self.parents:
+                    inherited = await self.conn.exec_driver_sql(
+                        "SELECT c.relname, p.relname FROM pg_inherits i"
+                        " JOIN pg_class c ON c.oid = i.inhrelid"
+                        " JOIN pg_class p ON p.oid = i.inhparent"
+                    )
+                    pairs: Any = inherited.all()
+                    self.parents = {str(child): str(parent) for child, parent in pairs}
+                    self.parents = self.parents or {"": ""}  # loaded, none found
                 self.primary[table] = (
                     await self.conn.exec_driver_sql(
                         "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
@@ -532,6 +544,9 @@ class Explainer:
         for node in _nodes(document[0]["Plan"], "Plans"):
             kind = node["Node Type"]
             table: str = node.get("Relation Name", "")
+            table = self.parents.get(table, table)
+            if "Index Name" in node:
+                node["Index Name"] = self.parents.get(node["Index Name"], node["Index Name"])
             if kind == "ModifyTable":
                 plan.arbiters = tuple(
                     self._name(table, i) for i in node.get("Conflict Arbiter Indexes", ())
@@ -545,7 +560,9 @@ class Explainer:
                 for child in _nodes(node, "Plans"):
                     if child["Node Type"] == "Bitmap Index Scan":
                         cond = child.get("Index Cond", "")
-                        index = self._name(table, child["Index Name"])
+                        index = self._name(
+                            table, self.parents.get(child["Index Name"], child["Index Name"])
+                        )
                         plan.accesses.append(Access(table, index, _columns_in(cond)))
             elif table in TABLES and kind != "Bitmap Index Scan":
                 plan.accesses.append(Access(table, None, ()))  # Seq Scan and the like

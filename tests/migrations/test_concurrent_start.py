@@ -17,8 +17,13 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import URL
 
 from convostore import migrate
+from tests.conftest import WITH_PGBOUNCER, selected_backend
 from tests.migrations.conftest import SCHEMA_TABLES, plain, table_names, version_rows
 from tests.migrations.start_worker import start
+
+# Through PgBouncer too: the migration lock (pg_advisory_xact_lock) lives in the
+# migration's own transaction, which transaction pooling keeps on one server connection.
+backend = pytest.fixture(params=WITH_PGBOUNCER)(selected_backend)
 
 PROCESSES = 4
 JOIN_TIMEOUT_S = 120
