@@ -23,6 +23,12 @@ the benchmark creates one database per system and phase there and drops it after
 
 from __future__ import annotations
 
+import os
+
+# Measure convostore as it runs without the otel extra: the dev environment installs
+# OpenTelemetry for the telemetry tests, and every call would otherwise open a (no-op) span.
+os.environ.setdefault("CONVOSTORE_TELEMETRY", "off")
+
 import argparse
 import asyncio
 import cProfile

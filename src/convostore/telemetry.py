@@ -3,7 +3,8 @@
 With ``opentelemetry-api`` installed, every public call of a store or database is one
 span, ``convostore.<operation>`` (kind ``CLIENT``), on the tracer provider the application
 configured (none configured: OpenTelemetry's no-op). Without the package nothing is
-wrapped and nothing is imported.
+wrapped and nothing is imported; ``CONVOSTORE_TELEMETRY=off`` in the environment (read at
+import) turns it off where the package is installed for something else.
 
 Span attributes, identifiers only — never a payload, a message text or a URL:
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import time
 from collections.abc import Callable, Coroutine
 from contextvars import ContextVar
@@ -43,7 +45,7 @@ try:
 except ImportError:  # the otel extra is not installed: nothing to do
     _otel = False
 else:
-    _otel = True
+    _otel = os.environ.get("CONVOSTORE_TELEMETRY", "on").lower() != "off"
 
 F = TypeVar("F", bound=Callable[..., Coroutine[Any, Any, Any]])
 
