@@ -56,7 +56,13 @@ PROCESS_DEADLINE_S = 120
 
 @asynccontextmanager
 async def own_engines(url: URL, count: int, **options: Any) -> AsyncIterator[list[AsyncEngine]]:
-    """``count`` independent engines (each with its own pool) on ``url``, disposed afterwards."""
+    """``count`` independent engines (each with its own pool) on ``url``, disposed afterwards.
+
+    Each pool may grow by 2 beyond its 5 connections (not SQLAlchemy's 10): five engines
+    then stay far below PostgreSQL's 100 connections while the PgBouncer and replica
+    fixtures hold theirs, and the writers still contend.
+    """
+    options.setdefault("max_overflow", 2)
     engines: list[AsyncEngine] = [create_engine(url, **options) for _ in range(count)]
     try:
         yield engines
