@@ -46,6 +46,7 @@ __all__ = [
     "decode_axio_payload",
     "encode",
     "encoded",
+    "payload_size",
 ]
 
 DEFAULT_THRESHOLD: Final = 512
@@ -171,6 +172,34 @@ def decode(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> Any:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise SerializationError(f"stored payload is not valid JSON: {exc}") from exc
+
+
+def payload_size(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> int:
+    """The size in bytes of the JSON inside a stored payload, without parsing it.
+
+    A zstd frame that declares its content size is not expanded; any other compressed body
+    is, under the same ``max_size`` cap as :func:`decode`. Bytes without a known header
+    count as they are (a foreign or corrupt value still takes that much room).
+
+    Raises:
+        SerializationError: A compressed body is corrupt or expands beyond ``max_size``.
+    """
+    if not data:
+        return 0
+    header, body = data[0], memoryview(data)[1:]
+    if header == PLAIN:
+        return len(body)
+    if header == ZSTD:
+        try:
+            declared = zstandard.frame_content_size(body)
+        except zstandard.ZstdError as exc:
+            raise SerializationError(f"stored zstd payload is corrupt: {exc}") from exc
+        if 0 <= declared <= max_size:
+            return int(declared)
+        return len(_zstd_decompress(body, max_size))
+    if header == ZLIB:
+        return len(_inflate(body, max_size, wbits=zlib.MAX_WBITS))
+    return len(data)
 
 
 def decode_axio_payload(text: str, *, max_size: int = DEFAULT_MAX_SIZE) -> Any:

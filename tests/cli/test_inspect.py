@@ -1,4 +1,4 @@
-"""``sessions``, ``threads``, ``stats`` and ``prune`` on an SQLite file."""
+"""``sessions``, ``threads``, ``stats`` and ``prune`` (the last two on every backend)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from typing import Any
 
 import orjson
 import pytest
+from sqlalchemy import URL
 
-from tests.cli.conftest import json_out, ok, records, run_cli
+from tests.cli.conftest import json_out, ok, records, run_cli, seed, url_arg
 
 
 def test_sessions_list_across_and_within_projects(seeded: str) -> None:
@@ -105,7 +106,10 @@ def test_threads_list_and_show(seeded: str) -> None:
     assert "no messages in thread 't-1'" in missing.stderr
 
 
-def test_stats(seeded: str) -> None:
+def test_stats(db_url: URL) -> None:
+    """On every backend: stats read one snapshot through the transaction runner."""
+    seed(db_url)
+    seeded = url_arg(db_url)
     stats = json_out("stats", "--url", seeded)
     assert stats["rows"] == {
         "users": 1,
@@ -159,8 +163,11 @@ def _aged_export(path: Path, now: datetime) -> None:
     ("scope", "sessions", "threads"),
     [((), 1, 1), (("--project", "/p"), 1, 0), (("--agent", "bot"), 0, 1)],
 )
-def test_prune(tmp_path: Path, scope: tuple[str, ...], sessions: int, threads: int) -> None:
-    url = str(tmp_path / "p.db")
+def test_prune(
+    db_url: URL, tmp_path: Path, scope: tuple[str, ...], sessions: int, threads: int
+) -> None:
+    """On every backend, since the re-check under the delete locks rows (FOR UPDATE)."""
+    url = url_arg(db_url)
     source = tmp_path / "aged.jsonl"
     _aged_export(source, datetime.now(UTC))
     ok("import", str(source), "--url", url)

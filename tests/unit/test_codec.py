@@ -20,6 +20,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
+import orjson
 import pytest
 import zstandard
 from hypothesis import given, settings
@@ -492,3 +493,36 @@ def test_axio_gzip_bomb_is_cut_off_at_max_size(peak_memory: Callable[[], int]) -
     with pytest.raises(SerializationError, match="expands beyond"):
         codec.decode_axio_payload(bomb, max_size=SMALL_MAX)
     assert peak_memory() < PEAK_LIMIT
+
+
+@pytest.mark.parametrize("kind", ["zstd", "zlib"])
+def test_payload_size_is_the_json_size(kind: codec.Codec) -> None:
+    value = {"text": "abc " * 1000, "n": [1, 2, 3]}
+    raw = orjson.dumps(value)
+    stored = codec.encode(value, codec=kind)
+    assert stored[0] != codec.PLAIN
+    assert codec.payload_size(stored) == len(raw)
+    assert codec.payload_size(codec.encode({"a": 1})) == len(b'{"a":1}')
+
+
+def test_payload_size_of_a_zstd_frame_without_content_size_expands_it() -> None:
+    raw = orjson.dumps(["x" * 5000])
+    body = zstandard.ZstdCompressor(write_content_size=False).compress(raw)
+    assert codec.payload_size(bytes((codec.ZSTD,)) + body) == len(raw)
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        bytes((codec.ZLIB,)) + b"not deflate",
+        bytes((codec.ZSTD,)) + b"not zstd",
+        # Bombs: each would expand past the cap given below.
+        bytes((codec.ZLIB,)) + zlib.compress(b"[" + b"0," * 5000 + b"0]"),
+        bytes((codec.ZSTD,))
+        + zstandard.ZstdCompressor(write_content_size=False).compress(b"0" * 5000),
+        bytes((codec.ZSTD,)) + zstandard.ZstdCompressor().compress(b"0" * 5000),
+    ],
+)
+def test_payload_size_raises_serialization_error_never_a_codec_error(stored: bytes) -> None:
+    with pytest.raises(SerializationError):
+        codec.payload_size(stored, max_size=1000)

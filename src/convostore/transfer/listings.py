@@ -1,0 +1,141 @@
+"""Listings across projects or users (what ``convostore inspect`` shows), within one scope."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Row, Select, func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from convostore.dialects import Executor
+from convostore.repositories import NO_PREVIEW
+from convostore.transactions import TransactionRunner
+from convostore.transfer._format import MESSAGES, SESSIONS
+
+
+async def _fetch(engine: AsyncEngine, stmt: Select[Any]) -> Sequence[Row[Any]]:
+    async def work(executor: Executor) -> Sequence[Row[Any]]:
+        rows: Sequence[Row[Any]] = (await executor.execute(stmt)).all()
+        return rows
+
+    return await TransactionRunner(engine).run(work)
+
+
+@dataclass(frozen=True)
+class SessionRow:
+    """A context-store session in a listing across projects."""
+
+    project: str
+    session_id: str
+    message_count: int
+    preview: str
+    created_at: datetime
+    input_tokens: int
+    output_tokens: int
+
+
+async def list_sessions(
+    engine: AsyncEngine, *, project: str | None = None, limit: int | None = None
+) -> list[SessionRow]:
+    """Sessions holding messages, newest first, of one project or of all of them."""
+    s = SESSIONS.c
+    stmt = select(
+        s.project,
+        s.session_id,
+        s.next_position,
+        s.preview,
+        s.created_at,
+        s.input_tokens,
+        s.output_tokens,
+    ).where(s.next_position > 0)
+    if project is not None:
+        stmt = stmt.where(s.project == project)
+    stmt = stmt.order_by(s.created_at.desc(), s.project, s.session_id.desc())
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    rows = await _fetch(engine, stmt)
+    return [
+        SessionRow(
+            project=r.project,
+            session_id=r.session_id,
+            message_count=r.next_position,
+            preview=r.preview or NO_PREVIEW,
+            created_at=r.created_at,
+            input_tokens=r.input_tokens,
+            output_tokens=r.output_tokens,
+        )
+        for r in rows
+    ]
+
+
+async def find_session_projects(engine: AsyncEngine, session_id: str) -> list[str]:
+    """The projects that hold a session with this id."""
+    s = SESSIONS.c
+    stmt = select(s.project).where(s.session_id == session_id).order_by(s.project)
+    return [row[0] for row in await _fetch(engine, stmt)]
+
+
+@dataclass(frozen=True)
+class ThreadRow:
+    """One user's messages in one thread of an agent."""
+
+    thread_id: str
+    user_id: str
+    message_count: int
+    first_idx: int
+    last_idx: int
+    last_at: datetime
+
+
+async def list_threads(
+    engine: AsyncEngine, *, agent: str, user: str | None = None, limit: int | None = None
+) -> list[ThreadRow]:
+    """Threads of ``agent`` (``""``: the default agent) per user, most recent activity first."""
+    m = MESSAGES.c
+    stmt = select(
+        m.thread_id,
+        m.user_id,
+        func.count().label("n"),
+        func.min(m.idx).label("first_idx"),
+        func.max(m.idx).label("last_idx"),
+        func.max(m.created_at).label("last_at"),
+    ).where(m.agent_name == agent)
+    if user is not None:
+        stmt = stmt.where(m.user_id == user)
+    stmt = stmt.group_by(m.thread_id, m.user_id).order_by(
+        func.max(m.created_at).desc(), m.thread_id, m.user_id
+    )
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    rows = await _fetch(engine, stmt)
+    # Aggregates bypass the column type, so the timestamp is read back through it here.
+    time_type = MESSAGES.c.created_at.type
+    processor = time_type.result_processor(engine.dialect, None)
+    return [
+        ThreadRow(
+            thread_id=r.thread_id,
+            user_id=r.user_id,
+            message_count=int(r.n),
+            first_idx=int(r.first_idx),
+            last_idx=int(r.last_idx),
+            last_at=_as_utc(processor(r.last_at) if processor else r.last_at),
+        )
+        for r in rows
+    ]
+
+
+def _as_utc(value: Any) -> datetime:
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    assert isinstance(value, datetime)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+async def thread_messages(engine: AsyncEngine, *, agent: str, thread_id: str) -> list[Any]:
+    """Every message of one thread of ``agent``, all users, in ``idx`` order (raw rows)."""
+    m = MESSAGES.c
+    stmt = select(MESSAGES).where(m.agent_name == agent, m.thread_id == thread_id).order_by(m.idx)
+    return list(await _fetch(engine, stmt))
