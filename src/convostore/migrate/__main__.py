@@ -1,12 +1,11 @@
-"""``python -m convostore.migrate``: see :func:`convostore.migrate.main`.
+"""``python -m convostore.migrate``: the ``convostore db`` commands (see
+:func:`convostore.cli.migrate_main`).
 
 A package with ``__main__`` rather than a module run as a script: the package imports
 ``convostore.migrate`` itself, and running an already-imported module with ``-m`` executes
 it a second time (runpy warns about exactly that).
 """
 
-import sys
+from convostore.cli import migrate_main
 
-from convostore.migrate import main
-
-sys.exit(main())
+migrate_main()

@@ -14,8 +14,8 @@ head, so it can be used from Python as well as through ``convostore`` on the com
 * :func:`prune` (:mod:`.retention`) and :func:`stats` (:mod:`.sizes`: rows, bytes,
   compression ratio).
 * :func:`list_sessions`, :func:`find_session_projects`, :func:`list_threads`,
-  :func:`thread_messages` (:mod:`.listings`): listings across projects or users, always
-  within the scope given.
+  :func:`thread_messages`, :func:`session_transcript` (:mod:`.listings`): listings across
+  projects or users, always within the scope given, as the public models.
 
 Every statement runs through :class:`~convostore.transactions.TransactionRunner` (the one
 transaction boundary: retries of transient conflicts, typed errors), and the statements
@@ -38,10 +38,12 @@ from convostore.transfer.importers import import_agentstr, import_axio
 from convostore.transfer.importing import import_jsonl
 from convostore.transfer.listings import (
     SessionRow,
+    SessionTranscript,
     ThreadRow,
     find_session_projects,
     list_sessions,
     list_threads,
+    session_transcript,
     thread_messages,
 )
 from convostore.transfer.retention import PruneReport, parse_age, prune
@@ -54,6 +56,7 @@ __all__ = [
     "Progress",
     "PruneReport",
     "SessionRow",
+    "SessionTranscript",
     "Stats",
     "ThreadRow",
     "TransferReport",
@@ -66,6 +69,7 @@ __all__ = [
     "list_threads",
     "parse_age",
     "prune",
+    "session_transcript",
     "stats",
     "thread_messages",
 ]

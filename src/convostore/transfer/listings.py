@@ -10,8 +10,12 @@ from typing import Any
 from sqlalchemy import Row, Select, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from convostore.context import SQLAlchemyContextStore
+from convostore.database import DEFAULT_AGENT_KEY, SQLAlchemyDatabase
 from convostore.dialects import Executor
-from convostore.repositories import NO_PREVIEW
+from convostore.errors import NotFoundError, ValidationError
+from convostore.models import ContextMessage, Message, SessionInfo
+from convostore.repositories import NO_PREVIEW, message_from_row
 from convostore.transactions import TransactionRunner
 from convostore.transfer._format import MESSAGES, SESSIONS
 
@@ -24,23 +28,24 @@ async def _fetch(engine: AsyncEngine, stmt: Select[Any]) -> Sequence[Row[Any]]:
     return await TransactionRunner(engine).run(work)
 
 
-@dataclass(frozen=True)
-class SessionRow:
-    """A context-store session in a listing across projects."""
+class SessionRow(SessionInfo):
+    """A context-store session in a listing across projects: its summary and its project."""
 
     project: str
-    session_id: str
-    message_count: int
-    preview: str
-    created_at: datetime
-    input_tokens: int
-    output_tokens: int
 
 
 async def list_sessions(
     engine: AsyncEngine, *, project: str | None = None, limit: int | None = None
 ) -> list[SessionRow]:
-    """Sessions holding messages, newest first, of one project or of all of them."""
+    """Sessions holding messages, newest first, of one project or of all of them.
+
+    Within one project this is :meth:`SQLAlchemyContextStore.list_sessions
+    <convostore.SQLAlchemyContextStore.list_sessions>` (its order and its fields).
+    """
+    if project is not None:
+        store = SQLAlchemyContextStore(engine, project=project, migrate=False)
+        infos = await store.list_sessions()
+        return [SessionRow(project=project, **info.model_dump()) for info in infos[:limit]]
     s = SESSIONS.c
     stmt = select(
         s.project,
@@ -51,8 +56,6 @@ async def list_sessions(
         s.input_tokens,
         s.output_tokens,
     ).where(s.next_position > 0)
-    if project is not None:
-        stmt = stmt.where(s.project == project)
     stmt = stmt.order_by(s.created_at.desc(), s.project, s.session_id.desc())
     if limit is not None:
         stmt = stmt.limit(limit)
@@ -134,8 +137,59 @@ def _as_utc(value: Any) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-async def thread_messages(engine: AsyncEngine, *, agent: str, thread_id: str) -> list[Any]:
-    """Every message of one thread of ``agent``, all users, in ``idx`` order (raw rows)."""
+async def thread_messages(
+    engine: AsyncEngine, *, agent: str, thread_id: str, user: str | None = None
+) -> list[Message]:
+    """The messages of one thread of ``agent`` (``""``: the default agent), in ``idx`` order:
+    every user's, or with ``user`` only that user's
+    (:meth:`SQLAlchemyDatabase.get_messages <convostore.SQLAlchemyDatabase.get_messages>`)."""
+    agent_name = None if agent == DEFAULT_AGENT_KEY else agent
+    if user is not None:
+        database = SQLAlchemyDatabase(engine=engine, agent_name=agent_name, migrate=False)
+        return await database.get_messages(thread_id, user)
     m = MESSAGES.c
     stmt = select(MESSAGES).where(m.agent_name == agent, m.thread_id == thread_id).order_by(m.idx)
-    return list(await _fetch(engine, stmt))
+    return [message_from_row(row, agent_name) for row in await _fetch(engine, stmt)]
+
+
+@dataclass(frozen=True)
+class SessionTranscript:
+    """One context-store session: where it is, its messages and its token totals."""
+
+    project: str
+    session_id: str
+    messages: list[ContextMessage]
+    input_tokens: int
+    output_tokens: int
+
+
+async def session_transcript(
+    engine: AsyncEngine, session_id: str, *, project: str | None = None
+) -> SessionTranscript:
+    """The session ``session_id`` of ``project``, or of the one project that holds it.
+
+    Raises:
+        NotFoundError: No such session (in ``project``, if given).
+        ValidationError: Without ``project``, several projects hold a session with this id.
+    """
+    if project is None:
+        projects = await find_session_projects(engine, session_id)
+        if not projects:
+            raise NotFoundError(f"no session {session_id!r}")
+        if len(projects) > 1:
+            raise ValidationError(
+                f"session {session_id!r} exists in {len(projects)} projects; "
+                f"pass --project (one of {projects})"
+            )
+        project = projects[0]
+    store = SQLAlchemyContextStore(engine, project=project, session_id=session_id, migrate=False)
+    history = await store.get_history()
+    tokens = await store.get_context_tokens()
+    # An empty session reads like a missing one; only its row tells them apart.
+    if (
+        not history
+        and tokens == (0, 0)
+        and project not in await find_session_projects(engine, session_id)
+    ):
+        raise NotFoundError(f"no session {session_id!r} in project {project!r}")
+    return SessionTranscript(project, session_id, history, *tokens)
