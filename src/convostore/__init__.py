@@ -6,29 +6,69 @@ Two interfaces over one schema, on SQLite, PostgreSQL and MariaDB/MySQL:
 * the conversation context store (axio's ``ContextStore``): :func:`connect`,
   :class:`SQLAlchemyContextStore`.
 
-Nothing here opens a connection at import time.
+Nothing here opens a connection at import time. The names below are imported on first use
+(PEP 562), so ``import convostore.memory`` alone, the in-memory twin, does not load
+SQLAlchemy.
 """
 
-from convostore.context import SQLAlchemyContextStore, connect
-from convostore.database import Database, SQLAlchemyDatabase
-from convostore.engine import Engine, create_engine
-from convostore.errors import (
-    ConfigurationError,
-    ConflictError,
-    ConvostoreError,
-    DatabaseError,
-    DeadlineExceeded,
-    InsufficientBalance,
-    NotFoundError,
-    SchemaVersionError,
-    SerializationError,
-    ValidationError,
-)
-from convostore.interfaces import AgentDatabase, ContextStore
-from convostore.memory import InMemoryContextStore, InMemoryDatabase, MemoryStorage
-from convostore.models import ContextMessage, Message, SessionInfo, User
-from convostore.replicas import ReadReplicas
-from convostore.types import CompressedJSON, UTCDateTime
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from convostore.context import SQLAlchemyContextStore, connect
+    from convostore.database import Database, SQLAlchemyDatabase
+    from convostore.engine import Engine, create_engine
+    from convostore.errors import (
+        ConfigurationError,
+        ConflictError,
+        ConvostoreError,
+        DatabaseError,
+        DeadlineExceeded,
+        InsufficientBalance,
+        NotFoundError,
+        SchemaVersionError,
+        SerializationError,
+        ValidationError,
+    )
+    from convostore.interfaces import AgentDatabase, ContextStore
+    from convostore.memory import InMemoryContextStore, InMemoryDatabase, MemoryStorage
+    from convostore.models import ContextMessage, Message, SessionInfo, User
+    from convostore.replicas import ReadReplicas
+    from convostore.types import CompressedJSON, UTCDateTime
+
+# Where each public name lives (the lines above, for type checkers, say the same).
+_EXPORTS: dict[str, str] = {
+    "AgentDatabase": "convostore.interfaces",
+    "CompressedJSON": "convostore.types",
+    "ConfigurationError": "convostore.errors",
+    "ConflictError": "convostore.errors",
+    "ContextMessage": "convostore.models",
+    "ContextStore": "convostore.interfaces",
+    "ConvostoreError": "convostore.errors",
+    "Database": "convostore.database",
+    "DatabaseError": "convostore.errors",
+    "DeadlineExceeded": "convostore.errors",
+    "Engine": "convostore.engine",
+    "InMemoryContextStore": "convostore.memory",
+    "InMemoryDatabase": "convostore.memory",
+    "InsufficientBalance": "convostore.errors",
+    "MemoryStorage": "convostore.memory",
+    "Message": "convostore.models",
+    "NotFoundError": "convostore.errors",
+    "ReadReplicas": "convostore.replicas",
+    "SQLAlchemyContextStore": "convostore.context",
+    "SQLAlchemyDatabase": "convostore.database",
+    "SchemaVersionError": "convostore.errors",
+    "SerializationError": "convostore.errors",
+    "SessionInfo": "convostore.models",
+    "UTCDateTime": "convostore.types",
+    "User": "convostore.models",
+    "ValidationError": "convostore.errors",
+    "connect": "convostore.context",
+    "create_engine": "convostore.engine",
+}
 
 __all__ = [
     "AgentDatabase",
@@ -62,3 +102,17 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first use, then keep the name here."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'convostore' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

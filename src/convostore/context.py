@@ -18,6 +18,7 @@ from uuid import uuid4
 from sqlalchemy import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from convostore import arguments
 from convostore import migrate as migrations
 from convostore.dialects import Executor, appends_in_one_statement
 from convostore.engine import Engine, create_engine, family
@@ -28,21 +29,13 @@ from convostore.models import (
     ContextMessage,
     SessionInfo,
     StoredContextMessage,
-    check_amount,
-    check_bool,
-    check_client_ids,
-    check_id,
-    check_namespace,
-    check_optional_int,
-    check_page,
     construct,
     encoded_context_messages,
-    scoped_project,
 )
 from convostore.replicas import ReplicaUrls, attach_replicas, replica_set
 from convostore.repositories import ContextAppend, SessionRepository, append_context_batch
+from convostore.rules import default_project
 from convostore.settings import redact
-from convostore.tables import CLIENT_ID_LENGTH, PROJECT_LENGTH, SESSION_ID_LENGTH
 from convostore.telemetry import traced
 from convostore.transactions import TransactionRunner
 
@@ -81,11 +74,6 @@ async def connect(
     return engine
 
 
-def default_project() -> str:
-    """The default project: the resolved current working directory, as axio uses."""
-    return str(Path.cwd().resolve())
-
-
 class SQLAlchemyContextStore(ContextStore):
     """One session of one project, stored through SQLAlchemy.
 
@@ -120,15 +108,10 @@ class SQLAlchemyContextStore(ContextStore):
     ) -> None:
         if engine is not None and url is not None:
             raise ConfigurationError("give engine or url, not both")
-        self._session_id = check_id(
-            uuid4().hex if session_id is None else session_id, "session_id", SESSION_ID_LENGTH
+        # _scope is what the project and session columns hold: every statement is scoped by it.
+        self._session_id, self._project, self._namespace, self._scope = arguments.open_session(
+            session_id, project, namespace
         )
-        self._project = check_id(
-            default_project() if project is None else project, "project", PROJECT_LENGTH
-        )
-        self._namespace = check_namespace(namespace)
-        # What the project and session columns hold: every statement is scoped by it.
-        self._scope = scoped_project(self._namespace, self._project, PROJECT_LENGTH)
         self._owns_engine = engine is None
         self._replicas = replica_set(read_url)
         self._runner = TransactionRunner(
@@ -183,7 +166,7 @@ class SQLAlchemyContextStore(ContextStore):
     def with_session(self, session_id: str) -> Self:
         """A store for another session of the same project, sharing this store's engine."""
         other = copy.copy(self)
-        other._session_id = check_id(session_id, "session_id", SESSION_ID_LENGTH)
+        other._session_id = arguments.session_id(session_id)
         other._owns_engine = False
         other._replicas = None
         return other
@@ -250,7 +233,7 @@ class SQLAlchemyContextStore(ContextStore):
         ids are returned.
         """
         checked = encoded_context_messages(messages)
-        ids = check_client_ids(client_ids, len(checked), CLIENT_ID_LENGTH)
+        ids = arguments.client_ids(client_ids, len(checked))
         if not checked:
             return []
         preview = next((p for m, _ in checked if (p := m.preview()) is not None), None)
@@ -297,7 +280,7 @@ class SQLAlchemyContextStore(ContextStore):
     @traced()
     async def get_last(self, count: int) -> list[ContextMessage]:
         """The last ``count`` messages in insertion order (fewer if the session is shorter)."""
-        check_amount(count, "count")
+        arguments.count(count)
         if count == 0:
             return []
         await self._ensure_ready()
@@ -340,8 +323,7 @@ class SQLAlchemyContextStore(ContextStore):
                 ``at``. The new session records this one as its parent and how many
                 messages it took (see :class:`SessionInfo`).
         """
-        if at is not None:
-            check_amount(at, "at")
+        arguments.fork_at(at)
         await self._ensure_ready()
         new_id = uuid4().hex
         now = _now()
@@ -364,10 +346,7 @@ class SQLAlchemyContextStore(ContextStore):
         reverse=True)`` is the latest 50; ``get_messages(before=p, limit=50,
         reverse=True)`` the 50 before them.
         """
-        check_optional_int(after, "after")
-        check_optional_int(before, "before")
-        check_optional_int(limit, "limit", minimum=0)
-        check_bool(reverse, "reverse")
+        arguments.context_window(after, before, limit, reverse)
         await self._ensure_ready()
         return await self._runner.run(
             lambda s: self._repo(s).window(
@@ -378,16 +357,14 @@ class SQLAlchemyContextStore(ContextStore):
 
     @traced()
     async def set_context_tokens(self, input_tokens: int, output_tokens: int) -> None:
-        check_amount(input_tokens, "input_tokens")
-        check_amount(output_tokens, "output_tokens")
+        arguments.tokens(input_tokens, output_tokens)
         await self._ensure_ready()
         now = _now()
         await self._runner.run(lambda s: self._repo(s).set_tokens(input_tokens, output_tokens, now))
 
     @traced()
     async def add_context_tokens(self, input_tokens: int, output_tokens: int) -> None:
-        check_amount(input_tokens, "input_tokens")
-        check_amount(output_tokens, "output_tokens")
+        arguments.tokens(input_tokens, output_tokens)
         await self._ensure_ready()
         now = _now()
         await self._runner.run(lambda s: self._repo(s).add_tokens(input_tokens, output_tokens, now))
@@ -406,7 +383,7 @@ class SQLAlchemyContextStore(ContextStore):
         Without arguments, all of them (axio's semantics). With ``limit``, one keyset page;
         pass the last :class:`SessionInfo` of a page as ``before`` for the next one.
         """
-        check_page(limit, before, SessionInfo)
+        arguments.list_sessions(limit, before)
         await self._ensure_ready()
         return await self._runner.run(
             lambda s: self._repo(s).list_project(limit=limit, before=before), read=True

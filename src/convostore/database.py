@@ -16,6 +16,7 @@ from typing import Any, Self
 from sqlalchemy import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from convostore import arguments
 from convostore import migrate as migrations
 from convostore.dialects import Executor, appends_in_one_statement
 from convostore.engine import create_engine, family
@@ -31,15 +32,6 @@ from convostore.models import (
     NewMessage,
     ThreadInfo,
     User,
-    check_amount,
-    check_bool,
-    check_client_ids,
-    check_id,
-    check_optional_int,
-    check_page,
-    new_message,
-    new_message_batch,
-    validated,
 )
 from convostore.replicas import ReplicaUrls, replica_set
 from convostore.repositories import (
@@ -49,20 +41,12 @@ from convostore.repositories import (
     append_thread_batch,
     message_from_row,
 )
+from convostore.rules import DEFAULT_AGENT_KEY
 from convostore.settings import DEFAULT_SQLITE_PATH, configured_url, redact, resolve_url
-from convostore.tables import (
-    AGENT_NAME_LENGTH,
-    CLIENT_ID_LENGTH,
-    THREAD_ID_LENGTH,
-    USER_ID_LENGTH,
-)
 from convostore.telemetry import traced
 from convostore.transactions import TransactionRunner
 
 __all__ = ["DEFAULT_AGENT_KEY", "Database", "SQLAlchemyDatabase"]
-
-DEFAULT_AGENT_KEY = ""
-"""How ``agent_name=None`` is stored in key columns (no real agent name can be empty)."""
 
 
 class SQLAlchemyDatabase(AgentDatabase):
@@ -96,11 +80,7 @@ class SQLAlchemyDatabase(AgentDatabase):
         if conn_str is not None and engine is not None:
             raise ConfigurationError("give conn_str or engine, not both")
         self.agent_name = agent_name
-        self._agent_key = (
-            DEFAULT_AGENT_KEY
-            if agent_name is None
-            else check_id(agent_name, "agent_name", AGENT_NAME_LENGTH)
-        )
+        self._agent_key = arguments.agent_key(agent_name)
         if engine is None:
             if conn_str is None:
                 # As agentstr does: the configured string itself, or its default file in
@@ -184,7 +164,7 @@ class SQLAlchemyDatabase(AgentDatabase):
 
     @traced("user_id")
     async def get_user(self, user_id: str) -> User:
-        check_id(user_id, "user_id", USER_ID_LENGTH)
+        arguments.user_id(user_id)
         await self.async_init()
         stored = await self._runner.run(
             lambda s: UserRepository(s, self._agent_key).get(user_id), read=True
@@ -193,11 +173,7 @@ class SQLAlchemyDatabase(AgentDatabase):
 
     @traced()
     async def upsert_user(self, user: User) -> None:
-        checked = validated(User, user)
-        check_id(checked.user_id, "user_id", USER_ID_LENGTH)
-        if checked.current_thread_id is not None:
-            check_id(checked.current_thread_id, "current_thread_id", THREAD_ID_LENGTH)
-        check_amount(checked.available_balance, "available_balance")
+        checked = arguments.upsert_user(user)
         await self.async_init()
         now = _now()
         await self._runner.run(lambda s: UserRepository(s, self._agent_key).upsert(checked, now))
@@ -207,9 +183,7 @@ class SQLAlchemyDatabase(AgentDatabase):
 
     @traced("user_id", "thread_id")
     async def set_current_thread_id(self, user_id: str, thread_id: str | None) -> None:
-        check_id(user_id, "user_id", USER_ID_LENGTH)
-        if thread_id is not None:
-            check_id(thread_id, "thread_id", THREAD_ID_LENGTH)
+        arguments.set_current_thread(user_id, thread_id)
         await self.async_init()
         now = _now()
         await self._runner.run(
@@ -218,8 +192,7 @@ class SQLAlchemyDatabase(AgentDatabase):
 
     @traced("user_id")
     async def credit(self, user_id: str, amount: int) -> int:
-        check_id(user_id, "user_id", USER_ID_LENGTH)
-        check_amount(amount, "amount")
+        arguments.balance_change(user_id, amount)
         await self.async_init()
         now = _now()
         return await self._runner.run(
@@ -228,8 +201,7 @@ class SQLAlchemyDatabase(AgentDatabase):
 
     @traced("user_id")
     async def debit(self, user_id: str, amount: int) -> int:
-        check_id(user_id, "user_id", USER_ID_LENGTH)
-        check_amount(amount, "amount")
+        arguments.balance_change(user_id, amount)
         await self.async_init()
         now = _now()
 
@@ -261,17 +233,8 @@ class SQLAlchemyDatabase(AgentDatabase):
         *,
         client_id: str | None = None,
     ) -> Message:
-        new = new_message(
-            thread_id,
-            user_id,
-            role,
-            message,
-            content,
-            kind,
-            satoshis,
-            extra_inputs,
-            extra_outputs,
-            id_lengths=(THREAD_ID_LENGTH, USER_ID_LENGTH),
+        new = arguments.add_message(
+            thread_id, user_id, role, message, content, kind, satoshis, extra_inputs, extra_outputs
         )
         if client_id is not None or self._runner.bound is not None:
             # A retry key must be looked up first, and a caller's transaction is its own.
@@ -296,9 +259,7 @@ class SQLAlchemyDatabase(AgentDatabase):
     async def add_messages(
         self, thread_id: str, user_id: str, messages: Iterable[Mapping[str, Any]]
     ) -> list[Message]:
-        news, client_ids = new_message_batch(
-            thread_id, user_id, messages, id_lengths=(THREAD_ID_LENGTH, USER_ID_LENGTH)
-        )
+        news, client_ids = arguments.add_messages(thread_id, user_id, messages)
         return await self._add(thread_id, user_id, news, client_ids)
 
     async def _add(
@@ -308,7 +269,7 @@ class SQLAlchemyDatabase(AgentDatabase):
         news: Sequence[NewMessage],
         client_ids: Sequence[str | None],
     ) -> list[Message]:
-        ids = check_client_ids(list(client_ids), len(news), CLIENT_ID_LENGTH)
+        ids = arguments.client_ids(list(client_ids), len(news))
         if not news:
             return []
         await self.async_init()
@@ -379,8 +340,7 @@ class SQLAlchemyDatabase(AgentDatabase):
     async def list_threads(
         self, user_id: str, *, limit: int | None = None, before: ThreadInfo | None = None
     ) -> list[ThreadInfo]:
-        check_id(user_id, "user_id", USER_ID_LENGTH)
-        check_page(limit, before, ThreadInfo)
+        arguments.list_threads(user_id, limit, before)
         await self.async_init()
         return await self._runner.run(
             lambda s: ThreadRepository(s, self._agent_key).threads_of(
@@ -400,12 +360,7 @@ class SQLAlchemyDatabase(AgentDatabase):
         after_idx: int | None = None,
         reverse: bool = False,
     ) -> list[Message]:
-        check_id(thread_id, "thread_id", THREAD_ID_LENGTH)
-        check_id(user_id, "user_id", USER_ID_LENGTH)
-        check_optional_int(limit, "limit", minimum=0)
-        check_optional_int(before_idx, "before_idx")
-        check_optional_int(after_idx, "after_idx")
-        check_bool(reverse, "reverse")
+        arguments.get_messages(thread_id, user_id, limit, before_idx, after_idx, reverse)
         await self.async_init()
         rows = await self._runner.run(
             lambda s: ThreadRepository(s, self._agent_key).messages(

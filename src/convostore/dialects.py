@@ -39,7 +39,7 @@ from sqlalchemy.sql.dml import Insert
 
 from convostore import sqlite_driver
 from convostore.engine import Family, family_from_name
-from convostore.errors import ValidationError
+from convostore.rules import INT64_MAX, checked_counter
 
 __all__ = [
     "INT64_MAX",
@@ -239,22 +239,6 @@ async def insert_rows(
         lambda: _ends(table.insert(), _no_check) if last else table.insert(),
     )
     await session.execute(stmt, list(rows))
-
-
-INT64_MAX = 2**63 - 1
-
-
-def checked_counter(value: Any, table: str, counter: str) -> int:
-    """``value`` as an int, refusing what overflowed 64 bits.
-
-    PostgreSQL and MySQL/MariaDB raise on a BIGINT overflow (which
-    :func:`convostore.errors.translate_errors` makes a ValidationError); SQLite instead
-    turns the result into a REAL, which this catches so the transaction rolls back the
-    same way.
-    """
-    if type(value) is not int or value > INT64_MAX:
-        raise ValidationError(f"{table}.{counter} would overflow 64 bits")
-    return value
 
 
 def _ends(stmt: T, check: Callable[[list[Any]], None]) -> T:

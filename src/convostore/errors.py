@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-from sqlalchemy import exc as sa_exc
+if TYPE_CHECKING:
+    from sqlalchemy import exc as sa_exc
 
 __all__ = [
     "ConfigurationError",
@@ -93,23 +95,36 @@ def translate_errors() -> Iterator[None]:
         yield
     except ConvostoreError:
         raise
-    except sa_exc.StatementError as exc:
-        if isinstance(exc.orig, ConvostoreError):
-            raise exc.orig from exc
-        if _out_of_range(exc.orig):
-            raise ValidationError(f"a value is out of range: {_short(exc)}") from exc
-        if isinstance(exc, sa_exc.IntegrityError):
-            raise ConflictError(f"integrity constraint violated: {_short(exc)}") from exc
-        raise DatabaseError(f"{type(exc).__name__}: {_short(exc)}") from exc
-    except sa_exc.SQLAlchemyError as exc:
-        raise DatabaseError(f"{type(exc).__name__}: {exc}") from exc
     except Exception as exc:
-        # Drivers also raise their own exceptions, and plain OSError / TimeoutError, outside
-        # SQLAlchemy's wrappers: when a connection drops before or between statements, or
-        # while a pooled connection is being reset.
-        if isinstance(exc, (OSError, TimeoutError)) or is_driver_error(exc):
-            raise DatabaseError(f"{type(exc).__name__}: {exc}") from exc
-        raise
+        translated = _translated(exc)
+        if translated is None:
+            raise
+        raise translated from exc
+
+
+def _translated(exc: Exception) -> ConvostoreError | None:
+    """The convostore error for ``exc``, or ``None`` if it is not a database error."""
+    # Imported here, not at the top: the in-memory twin imports this module (for the
+    # error classes) and must not load SQLAlchemy; only code that talks to a database
+    # translates errors, and it has SQLAlchemy loaded already.
+    from sqlalchemy import exc as sa_exc
+
+    if isinstance(exc, sa_exc.StatementError):
+        if isinstance(exc.orig, ConvostoreError):
+            return exc.orig
+        if _out_of_range(exc.orig):
+            return ValidationError(f"a value is out of range: {_short(exc)}")
+        if isinstance(exc, sa_exc.IntegrityError):
+            return ConflictError(f"integrity constraint violated: {_short(exc)}")
+        return DatabaseError(f"{type(exc).__name__}: {_short(exc)}")
+    if isinstance(exc, sa_exc.SQLAlchemyError):
+        return DatabaseError(f"{type(exc).__name__}: {exc}")
+    # Drivers also raise their own exceptions, and plain OSError / TimeoutError, outside
+    # SQLAlchemy's wrappers: when a connection drops before or between statements, or
+    # while a pooled connection is being reset.
+    if isinstance(exc, (OSError, TimeoutError)) or is_driver_error(exc):
+        return DatabaseError(f"{type(exc).__name__}: {exc}")
+    return None
 
 
 # Top-level packages of the database drivers convostore can run on.

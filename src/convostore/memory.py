@@ -1,9 +1,12 @@
 """In-memory implementations of both interfaces: the reference behaviour, and fakes for tests.
 
 They check arguments and encode payloads exactly as the SQL implementations do (the same
-functions run), so a value that one refuses the other refuses too, and what they return is
-a fresh copy, never an alias of what is stored. Nothing persists beyond the
-:class:`MemoryStorage` object.
+functions of :mod:`convostore.arguments` and :mod:`convostore.models` run), so a value that
+one refuses the other refuses too, and what they return is a fresh copy, never an alias of
+what is stored. Nothing persists beyond the :class:`MemoryStorage` object.
+
+This module imports no SQL: only the models, the interfaces, the codec, the errors and the
+shared rules (``import convostore.memory`` does not load SQLAlchemy).
 """
 
 from __future__ import annotations
@@ -14,13 +17,11 @@ from datetime import UTC, datetime
 from typing import Any, Self
 from uuid import uuid4
 
-from convostore import codec
-from convostore.context import default_project
-from convostore.database import DEFAULT_AGENT_KEY
-from convostore.dialects import checked_counter
+from convostore import arguments, codec
 from convostore.errors import ConflictError, InsufficientBalance
 from convostore.interfaces import AgentDatabase, ContextStore
 from convostore.models import (
+    NO_PREVIEW,
     ContextMessage,
     ContextRole,
     Message,
@@ -29,28 +30,9 @@ from convostore.models import (
     StoredContextMessage,
     ThreadInfo,
     User,
-    check_amount,
-    check_bool,
-    check_client_ids,
-    check_id,
-    check_namespace,
-    check_optional_int,
-    check_page,
     encoded_context_messages,
-    new_message,
-    new_message_batch,
-    scoped_project,
-    validated,
 )
-from convostore.repositories import NO_PREVIEW
-from convostore.tables import (
-    AGENT_NAME_LENGTH,
-    CLIENT_ID_LENGTH,
-    PROJECT_LENGTH,
-    SESSION_ID_LENGTH,
-    THREAD_ID_LENGTH,
-    USER_ID_LENGTH,
-)
+from convostore.rules import checked_counter
 
 __all__ = ["InMemoryContextStore", "InMemoryDatabase", "MemoryStorage"]
 
@@ -109,11 +91,7 @@ class InMemoryDatabase(AgentDatabase):
     ) -> None:
         self.conn_str = "memory://"
         self.agent_name = agent_name
-        self._agent = (
-            DEFAULT_AGENT_KEY
-            if agent_name is None
-            else check_id(agent_name, "agent_name", AGENT_NAME_LENGTH)
-        )
+        self._agent = arguments.agent_key(agent_name)
         self.storage = storage if storage is not None else MemoryStorage()
 
     async def async_init(self) -> Self:
@@ -123,32 +101,25 @@ class InMemoryDatabase(AgentDatabase):
         return None
 
     async def get_user(self, user_id: str) -> User:
-        check_id(user_id, "user_id", USER_ID_LENGTH)
+        arguments.user_id(user_id)
         stored = self.storage.users.get((self._agent, user_id))
         return User(user_id=user_id) if stored is None else stored.model_copy()
 
     async def upsert_user(self, user: User) -> None:
-        checked = validated(User, user)
-        check_id(checked.user_id, "user_id", USER_ID_LENGTH)
-        if checked.current_thread_id is not None:
-            check_id(checked.current_thread_id, "current_thread_id", THREAD_ID_LENGTH)
-        check_amount(checked.available_balance, "available_balance")
+        checked = arguments.upsert_user(user)
         self.storage.users[(self._agent, checked.user_id)] = checked
 
     async def get_current_thread_id(self, user_id: str) -> str | None:
         return (await self.get_user(user_id)).current_thread_id
 
     async def set_current_thread_id(self, user_id: str, thread_id: str | None) -> None:
-        check_id(user_id, "user_id", USER_ID_LENGTH)
-        if thread_id is not None:
-            check_id(thread_id, "thread_id", THREAD_ID_LENGTH)
+        arguments.set_current_thread(user_id, thread_id)
         user = await self.get_user(user_id)
         user.current_thread_id = thread_id
         self.storage.users[(self._agent, user_id)] = user
 
     async def credit(self, user_id: str, amount: int) -> int:
-        check_id(user_id, "user_id", USER_ID_LENGTH)
-        check_amount(amount, "amount")
+        arguments.balance_change(user_id, amount)
         user = await self.get_user(user_id)
         checked_counter(user.available_balance + amount, "users", "available_balance")
         user.available_balance += amount
@@ -156,8 +127,7 @@ class InMemoryDatabase(AgentDatabase):
         return user.available_balance
 
     async def debit(self, user_id: str, amount: int) -> int:
-        check_id(user_id, "user_id", USER_ID_LENGTH)
-        check_amount(amount, "amount")
+        arguments.balance_change(user_id, amount)
         user = await self.get_user(user_id)
         if user.available_balance < amount:
             raise InsufficientBalance(
@@ -182,17 +152,8 @@ class InMemoryDatabase(AgentDatabase):
         *,
         client_id: str | None = None,
     ) -> Message:
-        new = new_message(
-            thread_id,
-            user_id,
-            role,
-            message,
-            content,
-            kind,
-            satoshis,
-            extra_inputs,
-            extra_outputs,
-            id_lengths=(THREAD_ID_LENGTH, USER_ID_LENGTH),
+        new = arguments.add_message(
+            thread_id, user_id, role, message, content, kind, satoshis, extra_inputs, extra_outputs
         )
         (stored,) = self._add(new.thread_id, new.user_id, [new], [client_id])
         return stored
@@ -200,9 +161,7 @@ class InMemoryDatabase(AgentDatabase):
     async def add_messages(
         self, thread_id: str, user_id: str, messages: Iterable[Mapping[str, Any]]
     ) -> list[Message]:
-        news, client_ids = new_message_batch(
-            thread_id, user_id, messages, id_lengths=(THREAD_ID_LENGTH, USER_ID_LENGTH)
-        )
+        news, client_ids = arguments.add_messages(thread_id, user_id, messages)
         return self._add(thread_id, user_id, news, client_ids)
 
     def _add(
@@ -212,7 +171,7 @@ class InMemoryDatabase(AgentDatabase):
         news: Sequence[NewMessage],
         client_ids: Sequence[str | None],
     ) -> list[Message]:
-        ids = check_client_ids(list(client_ids), len(news), CLIENT_ID_LENGTH)
+        ids = arguments.client_ids(list(client_ids), len(news))
         if not news:
             return []
         now = datetime.now(UTC)
@@ -270,12 +229,7 @@ class InMemoryDatabase(AgentDatabase):
         after_idx: int | None = None,
         reverse: bool = False,
     ) -> list[Message]:
-        check_id(thread_id, "thread_id", THREAD_ID_LENGTH)
-        check_id(user_id, "user_id", USER_ID_LENGTH)
-        check_optional_int(limit, "limit", minimum=0)
-        check_optional_int(before_idx, "before_idx")
-        check_optional_int(after_idx, "after_idx")
-        check_bool(reverse, "reverse")
+        arguments.get_messages(thread_id, user_id, limit, before_idx, after_idx, reverse)
         thread = self.storage.threads.get((self._agent, thread_id))
         rows = [
             row
@@ -293,8 +247,7 @@ class InMemoryDatabase(AgentDatabase):
     async def list_threads(
         self, user_id: str, *, limit: int | None = None, before: ThreadInfo | None = None
     ) -> list[ThreadInfo]:
-        check_id(user_id, "user_id", USER_ID_LENGTH)
-        check_page(limit, before, ThreadInfo)
+        arguments.list_threads(user_id, limit, before)
         found = [
             ThreadInfo(
                 thread_id=thread_id,
@@ -335,14 +288,9 @@ class InMemoryContextStore(ContextStore):
         namespace: str | None = None,
     ) -> None:
         self.storage = storage if storage is not None else MemoryStorage()
-        self._session_id = check_id(
-            uuid4().hex if session_id is None else session_id, "session_id", SESSION_ID_LENGTH
+        self._session_id, self._project, self._namespace, self._scope = arguments.open_session(
+            session_id, project, namespace
         )
-        self._project = check_id(
-            default_project() if project is None else project, "project", PROJECT_LENGTH
-        )
-        self._namespace = check_namespace(namespace)
-        self._scope = scoped_project(self._namespace, self._project, PROJECT_LENGTH)
 
     @property
     def session_id(self) -> str:
@@ -377,7 +325,7 @@ class InMemoryContextStore(ContextStore):
     ) -> list[StoredContextMessage]:
         """Append messages at consecutive positions, all or none."""
         checked = encoded_context_messages(messages)
-        ids = check_client_ids(client_ids, len(checked), CLIENT_ID_LENGTH)
+        ids = arguments.client_ids(client_ids, len(checked))
         if not checked:
             return []
         now = datetime.now(UTC)
@@ -426,7 +374,7 @@ class InMemoryContextStore(ContextStore):
         ]
 
     async def get_last(self, count: int) -> list[ContextMessage]:
-        check_amount(count, "count")
+        arguments.count(count)
         return (await self.get_history())[-count:] if count else []
 
     async def get_messages(
@@ -437,10 +385,7 @@ class InMemoryContextStore(ContextStore):
         limit: int | None = None,
         reverse: bool = False,
     ) -> list[StoredContextMessage]:
-        check_optional_int(after, "after")
-        check_optional_int(before, "before")
-        check_optional_int(limit, "limit", minimum=0)
-        check_bool(reverse, "reverse")
+        arguments.context_window(after, before, limit, reverse)
         state = self._stored_state()
         if state is None:
             return []
@@ -481,8 +426,7 @@ class InMemoryContextStore(ContextStore):
         self.storage.sessions.pop((self._scope, self._session_id), None)
 
     async def fork(self, *, at: int | None = None) -> InMemoryContextStore:
-        if at is not None:
-            check_amount(at, "at")
+        arguments.fork_at(at)
         new_id = uuid4().hex
         state = self._stored_state()
         if state is not None:
@@ -522,14 +466,12 @@ class InMemoryContextStore(ContextStore):
         return state
 
     async def set_context_tokens(self, input_tokens: int, output_tokens: int) -> None:
-        check_amount(input_tokens, "input_tokens")
-        check_amount(output_tokens, "output_tokens")
+        arguments.tokens(input_tokens, output_tokens)
         state = self._tokens_state()
         state.input_tokens, state.output_tokens = input_tokens, output_tokens
 
     async def add_context_tokens(self, input_tokens: int, output_tokens: int) -> None:
-        check_amount(input_tokens, "input_tokens")
-        check_amount(output_tokens, "output_tokens")
+        arguments.tokens(input_tokens, output_tokens)
         current = self._stored_state()
         if current is not None:
             checked_counter(current.input_tokens + input_tokens, "context_tokens", "input_tokens")
@@ -547,7 +489,7 @@ class InMemoryContextStore(ContextStore):
     async def list_sessions(
         self, *, limit: int | None = None, before: SessionInfo | None = None
     ) -> list[SessionInfo]:
-        check_page(limit, before, SessionInfo)
+        arguments.list_sessions(limit, before)
         found = [
             SessionInfo(
                 session_id=session_id,

@@ -29,6 +29,16 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from convostore.rules import (
+    ADK_KEY_LENGTH,
+    AGENT_NAME_LENGTH,
+    CLIENT_ID_LENGTH,
+    PREVIEW_LENGTH,
+    PROJECT_LENGTH,
+    SESSION_ID_LENGTH,
+    THREAD_ID_LENGTH,
+    USER_ID_LENGTH,
+)
 from convostore.types import CompressedJSON, UTCDateTime, key_string, long_text
 
 __all__ = [
@@ -52,17 +62,6 @@ __all__ = [
     "UserRecord",
 ]
 
-# Key lengths keep every composite key under MySQL/MariaDB's 3072-byte index limit
-# at 4 bytes per utf8mb4 character.
-AGENT_NAME_LENGTH = 128
-USER_ID_LENGTH = 255
-THREAD_ID_LENGTH = 255
-PROJECT_LENGTH = 512
-SESSION_ID_LENGTH = 128
-PREVIEW_LENGTH = 100
-CLIENT_ID_LENGTH = 128
-# ADK's own key columns are 128 characters (app name, user id, session id, event id).
-ADK_KEY_LENGTH = 128
 
 _HAS_CLIENT_ID = text("client_id IS NOT NULL")
 

@@ -10,7 +10,6 @@ from typing import Any, Final, Protocol
 
 from sqlalchemy import Table
 
-from convostore.database import DEFAULT_AGENT_KEY
 from convostore.errors import ValidationError
 from convostore.models import (
     CONTEXT_ROLES,
@@ -21,13 +20,16 @@ from convostore.models import (
     check_id,
     check_text,
 )
-from convostore.tables import (
+from convostore.rules import (
     AGENT_NAME_LENGTH,
+    DEFAULT_AGENT_KEY,
     PREVIEW_LENGTH,
     PROJECT_LENGTH,
     SESSION_ID_LENGTH,
     THREAD_ID_LENGTH,
     USER_ID_LENGTH,
+)
+from convostore.tables import (
     ContextMessageRecord,
     ContextTokensRecord,
     MessageRecord,

@@ -18,9 +18,9 @@ import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore import codec
-from convostore.database import DEFAULT_AGENT_KEY
 from convostore.errors import ConflictError, SerializationError, ValidationError, translate_errors
 from convostore.models import ContextMessage
+from convostore.rules import DEFAULT_AGENT_KEY
 from convostore.settings import redact
 from convostore.transfer._format import (
     NoProgress,

@@ -1,0 +1,218 @@
+"""The argument checks of every operation, one function per operation.
+
+:class:`~convostore.SQLAlchemyDatabase`, :class:`~convostore.SQLAlchemyContextStore` and
+their in-memory twins call the same function for the same operation, so what one refuses
+the others refuse, with the same message. Nothing here touches SQL: each function returns
+the checked values (or raises :class:`~convostore.errors.ValidationError`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+from uuid import uuid4
+
+from convostore.models import (
+    NewMessage,
+    SessionInfo,
+    ThreadInfo,
+    User,
+    check_amount,
+    check_bool,
+    check_client_ids,
+    check_id,
+    check_namespace,
+    check_optional_int,
+    check_page,
+    new_message,
+    new_message_batch,
+    scoped_project,
+    validated,
+)
+from convostore.rules import (
+    AGENT_NAME_LENGTH,
+    CLIENT_ID_LENGTH,
+    DEFAULT_AGENT_KEY,
+    PROJECT_LENGTH,
+    SESSION_ID_LENGTH,
+    THREAD_ID_LENGTH,
+    USER_ID_LENGTH,
+    default_project,
+)
+
+__all__ = [
+    "add_message",
+    "add_messages",
+    "agent_key",
+    "balance_change",
+    "client_ids",
+    "context_window",
+    "count",
+    "fork_at",
+    "get_messages",
+    "list_sessions",
+    "list_threads",
+    "open_session",
+    "session_id",
+    "set_current_thread",
+    "tokens",
+    "upsert_user",
+    "user_id",
+]
+
+_ID_LENGTHS = (THREAD_ID_LENGTH, USER_ID_LENGTH)
+
+# --- the agent database ----------------------------------------------------------------------
+
+
+def agent_key(agent_name: str | None) -> str:
+    """The stored key of the agent ``agent_name`` (``None``: the default agent)."""
+    return (
+        DEFAULT_AGENT_KEY
+        if agent_name is None
+        else check_id(agent_name, "agent_name", AGENT_NAME_LENGTH)
+    )
+
+
+def user_id(value: str) -> str:
+    """``get_user`` / ``get_current_thread_id``: the user's id."""
+    return check_id(value, "user_id", USER_ID_LENGTH)
+
+
+def upsert_user(user: User) -> User:
+    """``upsert_user``: a checked copy of ``user``."""
+    checked = validated(User, user)
+    check_id(checked.user_id, "user_id", USER_ID_LENGTH)
+    if checked.current_thread_id is not None:
+        check_id(checked.current_thread_id, "current_thread_id", THREAD_ID_LENGTH)
+    check_amount(checked.available_balance, "available_balance")
+    return checked
+
+
+def set_current_thread(user: str, thread_id: str | None) -> None:
+    """``set_current_thread_id``."""
+    check_id(user, "user_id", USER_ID_LENGTH)
+    if thread_id is not None:
+        check_id(thread_id, "thread_id", THREAD_ID_LENGTH)
+
+
+def balance_change(user: str, amount: int) -> None:
+    """``credit`` / ``debit``."""
+    check_id(user, "user_id", USER_ID_LENGTH)
+    check_amount(amount, "amount")
+
+
+def add_message(
+    thread_id: object,
+    user: object,
+    role: object,
+    message: object,
+    content: object,
+    kind: object,
+    satoshis: object,
+    extra_inputs: object,
+    extra_outputs: object,
+) -> NewMessage:
+    """``add_message``: the checked message, payloads encoded."""
+    return new_message(
+        thread_id,
+        user,
+        role,
+        message,
+        content,
+        kind,
+        satoshis,
+        extra_inputs,
+        extra_outputs,
+        id_lengths=_ID_LENGTHS,
+    )
+
+
+def add_messages(
+    thread_id: object, user: object, messages: Iterable[Mapping[str, Any]]
+) -> tuple[list[NewMessage], list[str | None]]:
+    """``add_messages``: the checked messages and their client ids."""
+    news, client_ids = new_message_batch(thread_id, user, messages, id_lengths=_ID_LENGTHS)
+    return list(news), list(client_ids)
+
+
+def client_ids(ids: Sequence[str | None] | None, count: int) -> list[str | None]:
+    """The client ids of a batch of ``count`` messages (``None``: none given)."""
+    return check_client_ids(ids, count, CLIENT_ID_LENGTH)
+
+
+def get_messages(
+    thread_id: str,
+    user: str,
+    limit: int | None,
+    before_idx: int | None,
+    after_idx: int | None,
+    reverse: bool,
+) -> None:
+    """``get_messages`` of the agent database."""
+    check_id(thread_id, "thread_id", THREAD_ID_LENGTH)
+    check_id(user, "user_id", USER_ID_LENGTH)
+    check_optional_int(limit, "limit", minimum=0)
+    check_optional_int(before_idx, "before_idx")
+    check_optional_int(after_idx, "after_idx")
+    check_bool(reverse, "reverse")
+
+
+def list_threads(user: str, limit: int | None, before: ThreadInfo | None) -> None:
+    """``list_threads``."""
+    check_id(user, "user_id", USER_ID_LENGTH)
+    check_page(limit, before, ThreadInfo)
+
+
+# --- the context store -----------------------------------------------------------------------
+
+
+def session_id(value: str) -> str:
+    """A session's id (``with_session``)."""
+    return check_id(value, "session_id", SESSION_ID_LENGTH)
+
+
+def open_session(
+    session: str | None, project: str | None, namespace: str | None
+) -> tuple[str, str, str | None, str]:
+    """A store's constructor: (session id, project, namespace, stored project key).
+
+    The session id defaults to a new random one, the project to the current directory.
+    """
+    checked_session = session_id(uuid4().hex if session is None else session)
+    checked_project = check_id(
+        default_project() if project is None else project, "project", PROJECT_LENGTH
+    )
+    checked_namespace = check_namespace(namespace)
+    scope = scoped_project(checked_namespace, checked_project, PROJECT_LENGTH)
+    return checked_session, checked_project, checked_namespace, scope
+
+
+def count(value: int) -> None:
+    """``get_last``."""
+    check_amount(value, "count")
+
+
+def fork_at(at: int | None) -> None:
+    """``fork``."""
+    if at is not None:
+        check_amount(at, "at")
+
+
+def context_window(after: int | None, before: int | None, limit: int | None, reverse: bool) -> None:
+    """``get_messages`` of the context store."""
+    check_optional_int(after, "after")
+    check_optional_int(before, "before")
+    check_optional_int(limit, "limit", minimum=0)
+    check_bool(reverse, "reverse")
+
+
+def tokens(input_tokens: int, output_tokens: int) -> None:
+    """``set_context_tokens`` / ``add_context_tokens``."""
+    check_amount(input_tokens, "input_tokens")
+    check_amount(output_tokens, "output_tokens")
+
+
+def list_sessions(limit: int | None, before: SessionInfo | None) -> None:
+    """``list_sessions``."""
+    check_page(limit, before, SessionInfo)

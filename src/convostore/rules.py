@@ -1,0 +1,65 @@
+"""The rules the SQL implementations and the in-memory twin share, without SQLAlchemy.
+
+Id lengths (the key columns of ``convostore.tables`` are sized from them), the key the
+default agent is stored under, the preview's length, the 64-bit bound of every counter and
+the default project. The namespace helpers and the preview itself are in
+:mod:`convostore.models`, also free of SQL.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Final
+
+from convostore.errors import ValidationError
+
+__all__ = [
+    "ADK_KEY_LENGTH",
+    "AGENT_NAME_LENGTH",
+    "CLIENT_ID_LENGTH",
+    "DEFAULT_AGENT_KEY",
+    "INT64_MAX",
+    "PREVIEW_LENGTH",
+    "PROJECT_LENGTH",
+    "SESSION_ID_LENGTH",
+    "THREAD_ID_LENGTH",
+    "USER_ID_LENGTH",
+    "checked_counter",
+    "default_project",
+]
+
+# Key lengths keep every composite key under MySQL/MariaDB's 3072-byte index limit
+# at 4 bytes per utf8mb4 character.
+AGENT_NAME_LENGTH: Final = 128
+USER_ID_LENGTH: Final = 255
+THREAD_ID_LENGTH: Final = 255
+PROJECT_LENGTH: Final = 512
+SESSION_ID_LENGTH: Final = 128
+PREVIEW_LENGTH: Final = 100
+CLIENT_ID_LENGTH: Final = 128
+# ADK's own key columns are 128 characters (app name, user id, session id, event id).
+ADK_KEY_LENGTH: Final = 128
+
+DEFAULT_AGENT_KEY: Final = ""
+"""How ``agent_name=None`` is stored: key columns cannot be NULL, and an agent's name is
+never empty (:func:`convostore.models.check_id` refuses it), so the two cannot collide."""
+
+INT64_MAX: Final = 2**63 - 1
+
+
+def checked_counter(value: Any, table: str, counter: str) -> int:
+    """``value`` as an int, refusing what overflowed 64 bits.
+
+    PostgreSQL and MySQL/MariaDB raise on a BIGINT overflow (which
+    :func:`convostore.errors.translate_errors` makes a ValidationError); SQLite instead
+    turns the result into a REAL, which this catches so the transaction rolls back the
+    same way. The in-memory twin calls it for the same refusal.
+    """
+    if type(value) is not int or value > INT64_MAX:
+        raise ValidationError(f"{table}.{counter} would overflow 64 bits")
+    return value
+
+
+def default_project() -> str:
+    """The default project: the resolved current working directory, as axio uses."""
+    return str(Path.cwd().resolve())
