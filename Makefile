@@ -18,7 +18,7 @@ PEERS ?= .peers
 PEER_SDISTS := axio-context-sqlite==0.12.2 agentstr-sdk==0.6.15
 PEERS_STAMP := $(PEERS)/.downloaded
 
-.PHONY: venv venv312 peers demo test pytest pytest312 compat lint format bench docs clean scale-servers
+.PHONY: venv venv312 peers demo test pytest pytest312 compat unit contract lint format bench docs clean scale-servers
 
 venv: $(STAMP)
 
@@ -96,6 +96,16 @@ scale-servers:
 	grep -Eq '^host[[:space:]]+replication[[:space:]]' $(PG_HBA) || { \
 		echo 'host replication all 127.0.0.1/32 trust' >> $(PG_HBA) && \
 		psql -h 127.0.0.1 -U postgres -Atqc 'SELECT pg_reload_conf()'; }
+
+# Quick loops while developing, on .venv alone (no Python 3.12 environment): the unit
+# tests, and the contract suites on the backends named by DB (e.g. DB=sqlite,postgresql).
+DB ?= memory,sqlite
+
+unit: venv
+	$(BIN)/python -m pytest tests/unit -q $(PYTEST_ARGS)
+
+contract: venv
+	$(BIN)/python -m pytest tests/contract -q --db $(DB) $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check src tests migrations examples bench docs/_griffe

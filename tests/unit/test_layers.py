@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -41,3 +43,15 @@ def test_every_public_name_imports_from_the_package() -> None:
 def test_an_unknown_name_is_an_attribute_error() -> None:
     with pytest.raises(AttributeError, match="no_such_name"):
         convostore.no_such_name  # noqa: B018
+
+
+def test_only_the_runner_and_the_migrations_open_connections() -> None:
+    """Every other module goes through TransactionRunner (retries, typed errors)."""
+    source = Path(convostore.__file__).parent
+    pattern = re.compile(r"engine\.(begin|connect)\(")
+    opening = sorted(
+        str(path.relative_to(source))
+        for path in source.rglob("*.py")
+        if pattern.search(path.read_text(encoding="utf-8"))
+    )
+    assert opening == ["migrate/__init__.py", "transactions.py"]
