@@ -42,7 +42,7 @@ $(STAMP312): pyproject.toml
 		agentstr-sdk==0.6.15 pynostr coincurve tlv8
 	touch $(STAMP312)
 
-# Downloaded, never committed: tests/integrations/test_peer_suites.py runs the tests these
+# Downloaded, never committed: tests/frameworks/test_peer_suites.py runs the tests these
 # sdists ship with our conftest swapping in convostore's drop-ins (the Makefile is the
 # only place that names the versions).
 peers: $(PEERS_STAMP)
@@ -61,7 +61,7 @@ demo: venv
 	$(BIN)/python examples/quickstart.py read
 
 # The whole suite: lint and types, every test on every reachable backend (with CI=true,
-# every backend is required), then the Python 3.12 integration tests.
+# every backend is required), then the Python 3.12 framework tests (tests/frameworks).
 test: lint pytest pytest312 compat
 
 pytest: venv venv312
@@ -69,7 +69,7 @@ pytest: venv venv312
 
 pytest312: venv312 peers
 	CONVOSTORE_AGENTSTR_PATH=$(abspath $(VENV312))/agentstr CONVOSTORE_PEERS_DIR=$(abspath $(PEERS)) \
-		$(BIN312)/python -m pytest tests/integrations $(PYTEST_ARGS)
+		$(BIN312)/python -m pytest tests/frameworks $(PYTEST_ARGS)
 
 # The oldest SQLAlchemy series we support (2.0): the contract and unit suites on every
 # backend, for what depends on SQLAlchemy's adapter layer (convostore.sqlite_driver, the

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# Pages whose examples need optional frameworks run in tests/integrations instead.
+# Pages whose examples need optional frameworks run in tests/frameworks instead.
 OWN_TESTS = {"integrations.md"}
 BLOCK = re.compile(r"^```(?P<info>[^\n]*)\n(?P<body>.*?)^```", re.DOTALL | re.MULTILINE)
 

@@ -607,7 +607,7 @@ class SessionRepository:
         if before is not None:
             at = literal(before.created_at, s.created_at.type)
             # The first condition is implied by the second; it is there so SQLite and
-            # PostgreSQL bound the index range with it (EXPLAIN: tests/integration/
+            # PostgreSQL bound the index range with it (EXPLAIN: tests/backends/
             # test_query_plans.py), instead of filtering every row of the earlier pages.
             stmt = stmt.where(
                 s.created_at <= at,

@@ -2,7 +2,7 @@
 
 Each test gets a database of its own on the PostgreSQL server, migrated through Alembic,
 partitioned by :func:`convostore.partitioning.partition_by_scope` and dropped afterwards.
-The query-plan test reruns ``tests/integration/test_query_plans.py``'s cases on the
+The query-plan test reruns ``tests/backends/test_query_plans.py``'s cases on the
 partitioned schema: the same statements must read the same indexes (the partition's
 copy of them), in exactly one partition.
 """
@@ -30,7 +30,7 @@ from convostore.partitioning import (
     partition_names,
 )
 from tests.conftest import create_server_database, drop_database, require_backend, run_sync
-from tests.integration.test_query_plans import (
+from tests.backends.test_query_plans import (
     CASES,
     Captured,
     Case,

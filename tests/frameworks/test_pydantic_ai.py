@@ -40,7 +40,7 @@ from convostore.integrations.pydantic_ai import (
     message_role,
     to_context,
 )
-from tests.integrations.conftest import MakeStore
+from tests.frameworks.conftest import MakeStore
 
 PLUS_TWO = dt.timezone(dt.timedelta(hours=2))
 

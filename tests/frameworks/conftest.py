@@ -1,4 +1,4 @@
-"""Stores for the integration tests: the in-memory reference and every selected SQL backend.
+"""Stores for the framework adapter tests: the in-memory reference and every SQL backend.
 
 ``store_engine`` is ``None`` for ``memory`` and an engine at head otherwise (a new SQLite
 file, or this session's emptied server database); ``make_store`` builds convostore context

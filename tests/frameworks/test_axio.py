@@ -47,7 +47,7 @@ from convostore.integrations.axio import (
     connect,
 )
 from tests.conftest import require_backend
-from tests.integrations.conftest import (
+from tests.frameworks.conftest import (
     SQL_BACKENDS,
     SimulatedCrashError,
     crash_on,

@@ -1,6 +1,6 @@
 """A pytest plugin that runs a peer's own test suite against convostore's drop-ins.
 
-Loaded with ``-p tests.integrations.peer_swap`` into a pytest run over the tests shipped in
+Loaded with ``-p tests.frameworks.peer_swap`` into a pytest run over the tests shipped in
 axio-context-sqlite's or agentstr-sdk's sdist (downloaded by ``make peers``, never copied
 into this repository). It changes only what a user changes, the import:
 

@@ -4,7 +4,7 @@
 ``.peers/`` (``CONVOSTORE_PEERS_DIR``); nothing of theirs is committed here.
 
 * Every python example of axio-context-sqlite's README runs verbatim but for its import line.
-* Their test suites run in a pytest of their own with :mod:`tests.integrations.peer_swap`
+* Their test suites run in a pytest of their own with :mod:`tests.frameworks.peer_swap`
   swapping in our classes, on SQLite and on each selected server. Every test must pass,
   except those listed in docs/integrations.md ("The peers' own test suites") — and each of
   those must still fail, so the list stays true.
@@ -117,7 +117,7 @@ def run_suite(peer: str, backend: str, tmp_path: Path) -> dict[str, str]:
         "-m",
         "pytest",
         "-p",
-        "tests.integrations.peer_swap",
+        "tests.frameworks.peer_swap",
         "-p",
         "no:cacheprovider",
         "--rootdir",

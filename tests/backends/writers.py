@@ -3,7 +3,7 @@
 In-process, the tests call :func:`append_to_session` and :func:`append_to_thread` from
 several asyncio tasks. As a process::
 
-    python tests/integration/writers.py {session|thread} URL SCOPE WRITER COUNT
+    python tests/backends/writers.py {session|thread} URL SCOPE WRITER COUNT
 
 opens its own engine, makes its first connection, prints ``ready`` and waits for a line on
 stdin before writing: the parent releases every process at once only when all of them are

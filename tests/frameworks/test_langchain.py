@@ -48,7 +48,7 @@ from convostore.integrations.langchain import (
     message_role,
 )
 from tests.conftest import _servers, empty_tables, run_sync
-from tests.integrations.conftest import MakeStore
+from tests.frameworks.conftest import MakeStore
 
 # langchain-core 1.x deprecates it in favour of LangGraph, yet it is how chains take a history.
 pytestmark = pytest.mark.filterwarnings("ignore:RunnableWithMessageHistory is deprecated")

@@ -18,7 +18,7 @@ from convostore import (
     SQLAlchemyContextStore,
     ValidationError,
 )
-from tests.integrations.conftest import MakeStore, SimulatedCrashError, crash_on, inserts_messages
+from tests.frameworks.conftest import MakeStore, SimulatedCrashError, crash_on, inserts_messages
 
 
 def text(role: Any, value: str) -> ContextMessage:

@@ -40,8 +40,8 @@ from convostore.tables import (
 )
 from convostore.transactions import MAX_ATTEMPTS
 from tests.conftest import WITH_PGBOUNCER, is_postgresql, selected_backend
-from tests.integration import writers
-from tests.integration.writers import AGENT, PROJECT, USER
+from tests.backends import writers
+from tests.backends.writers import AGENT, PROJECT, USER
 
 # Through PgBouncer too (the fixture the server fixtures below depend on).
 backend = pytest.fixture(params=WITH_PGBOUNCER)(selected_backend)

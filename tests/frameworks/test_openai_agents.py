@@ -41,7 +41,7 @@ from convostore.integrations.openai_agents import (
     item_role,
 )
 from tests.conftest import require_backend
-from tests.integrations.conftest import SQL_BACKENDS, open_engine
+from tests.frameworks.conftest import SQL_BACKENDS, open_engine
 
 MakeSession = Callable[[str], Session]
 

@@ -42,7 +42,7 @@ from convostore import ConflictError, NotFoundError, SerializationError, Validat
 from convostore.integrations.adk import ConvostoreSessionService, SessionPage
 from convostore.tables import AdkEventRecord, AdkSessionRecord
 from tests.conftest import require_backend
-from tests.integrations.conftest import SQL_BACKENDS, open_engine
+from tests.frameworks.conftest import SQL_BACKENDS, open_engine
 
 REFERENCE = "adk-database"
 
