@@ -53,7 +53,7 @@ from convostore.models import (
 )
 from convostore.tables import (
     ContextMessageRecord,
-    ContextTokensRecord,
+    ContextSessionRecord,
     MessageRecord,
     ThreadRecord,
     UserRecord,
@@ -73,7 +73,7 @@ __all__ = [
 _users: Table = UserRecord.__table__  # type: ignore[assignment]
 _threads: Table = ThreadRecord.__table__  # type: ignore[assignment]
 _messages: Table = MessageRecord.__table__  # type: ignore[assignment]
-_sessions: Table = ContextTokensRecord.__table__  # type: ignore[assignment]
+_sessions: Table = ContextSessionRecord.__table__  # type: ignore[assignment]
 _context_messages: Table = ContextMessageRecord.__table__  # type: ignore[assignment]
 
 

@@ -56,6 +56,7 @@ __all__ = [
     "AdkUserStateRecord",
     "Base",
     "ContextMessageRecord",
+    "ContextSessionRecord",
     "ContextTokensRecord",
     "MessageRecord",
     "ThreadRecord",
@@ -156,8 +157,11 @@ class MessageRecord(Base):
     client_id: Mapped[str | None] = mapped_column(key_string(CLIENT_ID_LENGTH))
 
 
-class ContextTokensRecord(Base):
-    """Per-session state of the context store, one row per (project, session_id).
+class ContextSessionRecord(Base):
+    """The per-session row of the context store, one per (project, session_id).
+
+    The table keeps its first name, ``context_tokens`` (what it held at first, and what
+    raw SQL and the query plans on the performance page name); in code it is the session.
 
     Besides the token totals it holds ``next_position`` (the counter that orders the
     session's messages, equal to its message count since positions are gap-free), the
@@ -179,6 +183,10 @@ class ContextTokensRecord(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     parent_session_id: Mapped[str | None] = mapped_column(key_string(SESSION_ID_LENGTH))
     forked_at: Mapped[int | None] = mapped_column(BigInteger)
+
+
+ContextTokensRecord = ContextSessionRecord
+"""The earlier name of :class:`ContextSessionRecord`, kept for code that imports it."""
 
 
 class ContextMessageRecord(Base):

@@ -34,7 +34,7 @@ from convostore import (
 from convostore.dialects import is_retryable
 from convostore.tables import (
     ContextMessageRecord,
-    ContextTokensRecord,
+    ContextSessionRecord,
     MessageRecord,
     UserRecord,
 )
@@ -393,7 +393,7 @@ async def session_row_locked(url: URL, session_id: str) -> AsyncIterator[AsyncCo
     admin = create_engine(url, poolclass=NullPool)
     try:
         async with admin.connect() as conn:
-            sessions = cast(Table, ContextTokensRecord.__table__)
+            sessions = cast(Table, ContextSessionRecord.__table__)
             c = sessions.c
             await conn.execute(
                 update(sessions)

@@ -24,7 +24,7 @@ from convostore.engine import (
     sqlite_path,
 )
 from convostore.errors import ConfigurationError
-from convostore.tables import ContextTokensRecord
+from convostore.tables import ContextSessionRecord
 
 NOW = datetime(2024, 1, 1, tzinfo=UTC)
 
@@ -37,7 +37,7 @@ async def _pragmas(conn: AsyncConnection) -> dict[str, object]:
 async def _add_session(engine: AsyncEngine, session_id: str) -> None:
     async with engine.begin() as conn:
         await conn.execute(
-            insert(ContextTokensRecord).values(
+            insert(ContextSessionRecord).values(
                 project="p", session_id=session_id, input_tokens=1, output_tokens=2,
                 next_position=0, preview=None, created_at=NOW, updated_at=NOW,
             )
@@ -47,7 +47,7 @@ async def _add_session(engine: AsyncEngine, session_id: str) -> None:
 async def _session_ids(engine: AsyncEngine) -> list[str]:
     async with engine.connect() as conn:
         result = await conn.execute(
-            select(ContextTokensRecord.session_id).order_by(ContextTokensRecord.session_id)
+            select(ContextSessionRecord.session_id).order_by(ContextSessionRecord.session_id)
         )
         return list(result.scalars())
 

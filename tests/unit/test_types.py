@@ -19,7 +19,7 @@ from convostore import codec, migrate
 from convostore.database import SQLAlchemyDatabase
 from convostore.engine import create_engine
 from convostore.errors import SerializationError, translate_errors
-from convostore.tables import ContextMessageRecord, ContextTokensRecord
+from convostore.tables import ContextMessageRecord, ContextSessionRecord
 from convostore.types import CompressedJSON, UTCDateTime
 
 DIALECT_CLASSES: dict[str, type[Dialect]] = {
@@ -44,7 +44,7 @@ async def sqlite_engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
 
 async def _add_session(session: AsyncSession, session_id: str = "s") -> None:
     await session.execute(
-        insert(ContextTokensRecord).values(
+        insert(ContextSessionRecord).values(
             project="p", session_id=session_id, input_tokens=0, output_tokens=0,
             next_position=0, preview=None, created_at=NOW, updated_at=NOW,
         )

@@ -31,7 +31,7 @@ from convostore.rules import (
 )
 from convostore.tables import (
     ContextMessageRecord,
-    ContextTokensRecord,
+    ContextSessionRecord,
     MessageRecord,
     ThreadRecord,
     UserRecord,
@@ -44,7 +44,7 @@ BATCH_SIZE: Final = 500
 USERS: Table = UserRecord.__table__  # type: ignore[assignment]
 THREADS: Table = ThreadRecord.__table__  # type: ignore[assignment]
 MESSAGES: Table = MessageRecord.__table__  # type: ignore[assignment]
-SESSIONS: Table = ContextTokensRecord.__table__  # type: ignore[assignment]
+SESSIONS: Table = ContextSessionRecord.__table__  # type: ignore[assignment]
 CONTEXT_MESSAGES: Table = ContextMessageRecord.__table__  # type: ignore[assignment]
 
 
