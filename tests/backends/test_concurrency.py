@@ -39,9 +39,9 @@ from convostore.tables import (
     UserRecord,
 )
 from convostore.transactions import MAX_ATTEMPTS
-from tests.conftest import WITH_PGBOUNCER, is_postgresql, selected_backend
 from tests.backends import writers
 from tests.backends.writers import AGENT, PROJECT, USER
+from tests.conftest import WITH_PGBOUNCER, is_postgresql, selected_backend
 
 # Through PgBouncer too (the fixture the server fixtures below depend on).
 backend = pytest.fixture(params=WITH_PGBOUNCER)(selected_backend)

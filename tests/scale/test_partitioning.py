@@ -29,7 +29,6 @@ from convostore.partitioning import (
     partition_by_scope,
     partition_names,
 )
-from tests.conftest import create_server_database, drop_database, require_backend, run_sync
 from tests.backends.test_query_plans import (
     CASES,
     Captured,
@@ -38,6 +37,7 @@ from tests.backends.test_query_plans import (
     capture_plans,
     expect_known_gap,
 )
+from tests.conftest import create_server_database, drop_database, require_backend, run_sync
 
 pytestmark = pytest.mark.postgresql
 
