@@ -10,7 +10,7 @@ import math
 import os
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal, Protocol, Self
 
 from sqlalchemy import URL, event
 from sqlalchemy.dialects.sqlite.aiosqlite import SQLiteDialect_aiosqlite
@@ -25,6 +25,7 @@ from convostore.options import (
     DEADLINE_OPTION,
     PGBOUNCER_OPTION,
     QUERY_KEYS,
+    REPLICAS_OPTION,
     UrlOptions,
     parse_deadline,
     url_options,
@@ -42,6 +43,10 @@ SQLITE_PRAGMAS = (
     "PRAGMA synchronous=NORMAL",
     "PRAGMA foreign_keys=ON",
 )
+
+
+class _Disposable(Protocol):
+    async def dispose(self) -> None: ...
 
 
 class Engine(AsyncEngine):
@@ -63,10 +68,9 @@ class Engine(AsyncEngine):
     async def dispose(self, close: bool = True) -> None:
         """Close every pooled connection, and those of the read replicas it was given."""
         await super().dispose(close)
-        # Imported here: convostore.replicas creates engines with this module.
-        from convostore.replicas import replicas_of
-
-        replicas = replicas_of(self)
+        # Read from the option, not through convostore.replicas, which creates its engines
+        # with this module: engine.py stays below replicas.py in the import graph.
+        replicas: _Disposable | None = self.get_execution_options().get(REPLICAS_OPTION)
         if replicas is not None:
             await replicas.dispose()
 

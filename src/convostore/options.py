@@ -34,6 +34,7 @@ __all__ = [
     "DEFAULT_DEADLINE_S",
     "PGBOUNCER_OPTION",
     "QUERY_KEYS",
+    "REPLICAS_OPTION",
     "UrlOptions",
     "deadline_of",
     "parse_deadline",
@@ -49,6 +50,8 @@ that a stuck lock or an unreachable server surfaces as an error rather than a ha
 # execution options with the engine and every connection made from it).
 DEADLINE_OPTION = "convostore_deadline"
 PGBOUNCER_OPTION = "convostore_pgbouncer"
+# The read replicas connect() attached to an engine (a convostore.replicas.ReplicaSet).
+REPLICAS_OPTION = "convostore_replicas"
 
 PoolerMode = Literal["transaction", "session"]
 

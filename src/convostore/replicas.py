@@ -36,12 +36,14 @@ from typing import Any, Literal, TypeVar
 from sqlalchemy import URL, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from convostore.engine import create_engine
 from convostore.errors import (
     ConfigurationError,
     DatabaseError,
     DeadlineExceeded,
     translate_errors,
 )
+from convostore.options import REPLICAS_OPTION
 from convostore.settings import redact, resolve_url
 
 __all__ = [
@@ -56,9 +58,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-
-# The engine execution option carrying the replicas connect() attached to an engine.
-REPLICAS_OPTION = "convostore_replicas"
 
 _PRIMARY_LSN = text("SELECT pg_current_wal_lsn()::text")
 # A node that is not in recovery is a primary (a read_url naming the primary itself, or a
@@ -221,8 +220,6 @@ def replica_set(
     """Engines for ``read_url`` (each created by :func:`convostore.create_engine`)."""
     if read_url is None:
         return None
-    from convostore.engine import create_engine
-
     options = read_url if isinstance(read_url, ReadReplicas) else ReadReplicas(read_url)
     urls = options.urls
     listed = [urls] if isinstance(urls, str | URL) else list(urls)
