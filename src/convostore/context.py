@@ -7,22 +7,21 @@ Stores are cheap: make one per session and share the engine.
 
 from __future__ import annotations
 
-import copy
-from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Self
 from uuid import uuid4
 
 from sqlalchemy import URL
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore import arguments
 from convostore import migrate as migrations
 from convostore.dialects import Executor, appends_in_one_statement
 from convostore.engine import Engine, create_engine, family
 from convostore.errors import ConfigurationError
+from convostore.facade import Facade
 from convostore.group_commit import committer_for
 from convostore.interfaces import ContextStore
 from convostore.models import (
@@ -37,7 +36,6 @@ from convostore.repositories import ContextAppend, SessionRepository, append_con
 from convostore.rules import default_project
 from convostore.settings import redact
 from convostore.telemetry import traced
-from convostore.transactions import TransactionRunner
 
 __all__ = ["SQLAlchemyContextStore", "connect", "default_project"]
 
@@ -74,12 +72,12 @@ async def connect(
     return engine
 
 
-class SQLAlchemyContextStore(ContextStore):
+class SQLAlchemyContextStore(Facade, ContextStore):
     """One session of one project, stored through SQLAlchemy.
 
     Args:
         engine: The engine to use (from :func:`connect`, or your own). Give this or ``url``.
-        url: Open an engine for this URL; :meth:`close` disposes it.
+        url: Open an engine for this URL; :meth:`~convostore.facade.Facade.close` disposes it.
         session_id: The session's id; a new random one by default.
         project: The project's name; the current working directory by default.
         namespace: Keep this store's sessions apart from those of other namespaces in the
@@ -88,7 +86,8 @@ class SQLAlchemyContextStore(ContextStore):
             the CLI look.
         migrate: As for :func:`connect`, when this store opens or first uses the engine.
         read_url: PostgreSQL read replicas for this store's reads (one URL, a list, or
-            :class:`~convostore.replicas.ReadReplicas`); :meth:`close` closes them.
+            :class:`~convostore.replicas.ReadReplicas`); :meth:`~convostore.facade.Facade.close`
+            closes them.
 
     Raises:
         ConfigurationError: Both ``engine`` and ``url`` were given.
@@ -112,12 +111,12 @@ class SQLAlchemyContextStore(ContextStore):
         self._session_id, self._project, self._namespace, self._scope = arguments.open_session(
             session_id, project, namespace
         )
-        self._owns_engine = engine is None
-        self._replicas = replica_set(read_url)
-        self._runner = TransactionRunner(
-            engine if engine is not None else create_engine(url), replicas=self._replicas
+        self._start(
+            engine if engine is not None else create_engine(url),
+            owns_engine=engine is None,
+            migrate=migrate,
+            read_url=read_url,
         )
-        self._migrate = migrate
 
     @property
     def session_id(self) -> str:
@@ -132,11 +131,6 @@ class SQLAlchemyContextStore(ContextStore):
         """The namespace this store's sessions live in (``None``: the default one)."""
         return self._namespace
 
-    @property
-    def engine(self) -> AsyncEngine:
-        """The engine this store runs on."""
-        return self._runner.engine
-
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(url={redact(self.engine.url)!r}, "
@@ -145,30 +139,10 @@ class SQLAlchemyContextStore(ContextStore):
             + ")"
         )
 
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Self]:
-        """Run several calls in one transaction: commit at the end, roll back on error."""
-        await self._ensure_ready()
-        async with self._runner.transaction() as runner:
-            yield self._with_runner(runner)
-
-    def bind(self, session: AsyncSession) -> Self:
-        """A view of this store that works inside ``session``'s transaction, never committing."""
-        return self._with_runner(self._runner.bind(session))
-
-    def _with_runner(self, runner: TransactionRunner) -> Self:
-        view = copy.copy(self)
-        view._runner = runner
-        view._owns_engine = False
-        view._replicas = None
-        return view
-
     def with_session(self, session_id: str) -> Self:
         """A store for another session of the same project, sharing this store's engine."""
-        other = copy.copy(self)
+        other = self._view()
         other._session_id = arguments.session_id(session_id)
-        other._owns_engine = False
-        other._replicas = None
         return other
 
     @traced()
@@ -389,22 +363,8 @@ class SQLAlchemyContextStore(ContextStore):
             lambda s: self._repo(s).list_project(limit=limit, before=before), read=True
         )
 
-    async def close(self) -> None:
-        """Dispose of the engine if this store opened it; a shared engine is left alone."""
-        if self._owns_engine:
-            await self.engine.dispose()
-        if self._replicas is not None:
-            await self._replicas.dispose()
-
     def _repo(self, session: Executor) -> SessionRepository:
         return SessionRepository(session, self._scope, self._session_id)
-
-    async def _ensure_ready(self) -> None:
-        # A view bound to a caller's session trusts that the engine was prepared (connect()
-        # or a first call did it): checking would need a second connection, which on SQLite
-        # waits for the caller's own write lock.
-        if self._runner.bound is None:
-            await migrations.prepare(self.engine, migrate=self._migrate)
 
 
 async def _append_one(session: Executor, item: ContextAppend) -> int:

@@ -7,17 +7,14 @@ the class. Each public call is one short transaction (see :mod:`convostore.trans
 
 from __future__ import annotations
 
-import copy
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Self
 
 from sqlalchemy import URL
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore import arguments
-from convostore import migrate as migrations
 from convostore.dialects import Executor, appends_in_one_statement
 from convostore.engine import create_engine, family
 from convostore.errors import (
@@ -25,7 +22,9 @@ from convostore.errors import (
     ConflictError,
     InsufficientBalance,
 )
+from convostore.facade import Facade
 from convostore.group_commit import committer_for
+from convostore.integrations._agentstr_base import register_if_loaded
 from convostore.interfaces import AgentDatabase
 from convostore.models import (
     Message,
@@ -33,7 +32,7 @@ from convostore.models import (
     ThreadInfo,
     User,
 )
-from convostore.replicas import ReplicaUrls, replica_set
+from convostore.replicas import ReplicaUrls
 from convostore.repositories import (
     ThreadAppend,
     ThreadRepository,
@@ -44,12 +43,11 @@ from convostore.repositories import (
 from convostore.rules import DEFAULT_AGENT_KEY
 from convostore.settings import DEFAULT_SQLITE_PATH, configured_url, redact, resolve_url
 from convostore.telemetry import traced
-from convostore.transactions import TransactionRunner
 
 __all__ = ["DEFAULT_AGENT_KEY", "Database", "SQLAlchemyDatabase"]
 
 
-class SQLAlchemyDatabase(AgentDatabase):
+class SQLAlchemyDatabase(Facade, AgentDatabase):
     """The agent database on any SQLAlchemy async URL.
 
     Args:
@@ -87,27 +85,18 @@ class SQLAlchemyDatabase(AgentDatabase):
                 # agentstr's sqlite://PATH form, which its agents know how to read.
                 conn_str = configured_url() or f"sqlite://{DEFAULT_SQLITE_PATH}"
             self.conn_str = conn_str
+            owns_engine = True
             engine = create_engine(resolve_url(conn_str))
-            self._owns_engine = True
         else:
             self.conn_str = engine.url.render_as_string(hide_password=True)
-            self._owns_engine = False
-        self._migrate = migrate
-        self._replicas = replica_set(read_url)
-        self._runner = TransactionRunner(engine, replicas=self._replicas)
+            owns_engine = False
+        self._start(engine, owns_engine=owns_engine, migrate=migrate, read_url=read_url)
         self.conn: AsyncEngine | None = None
         """agentstr's attribute: ``None`` until :meth:`async_init`, then the engine (agentstr's
         agent server tests it to know whether to initialise the database)."""
         # Where agentstr is loaded, make isinstance(db, BaseDatabase) hold without importing
         # it ourselves (it is heavy): `from convostore import Database` is the whole switch.
-        from convostore.integrations.agentstr import register_if_loaded
-
-        register_if_loaded()
-
-    @property
-    def engine(self) -> AsyncEngine:
-        """The engine this database runs on."""
-        return self._runner.engine
+        register_if_loaded(SQLAlchemyDatabase)
 
     def __repr__(self) -> str:
         url = redact(self.engine.url)
@@ -119,48 +108,17 @@ class SQLAlchemyDatabase(AgentDatabase):
         Raises:
             SchemaVersionError: A server database is not at head and ``migrate`` is off.
         """
-        # A view bound to a caller's session trusts that the engine was prepared: checking
-        # would need a second connection, which on SQLite waits for the caller's write lock.
-        if self._runner.bound is None:
-            await migrations.prepare(self.engine, migrate=self._migrate)
+        await self._prepare()
         self.conn = self.engine
         return self
 
-    async def close(self) -> None:
-        """Dispose of the engine if this object created it."""
-        self.conn = None
-        if self._owns_engine:
-            await self.engine.dispose()
-        if self._replicas is not None:
-            await self._replicas.dispose()
-
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Self]:
-        """Run several calls in one transaction: commit at the end, roll back on error.
-
-        Example::
-
-            async with db.transaction() as tx:
-                await tx.debit("alice", 10)
-                await tx.add_message("t1", "alice", "user", message="paid question")
-        """
+    async def _ensure_ready(self) -> None:
         await self.async_init()
-        async with self._runner.transaction() as runner:
-            yield self._with_runner(runner)
 
-    def bind(self, session: AsyncSession) -> Self:
-        """A view of this database that works inside ``session``'s transaction.
-
-        The view never commits or rolls back: the owner of ``session`` does.
-        """
-        return self._with_runner(self._runner.bind(session))
-
-    def _with_runner(self, runner: TransactionRunner) -> Self:
-        view = copy.copy(self)
-        view._runner = runner
-        view._owns_engine = False
-        view._replicas = None
-        return view
+    async def close(self) -> None:
+        """Dispose of the engine (and read replicas) if this object created them."""
+        self.conn = None
+        await super().close()
 
     @traced("user_id")
     async def get_user(self, user_id: str) -> User:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 import subprocess
 import sys
@@ -54,4 +55,60 @@ def test_only_the_runner_and_the_migrations_open_connections() -> None:
         for path in source.rglob("*.py")
         if pattern.search(path.read_text(encoding="utf-8"))
     )
-    assert opening == ["migrate/__init__.py", "transactions.py"]
+    # Besides the runner and the migrations: the partitioning DDL (a schema change, like a
+    # migration, outside any call's deadline) and the replicas' wait for a standby to
+    # catch up, which the runner calls as part of routing a read.
+    assert opening == [
+        "migrate/__init__.py",
+        "partitioning.py",
+        "replicas.py",
+        "transactions.py",
+    ]
+
+
+def _imports(path: Path, name: str, modules: set[str]) -> set[str]:
+    """The convostore modules ``path`` (module ``name``) imports, at any depth of the code,
+    except under ``if TYPE_CHECKING:``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            node.body = []
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*parts, *([node.module] if node.module else [])])
+            for alias in node.names:
+                full = f"{base}.{alias.name}"
+                found.add(full if full in modules else base)
+    return {module for module in found if module in modules and module != name}
+
+
+def test_no_import_cycle_in_the_package() -> None:
+    source = Path(convostore.__file__).parent
+    paths = {}
+    for path in source.rglob("*.py"):
+        parts = ["convostore", *path.relative_to(source).with_suffix("").parts]
+        paths[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph = {name: _imports(path, name, set(paths)) for name, path in paths.items()}
+    cycles = []
+    done: set[str] = set()
+
+    def visit(name: str, trail: list[str]) -> None:
+        if name in trail:
+            cycles.append([*trail[trail.index(name) :], name])
+            return
+        if name in done:
+            return
+        for target in sorted(graph[name]):
+            visit(target, [*trail, name])
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name, [])
+    assert cycles == []

@@ -24,15 +24,13 @@ code that builds its database with ``convostore.Database`` can call :func:`regis
 
 from __future__ import annotations
 
-import importlib
-import sys
-
 from sqlalchemy import URL
 
 from convostore.database import Database as _Database
 from convostore.database import SQLAlchemyDatabase
 from convostore.engine import family_from_name
 from convostore.errors import ConfigurationError
+from convostore.integrations import _agentstr_base as _base
 from convostore.interfaces import AgentDatabase as BaseDatabase
 from convostore.models import Message, User
 from convostore.settings import redact, resolve_url
@@ -48,8 +46,6 @@ __all__ = [
     "register_if_loaded",
 ]
 
-_BASE_MODULE = "agentstr.database.base"
-
 
 def register() -> bool:
     """Register :class:`~convostore.SQLAlchemyDatabase` as agentstr's ``BaseDatabase``.
@@ -60,12 +56,7 @@ def register() -> bool:
     Returns:
         Whether agentstr could be imported (and the class is now registered).
     """
-    try:
-        module = importlib.import_module(_BASE_MODULE)
-    except ImportError:
-        return False
-    module.BaseDatabase.register(SQLAlchemyDatabase)
-    return True
+    return _base.register(SQLAlchemyDatabase)
 
 
 def register_if_loaded() -> bool:
@@ -73,9 +64,7 @@ def register_if_loaded() -> bool:
 
     Never imports anything, so it costs nothing where agentstr is installed but unused.
     """
-    if _BASE_MODULE not in sys.modules:
-        return False
-    return register()
+    return _base.register_if_loaded(SQLAlchemyDatabase)
 
 
 def Database(  # noqa: N802 - agentstr's factory is a function named like a class

@@ -25,10 +25,12 @@ from sqlalchemy import (
     type_coerce,
     update,
 )
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.types import LargeBinary
 
 from convostore import dialects
 from convostore.dialects import Executor, family_of
+from convostore.transactions import TransactionRunner
 from convostore.transfer._format import (
     BATCH_SIZE,
     CONTEXT_MESSAGES,
@@ -40,6 +42,18 @@ from convostore.transfer._format import (
 )
 
 Key = tuple[Any, ...]
+
+
+def snapshot_runner(engine: AsyncEngine) -> TransactionRunner:
+    """A runner for one transaction that reads a whole database (export, stats).
+
+    Without the engine's per-call deadline: that bounds single calls of the façades, and
+    reading every row of a large database is one transaction that may take minutes. What
+    writes in batches (imports, prune) keeps the deadline for each batch.
+    """
+    runner = TransactionRunner(engine)
+    runner.deadline = None
+    return runner
 
 
 class TransferRepository:

@@ -12,7 +12,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from convostore.dialects import Executor
 from convostore.errors import DatabaseError
 from convostore.settings import redact
-from convostore.transactions import TransactionRunner
 from convostore.transfer._format import (
     EXPORT_FORMAT,
     EXPORT_VERSION,
@@ -23,7 +22,7 @@ from convostore.transfer._format import (
     TransferReport,
     iso,
 )
-from convostore.transfer._repository import TransferRepository
+from convostore.transfer._repository import TransferRepository, snapshot_runner
 
 
 async def export_jsonl(
@@ -76,7 +75,7 @@ async def export_jsonl(
             report.counts[kind.name] = {"source": written}
         return counts
 
-    counts = await TransactionRunner(engine).run(work)
+    counts = await snapshot_runner(engine).run(work)
     report.verified = all(report.counts[k]["source"] == counts[k] for k in counts)
     return report
 

@@ -10,7 +10,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from convostore import codec
 from convostore.dialects import Executor
 from convostore.settings import redact
-from convostore.transactions import TransactionRunner
 from convostore.transfer._format import (
     CONTEXT_MESSAGES,
     MESSAGES,
@@ -20,7 +19,7 @@ from convostore.transfer._format import (
     NoProgress,
     Progress,
 )
-from convostore.transfer._repository import TransferRepository
+from convostore.transfer._repository import TransferRepository, snapshot_runner
 
 
 @dataclass
@@ -95,4 +94,4 @@ async def stats(engine: AsyncEngine, *, progress: Progress | None = None) -> Sta
             json_bytes=decoded,
         )
 
-    return await TransactionRunner(engine).run(work)
+    return await snapshot_runner(engine).run(work)
