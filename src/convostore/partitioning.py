@@ -33,7 +33,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from convostore.engine import family
-from convostore.errors import ConfigurationError, translate_errors
+from convostore.errors import ConfigurationError
+from convostore.options import DEADLINE_OPTION
+from convostore.transactions import TransactionRunner
 
 __all__ = ["SCOPES", "drop_partition", "partition_by_scope", "partition_names"]
 
@@ -77,13 +79,14 @@ async def partition_by_scope(
     unknown = sorted(set(tables) - set(SCOPES))
     if unknown:
         raise ConfigurationError(f"cannot partition {unknown}: only {sorted(SCOPES)}")
-    with translate_errors():
-        async with engine.begin() as conn:
-            # DDL only; the copy below is the slow part. No call's deadline applies here.
-            await conn.exec_driver_sql("SET LOCAL lock_timeout = 0")
-            await conn.exec_driver_sql("SET LOCAL statement_timeout = 0")
-            for table in tables:
-                await _partition(conn, table, SCOPES[table], partitions)
+    async def work(conn: AsyncConnection) -> None:
+        # DDL only; the copy below is the slow part. No call's deadline applies here.
+        await conn.exec_driver_sql("SET LOCAL lock_timeout = 0")
+        await conn.exec_driver_sql("SET LOCAL statement_timeout = 0")
+        for table in tables:
+            await _partition(conn, table, SCOPES[table], partitions)
+
+    await _runner(engine).run(work)  # type: ignore[arg-type]
 
 
 async def drop_partition(engine: AsyncEngine, table: str, partition: str) -> None:
@@ -95,13 +98,20 @@ async def drop_partition(engine: AsyncEngine, table: str, partition: str) -> Non
     Raises:
         ConfigurationError: ``partition`` is not a partition of ``table``.
     """
-    with translate_errors():
-        async with engine.begin() as conn:
-            parent = await _parent_of(conn, partition)
-            if parent != table or table not in SCOPES:
-                raise ConfigurationError(f"{partition!r} is not a partition of {table!r}")
-            await conn.exec_driver_sql(f'ALTER TABLE "{table}" DETACH PARTITION "{partition}"')
-            await conn.exec_driver_sql(f'DROP TABLE "{partition}"')
+    async def work(conn: AsyncConnection) -> None:
+        parent = await _parent_of(conn, partition)
+        if parent != table or table not in SCOPES:
+            raise ConfigurationError(f"{partition!r} is not a partition of {table!r}")
+        await conn.exec_driver_sql(f'ALTER TABLE "{table}" DETACH PARTITION "{partition}"')
+        await conn.exec_driver_sql(f'DROP TABLE "{partition}"')
+
+    await _runner(engine).run(work)  # type: ignore[arg-type]
+
+
+def _runner(engine: AsyncEngine) -> TransactionRunner:
+    # The one transaction boundary, its retries and typed errors; an administrator's DDL
+    # on a large table may take longer than any call's deadline, so that is off here.
+    return TransactionRunner(engine.execution_options(**{DEADLINE_OPTION: None}))
 
 
 async def _parent_of(conn: AsyncConnection, relation: str) -> str | None:

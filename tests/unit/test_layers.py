@@ -55,12 +55,11 @@ def test_only_the_runner_and_the_migrations_open_connections() -> None:
         for path in source.rglob("*.py")
         if pattern.search(path.read_text(encoding="utf-8"))
     )
-    # Besides the runner and the migrations: the partitioning DDL (a schema change, like a
-    # migration, outside any call's deadline) and the replicas' wait for a standby to
-    # catch up, which the runner calls as part of routing a read.
+    # Besides the runner and the migrations: the replicas' wait for a standby to catch up,
+    # which the runner itself calls while it routes a read (a poll on the standby, outside
+    # any transaction of the call).
     assert opening == [
         "migrate/__init__.py",
-        "partitioning.py",
         "replicas.py",
         "transactions.py",
     ]
