@@ -23,7 +23,6 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -150,7 +149,8 @@ auth_file = {self.dir}/userlist.txt
 admin_users = postgres
 pool_mode = transaction
 max_client_conn = 500
-default_pool_size = 10
+default_pool_size = 8
+max_db_connections = 16
 server_idle_timeout = 5
 logfile = {self.dir}/pgbouncer.log
 pidfile = {self.dir}/pgbouncer.pid
@@ -306,13 +306,3 @@ autovacuum = off
     def log(self) -> str:
         assert self.dir is not None
         return _tail(self.dir / "standby.log")
-
-
-@contextlib.contextmanager
-def running(server: PgBouncer) -> Iterator[PgBouncer]:
-    """``server`` started for the block and stopped after it."""
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()

@@ -334,6 +334,10 @@ def failing_url(db_url: URL, backend: str, fault: str) -> str:
     url = db_url.set(password=PASSWORD)
     if fault == "closed_port":
         url = url.set(host="127.0.0.1", port=1)
+    elif backend == "pgbouncer":
+        # A user PgBouncer does not know is refused at once; a missing database would make
+        # it retry its server login for seconds on every call.
+        url = url.set(username="convostore_no_such_user")
     elif is_postgresql(backend):
         url = url.set(database="convostore_no_such_database")
     # else: root has no password on this MariaDB, so any password is refused.
