@@ -79,6 +79,7 @@ async def partition_by_scope(
     unknown = sorted(set(tables) - set(SCOPES))
     if unknown:
         raise ConfigurationError(f"cannot partition {unknown}: only {sorted(SCOPES)}")
+
     async def work(conn: AsyncConnection) -> None:
         # DDL only; the copy below is the slow part. No call's deadline applies here.
         await conn.exec_driver_sql("SET LOCAL lock_timeout = 0")
@@ -98,6 +99,7 @@ async def drop_partition(engine: AsyncEngine, table: str, partition: str) -> Non
     Raises:
         ConfigurationError: ``partition`` is not a partition of ``table``.
     """
+
     async def work(conn: AsyncConnection) -> None:
         parent = await _parent_of(conn, partition)
         if parent != table or table not in SCOPES:
