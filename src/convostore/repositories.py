@@ -674,6 +674,18 @@ def _group(keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], list[int]]:
     return dict(sorted(groups.items()))
 
 
+def _positions(
+    groups: dict[tuple[str, str], list[int]], bumped: dict[tuple[Any, ...], int], count: int
+) -> list[int]:
+    # Each scope's items take the range its counter bump reserved, in submission order.
+    positions = [0] * count
+    for key, indexes in groups.items():
+        first = bumped[key] - len(indexes)
+        for offset, index in enumerate(indexes):
+            positions[index] = first + offset
+    return positions
+
+
 async def append_context_batch(session: Executor, items: Sequence[ContextAppend]) -> list[int]:
     """Append messages to their sessions in one transaction; return each one's position.
 
@@ -709,11 +721,7 @@ async def append_context_batch(session: Executor, items: Sequence[ContextAppend]
         counter="next_position",
         also_update=_session_activity,
     )
-    positions = [0] * len(items)
-    for key, indexes in groups.items():
-        first = bumped[key] - len(indexes)
-        for offset, index in enumerate(indexes):
-            positions[index] = first + offset
+    positions = _positions(groups, bumped, len(items))
     await dialects.insert_rows(
         session,
         _context_messages,
@@ -762,11 +770,7 @@ async def append_thread_batch(session: Executor, items: Sequence[ThreadAppend]) 
         counter="next_idx",
         also_update=_thread_activity,
     )
-    indexes_out = [0] * len(items)
-    for key, indexes in groups.items():
-        first = bumped[key] - len(indexes)
-        for offset, index in enumerate(indexes):
-            indexes_out[index] = first + offset
+    indexes_out = _positions(groups, bumped, len(items))
     await dialects.insert_rows(
         session,
         _messages,
