@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore import arguments
 from convostore import migrate as migrations
+from convostore.codec import Encoded
 from convostore.dialects import Executor, appends_in_one_statement
 from convostore.engine import Engine, create_engine, family
 from convostore.errors import ConfigurationError
@@ -182,16 +183,7 @@ class SQLAlchemyContextStore(Facade, ContextStore):
                 )
             )
         )
-        return construct(
-            StoredContextMessage,
-            {
-                "role": checked.role,
-                "content": data.value(),
-                "position": position,
-                "created_at": now,
-                "client_id": None,
-            },
-        )
+        return _stored(checked.role, data, position, now, None)
 
     @traced()
     async def append_many(
@@ -228,16 +220,7 @@ class SQLAlchemyContextStore(Facade, ContextStore):
             rows = [(m.role, data) for m, data in checked]
             first = await repo.append(rows, now, preview, ids, last=True)
             return [
-                construct(
-                    StoredContextMessage,
-                    {
-                        "role": m.role,
-                        "content": data.value(),
-                        "position": first + offset,
-                        "created_at": now,
-                        "client_id": client_id,
-                    },
-                )
+                _stored(m.role, data, first + offset, now, client_id)
                 for offset, ((m, data), client_id) in enumerate(zip(checked, ids, strict=True))
             ]
 
@@ -365,6 +348,22 @@ class SQLAlchemyContextStore(Facade, ContextStore):
 
     def _repo(self, session: Executor) -> SessionRepository:
         return SessionRepository(session, self._scope, self._session_id)
+
+
+def _stored(
+    role: str, data: Encoded, position: int, now: datetime, client_id: str | None
+) -> StoredContextMessage:
+    # The message as stored: its content decoded from what was written, as reads return it.
+    return construct(
+        StoredContextMessage,
+        {
+            "role": role,
+            "content": data.value(),
+            "position": position,
+            "created_at": now,
+            "client_id": client_id,
+        },
+    )
 
 
 async def _append_one(session: Executor, item: ContextAppend) -> int:
