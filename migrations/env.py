@@ -17,13 +17,20 @@ from sqlalchemy.pool import NullPool
 
 from convostore.engine import create_engine
 from convostore.migrate import migration_lock
-from convostore.tables import Base
+from convostore.tables import Base, described_here
 
 config = context.config
 if config.config_file_name is not None:
     logging.config.fileConfig(config.config_file_name, disable_existing_loggers=False)
 
 target_metadata = Base.metadata
+
+
+def _include_object(
+    _object: object, name: str | None, type_: str, _reflected: bool, _compare_to: object
+) -> bool:
+    # The search index of revision 0005 is backend-specific SQL the models do not describe.
+    return described_here(name, type_)
 
 
 def _url() -> str | None:
@@ -50,6 +57,7 @@ def do_run_migrations(connection: Connection) -> None:
             target_metadata=target_metadata,
             render_as_batch=connection.dialect.name == "sqlite",
             compare_type=True,
+            include_object=_include_object,
         )
         with context.begin_transaction():
             context.run_migrations()

@@ -12,7 +12,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from uuid import uuid4
 
+from pydantic import BaseModel
+
+from convostore.errors import ValidationError
 from convostore.models import (
+    ContextSearchHit,
+    MessageSearchHit,
     NewMessage,
     SessionInfo,
     ThreadInfo,
@@ -39,8 +44,10 @@ from convostore.rules import (
     USER_ID_LENGTH,
     default_project,
 )
+from convostore.search import Query, parse_query
 
 __all__ = [
+    "MAX_SEARCH_LIMIT",
     "add_message",
     "add_messages",
     "agent_key",
@@ -53,6 +60,9 @@ __all__ = [
     "list_sessions",
     "list_threads",
     "open_session",
+    "search_context",
+    "search_messages",
+    "search_page",
     "session_id",
     "set_current_thread",
     "tokens",
@@ -216,3 +226,39 @@ def tokens(input_tokens: int, output_tokens: int) -> None:
 def list_sessions(limit: int | None, before: SessionInfo | None) -> None:
     """``list_sessions``."""
     check_page(limit, before, SessionInfo)
+
+
+# --- search ----------------------------------------------------------------------------------
+
+MAX_SEARCH_LIMIT = 1000
+"""The largest page a search returns."""
+
+
+def search_page(query: object, limit: object, before: object, cursor: type[BaseModel]) -> Query:
+    """Both interfaces' ``search``: the parsed query, a page of 1 to 1000, a hit as cursor."""
+    parsed = parse_query(query)
+    if type(limit) is not int or not 1 <= limit <= MAX_SEARCH_LIMIT:
+        raise ValidationError(f"limit must be an int from 1 to {MAX_SEARCH_LIMIT}, got {limit!r}")
+    if before is not None and not isinstance(before, cursor):
+        raise ValidationError(f"before must be a {cursor.__name__} from a previous page")
+    return parsed
+
+
+def search_context(
+    query: object, limit: object, before: object, session: object
+) -> tuple[Query, str | None]:
+    """The context store's ``search``: the parsed query and the session to search in."""
+    parsed = search_page(query, limit, before, ContextSearchHit)
+    return parsed, None if session is None else check_id(session, "session_id", SESSION_ID_LENGTH)
+
+
+def search_messages(
+    query: object, limit: object, before: object, user: object, thread: object
+) -> Query:
+    """The agent database's ``search``."""
+    parsed = search_page(query, limit, before, MessageSearchHit)
+    if user is not None:
+        check_id(user, "user_id", USER_ID_LENGTH)
+    if thread is not None:
+        check_id(thread, "thread_id", THREAD_ID_LENGTH)
+    return parsed

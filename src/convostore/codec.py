@@ -85,6 +85,8 @@ class Encoded:
     data: bytes
     json: bytes | None = None
     """The uncompressed JSON, kept by :func:`encoded` for :meth:`value`."""
+    search_text: str | None = None
+    """The words search finds the value by (:func:`convostore.search.feed`), if given."""
 
     def value(self) -> Any:
         """The value exactly as it will read back from the database (tuples as lists).
@@ -100,10 +102,12 @@ def encoded(
     threshold: int = DEFAULT_THRESHOLD,
     max_size: int = DEFAULT_MAX_SIZE,
     codec: Codec = "zstd",
+    search_text: str | None = None,
 ) -> Encoded:
-    """Like :func:`encode`, returning an :class:`Encoded` that also keeps the JSON."""
+    """Like :func:`encode`, returning an :class:`Encoded` that also keeps the JSON (and
+    ``search_text``, the value's words for the search index, when given)."""
     raw = _dumps(value, max_size)
-    return Encoded(_pack(raw, threshold, codec), raw)
+    return Encoded(_pack(raw, threshold, codec), raw, search_text)
 
 
 def encode(

@@ -27,13 +27,19 @@ from convostore.group_commit import committer_for
 from convostore.interfaces import ContextStore
 from convostore.models import (
     ContextMessage,
+    ContextSearchHit,
     SessionInfo,
     StoredContextMessage,
     construct,
     encoded_context_messages,
 )
 from convostore.replicas import ReplicaUrls, attach_replicas, replica_set
-from convostore.repositories import ContextAppend, SessionRepository, append_context_batch
+from convostore.repositories import (
+    ContextAppend,
+    SessionRepository,
+    append_context_batch,
+    search_context,
+)
 from convostore.rules import default_project
 from convostore.settings import redact
 from convostore.telemetry import traced
@@ -344,6 +350,37 @@ class SQLAlchemyContextStore(Facade, ContextStore):
         await self._ensure_ready()
         return await self._runner.run(
             lambda s: self._repo(s).list_project(limit=limit, before=before), read=True
+        )
+
+    @traced()
+    async def search(
+        self,
+        query: str,
+        *,
+        limit: int = 20,
+        before: ContextSearchHit | None = None,
+        session_id: str | None = None,
+    ) -> list[ContextSearchHit]:
+        """The project's messages whose text matches ``query``, best match first.
+
+        Every word of ``query`` must appear in a message (``word*`` matches a prefix; see
+        :mod:`convostore.search` for how text and queries are read). Each hit holds the
+        message as stored, its session, a snippet with highlights and its rank.
+
+        Args:
+            query: The words to find.
+            limit: Hits per page (1 to 1000).
+            before: The last hit of the previous page, for the next one.
+            session_id: Search this session only (``store.session_id`` for this store's
+                own), instead of every session of the project.
+        """
+        parsed, session = arguments.search_context(query, limit, before, session_id)
+        await self._ensure_ready()
+        return await self._runner.run(
+            lambda s: search_context(
+                s, self._scope, parsed, session_id=session, limit=limit, before=before
+            ),
+            read=True,
         )
 
     def _repo(self, session: Executor) -> SessionRepository:

@@ -28,6 +28,7 @@ from convostore.integrations._agentstr_base import register_if_loaded
 from convostore.interfaces import AgentDatabase
 from convostore.models import (
     Message,
+    MessageSearchHit,
     NewMessage,
     ThreadInfo,
     User,
@@ -39,6 +40,7 @@ from convostore.repositories import (
     UserRepository,
     append_thread_batch,
     message_from_row,
+    search_messages,
 )
 from convostore.rules import DEFAULT_AGENT_KEY
 from convostore.settings import DEFAULT_SQLITE_PATH, configured_url, redact, resolve_url
@@ -307,6 +309,44 @@ class SQLAlchemyDatabase(Facade, AgentDatabase):
             read=True,
         )
 
+    @traced()
+    async def search(
+        self,
+        query: str,
+        *,
+        limit: int = 20,
+        before: MessageSearchHit | None = None,
+        user_id: str | None = None,
+        thread_id: str | None = None,
+    ) -> list[MessageSearchHit]:
+        """The agent's messages whose text matches ``query``, best match first.
+
+        Every word of ``query`` must appear in a message (``word*`` matches a prefix; see
+        :mod:`convostore.search`); the text is the ``message`` and a text ``content``.
+
+        Args:
+            query: The words to find.
+            limit: Hits per page (1 to 1000).
+            before: The last hit of the previous page, for the next one.
+            user_id: Only this user's messages.
+            thread_id: Only this thread's messages.
+        """
+        parsed = arguments.search_messages(query, limit, before, user_id, thread_id)
+        await self.async_init()
+        return await self._runner.run(
+            lambda s: search_messages(
+                s,
+                self._agent_key,
+                self.agent_name,
+                parsed,
+                user_id=user_id,
+                thread_id=thread_id,
+                limit=limit,
+                before=before,
+            ),
+            read=True,
+        )
+
     @traced("thread_id", "user_id")
     async def get_messages(
         self,
@@ -367,6 +407,7 @@ def _message_row(
         "extra_outputs": new.encoded_outputs,
         "created_at": now,
         "client_id": client_id,
+        "search_text": new.search_text,
     }
 
 

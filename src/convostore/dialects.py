@@ -11,6 +11,9 @@
 * :func:`insert_at_counter`: allocate positions and insert rows at them; on PostgreSQL a
   single row is one statement (a data-modifying CTE), see :func:`appends_in_one_statement`;
 * :func:`cached` and :func:`params_for`: hot statements built once, with bind parameters.
+* :func:`text_matches`: the rows whose ``search_text`` matches a search, with a rank:
+  SQLite's FTS5 (``bm25``), PostgreSQL's ``tsvector`` (``ts_rank``), MySQL/MariaDB's
+  ``MATCH … AGAINST`` in boolean mode.
 
 :func:`is_retryable` says which failures roll back a whole transaction that can simply be
 run again (deadlocks, serialization failures, lock timeouts, SQLite's busy database).
@@ -22,16 +25,22 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import (
+    BigInteger,
     BindParameter,
     ColumnElement,
     Executable,
+    Select,
     Table,
     bindparam,
+    column,
     func,
     insert,
+    literal_column,
     select,
+    table,
     tuple_,
 )
+from sqlalchemy import cast as sql_cast
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -55,6 +64,7 @@ __all__ = [
     "insert_rows",
     "is_retryable",
     "params_for",
+    "text_matches",
     "upsert",
 ]
 
@@ -424,6 +434,64 @@ async def _insert_one_at_counter_sqlite(
         # Checked on the driver's thread when the commit rides along; here otherwise.
         checked_counter(value, counter_table.name, counter)
     return int(value)
+
+
+RANK_SCALE = 1_000_000
+"""Ranks are the backend's score times this, as integers: exact keyset cursors everywhere."""
+
+# The SQLite search index of migration 0005, per message table.
+_SQLITE_INDEX = {"context_messages": "context_search", "messages": "message_search"}
+_SIMPLE: ColumnElement[Any] = literal_column("'simple'::regconfig")
+
+
+def text_matches(
+    kind: Family,
+    target: Table,
+    key: Sequence[str],
+    terms: Sequence[tuple[str, bool]],
+    scope: Mapping[str, Any],
+) -> Select[Any]:
+    """``SELECT key…, rank`` of the rows of ``target`` in ``scope`` whose words match.
+
+    ``terms`` are ``(word, prefix)`` pairs as the index holds words (see
+    :meth:`convostore.search.Query.indexed_terms`); every one must match. ``rank`` is an
+    integer, higher for better matches. ``scope`` maps key columns to values, and every
+    statement is filtered by it. The words hold letters, digits and ``_`` only, so they
+    are safe inside each backend's query syntax (passed as a bound parameter all the same).
+    """
+    if kind == "sqlite":
+        fts_name = _SQLITE_INDEX[target.name]
+        fts = table(fts_name, column("rowid"))
+        docs = table(f"{fts_name}_docs", column("doc_id"), *(column(name) for name in key))
+        expression = " ".join(f'"{word}"' + ("*" if prefix else "") for word, prefix in terms)
+        bm25 = func.bm25(literal_column(fts_name))
+        return (
+            select(
+                *(docs.c[name] for name in key),
+                sql_cast(func.round(-bm25 * RANK_SCALE), BigInteger).label("rank"),
+            )
+            .select_from(fts.join(docs, docs.c.doc_id == fts.c.rowid))
+            .where(literal_column(fts_name).op("MATCH")(bindparam("search", expression)))
+            .where(*(docs.c[name] == value for name, value in scope.items()))
+        )
+    words = target.c.search_text
+    if kind == "postgresql":
+        expression = " & ".join(word + (":*" if prefix else "") for word, prefix in terms)
+        query = func.to_tsquery(_SIMPLE, bindparam("search", expression))
+        # The index's own expression, with the configuration as a literal, so it is used.
+        vector = func.to_tsvector(_SIMPLE, words)
+        rank = sql_cast(func.round(func.ts_rank(vector, query) * RANK_SCALE), BigInteger)
+        matched: ColumnElement[Any] = vector.op("@@")(query)
+    else:
+        expression = " ".join(f"+{word}" + ("*" if prefix else "") for word, prefix in terms)
+        score = words.match(bindparam("search", expression))
+        rank = sql_cast(func.round(score * RANK_SCALE), BigInteger)
+        matched = score
+    return (
+        select(*(target.c[name] for name in key), rank.label("rank"))
+        .where(matched)
+        .where(*(target.c[name] == value for name, value in scope.items()))
+    )
 
 
 # Driver error codes meaning "the transaction was rolled back; run it again".

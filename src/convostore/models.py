@@ -14,7 +14,7 @@ from typing import Any, Final, Literal, TypeVar, get_args
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
-from convostore import codec
+from convostore import codec, search
 from convostore.errors import ValidationError
 
 __all__ = [
@@ -26,8 +26,10 @@ __all__ = [
     "ROLES",
     "ContextMessage",
     "ContextRole",
+    "ContextSearchHit",
     "Kind",
     "Message",
+    "MessageSearchHit",
     "NewMessage",
     "Role",
     "SessionInfo",
@@ -173,6 +175,43 @@ class SessionInfo(BaseModel):
     forked_at: int | None = None
 
 
+class SearchHit(BaseModel):
+    """What a search hit has on both interfaces: the snippet and the rank.
+
+    ``snippet`` is a piece of the message's text around its first match, ``…`` where it is
+    cut; ``highlights`` are the ``(start, end)`` offsets of the matching words in it.
+    ``rank`` orders hits (higher first); it is comparable only within one search, and
+    with the hit's key it is the keyset cursor: pass the last hit of a page as
+    ``before=`` for the next page.
+    """
+
+    snippet: str
+    highlights: list[tuple[int, int]] = Field(default_factory=list)
+    rank: int
+
+    def highlighted(self, start: str = "**", end: str = "**") -> str:
+        """The snippet with each match wrapped in ``start`` and ``end``."""
+        out, at = [], 0
+        for begin, finish in self.highlights:
+            out += [self.snippet[at:begin], start, self.snippet[begin:finish], end]
+            at = finish
+        out.append(self.snippet[at:])
+        return "".join(out)
+
+
+class ContextSearchHit(SearchHit):
+    """A context-store message found by ``search``: its session and the message as stored."""
+
+    session_id: str
+    message: StoredContextMessage
+
+
+class MessageSearchHit(SearchHit):
+    """An agent-database message found by ``search`` (thread, user and ``idx`` in it)."""
+
+    message: Message
+
+
 @dataclass(frozen=True, slots=True)
 class NewMessage:
     """The checked arguments of ``add_message``, with payloads already encoded."""
@@ -187,6 +226,7 @@ class NewMessage:
     encoded_content: codec.Encoded
     encoded_inputs: codec.Encoded
     encoded_outputs: codec.Encoded
+    search_text: str
 
 
 def new_message(
@@ -212,17 +252,19 @@ def new_message(
     inputs = _json_object(extra_inputs, "extra_inputs")
     outputs = _json_object(extra_outputs, "extra_outputs")
     checked_content = check_text_or_nul(content, "content")
+    checked_message = check_text(message, "message")
     return NewMessage(
         thread_id=check_id(thread_id, "thread_id", thread_length),
         user_id=check_id(user_id, "user_id", user_length),
         role=check_choice(role, "role", ROLES),  # type: ignore[arg-type]
         kind=check_choice(kind, "kind", KINDS),  # type: ignore[arg-type]
-        message=check_text(message, "message"),
+        message=checked_message,
         content=checked_content,
         satoshis=None if satoshis is None else check_amount(satoshis, "satoshis"),
         encoded_content=codec.encoded(checked_content),
         encoded_inputs=codec.encoded(inputs),
         encoded_outputs=codec.encoded(outputs),
+        search_text=search.message_feed(checked_message, checked_content),
     )
 
 
@@ -242,7 +284,7 @@ def encoded_context_message(message: object) -> tuple[ContextMessage, codec.Enco
     content = message.content
     if type(content) is not list or any(type(block) is not dict for block in content):
         raise ValidationError("content must be a list of JSON objects (content blocks)")
-    return message, codec.encoded(content)
+    return message, codec.encoded(content, search_text=search.context_feed(content))
 
 
 def encoded_context_messages(messages: object) -> list[tuple[ContextMessage, codec.Encoded]]:

@@ -25,6 +25,7 @@ import pydantic
 from sqlalchemy import (
     BigInteger,
     Row,
+    Select,
     Table,
     case,
     delete,
@@ -33,18 +34,21 @@ from sqlalchemy import (
     null,
     or_,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.sql.functions import coalesce
 
-from convostore import dialects
+from convostore import dialects, search
 from convostore.codec import Encoded
 from convostore.dialects import Executor
 from convostore.errors import SerializationError
 from convostore.models import (
     NO_PREVIEW,
     ContextMessage,
+    ContextSearchHit,
     Message,
+    MessageSearchHit,
     SessionInfo,
     StoredContextMessage,
     ThreadInfo,
@@ -68,6 +72,8 @@ __all__ = [
     "UserRepository",
     "append_context_batch",
     "append_thread_batch",
+    "search_context",
+    "search_messages",
 ]
 
 _users: Table = UserRecord.__table__  # type: ignore[assignment]
@@ -336,6 +342,7 @@ class SessionRepository:
                     "content": content,
                     "created_at": now,
                     "client_id": client_id,
+                    "search_text": content.search_text,
                 }
                 for (role, content), client_id in zip(rows, client_ids, strict=True)
             ],
@@ -550,6 +557,7 @@ class SessionRepository:
             "content",
             "created_at",
             "client_id",
+            "search_text",
         ]
         source = select(
             c.project,
@@ -559,6 +567,7 @@ class SessionRepository:
             c.content,
             c.created_at,
             c.client_id,
+            c.search_text,
         ).where(*self._messages_key())
         if at is not None:
             source = source.where(c.position < at)
@@ -734,6 +743,7 @@ async def append_context_batch(session: Executor, items: Sequence[ContextAppend]
                 "content": item.content,
                 "created_at": item.created_at,
                 "client_id": None,
+                "search_text": item.content.search_text,
             }
             for item, position in zip(items, positions, strict=True)
         ],
@@ -787,6 +797,136 @@ async def append_thread_batch(session: Executor, items: Sequence[ThreadAppend]) 
         last=True,
     )
     return indexes_out
+
+
+_CONTEXT_KEY = ("project", "session_id", "position")
+_MESSAGE_KEY = ("agent_name", "thread_id", "idx")
+
+
+async def search_context(
+    session: Executor,
+    project: str,
+    query: search.Query,
+    *,
+    session_id: str | None,
+    limit: int,
+    before: ContextSearchHit | None,
+) -> list[ContextSearchHit]:
+    """The project's messages (or one session's) matching ``query``, best first.
+
+    Keyset pages: ``before`` is the last hit of the previous page; hits tie on rank are
+    ordered by session and position.
+    """
+    scope = (
+        {"project": project}
+        if session_id is None
+        else {
+            "project": project,
+            "session_id": session_id,
+        }
+    )
+    after = None if before is None else (before.session_id, before.message.position)
+    rows = await _search(
+        session, _context_messages, _CONTEXT_KEY, query, scope, {}, limit, before, after
+    )
+    hits = []
+    for row in rows:
+        stored = _stored((row.position, row.role, row.content, row.created_at, row.client_id))
+        found = search.snippet(search.context_text(stored.content), query.terms)
+        hits.append(
+            construct(
+                ContextSearchHit,
+                {
+                    "session_id": row.session_id,
+                    "message": stored,
+                    "snippet": found.text,
+                    "highlights": list(found.highlights),
+                    "rank": row.rank,
+                },
+            )
+        )
+    return hits
+
+
+async def search_messages(
+    session: Executor,
+    agent_key: str,
+    agent_name: str | None,
+    query: search.Query,
+    *,
+    user_id: str | None,
+    thread_id: str | None,
+    limit: int,
+    before: MessageSearchHit | None,
+) -> list[MessageSearchHit]:
+    """The agent's messages (or one user's, or one thread's) matching ``query``, best first.
+
+    Keyset pages as :func:`search_context`; ties on rank are ordered by thread and ``idx``.
+    """
+    scope: dict[str, Any] = {"agent_name": agent_key}
+    if thread_id is not None:
+        scope["thread_id"] = thread_id
+    after = None if before is None else (before.message.thread_id, before.message.idx)
+    filters = {} if user_id is None else {"user_id": user_id}
+    rows = await _search(
+        session, _messages, _MESSAGE_KEY, query, scope, filters, limit, before, after
+    )
+    hits = []
+    for row in rows:
+        message = message_from_row(row, agent_name)
+        found = search.snippet(search.message_text(message.message, message.content), query.terms)
+        hits.append(
+            MessageSearchHit(
+                message=message,
+                snippet=found.text,
+                highlights=list(found.highlights),
+                rank=row.rank,
+            )
+        )
+    return hits
+
+
+async def _search(
+    session: Executor,
+    target: Table,
+    key: tuple[str, str, str],
+    query: search.Query,
+    scope: dict[str, Any],
+    filters: dict[str, Any],
+    limit: int,
+    before: ContextSearchHit | MessageSearchHit | None,
+    after: tuple[str, int] | None,
+) -> list[Row[Any]]:
+    kind = dialects.family_of(session)
+    matches = dialects.text_matches(kind, target, key, query.indexed_terms(), scope).subquery(
+        "matches"
+    )
+    scope_column, thread_column, position_column = key
+    columns = [c for c in target.c if c.name != "search_text"]
+    stmt: Select[Any] = (
+        select(*columns, matches.c.rank)
+        .join(
+            matches,
+            (target.c[scope_column] == matches.c[scope_column])
+            & (target.c[thread_column] == matches.c[thread_column])
+            & (target.c[position_column] == matches.c[position_column]),
+        )
+        .where(*(target.c[name] == value for name, value in {**scope, **filters}.items()))
+    )
+    if before is not None and after is not None:
+        # Worse rank, or the same rank and a later key.
+        rank = matches.c.rank
+        stmt = stmt.where(
+            or_(
+                rank < before.rank,
+                (rank == before.rank)
+                & (tuple_(matches.c[thread_column], matches.c[position_column]) > after),
+            )
+        )
+    stmt = stmt.order_by(
+        matches.c.rank.desc(), matches.c[thread_column], matches.c[position_column]
+    ).limit(limit)
+    return list((await session.execute(stmt)).all())
 
 
 def _session_activity(new: Any) -> dict[str, Any]:

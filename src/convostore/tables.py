@@ -39,7 +39,7 @@ from convostore.rules import (
     THREAD_ID_LENGTH,
     USER_ID_LENGTH,
 )
-from convostore.types import CompressedJSON, UTCDateTime, key_string, long_text
+from convostore.types import CompressedJSON, SearchText, UTCDateTime, key_string, long_text
 
 __all__ = [
     "ADK_KEY_LENGTH",
@@ -73,6 +73,26 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+SEARCH_INDEXES = frozenset({"ix_context_messages_search_text", "ix_messages_search_text"})
+"""The full-text indexes of migration 0005 (PostgreSQL, MySQL/MariaDB), which these models
+do not describe: SQLAlchemy has no portable spelling for them."""
+
+SEARCH_TABLE_PREFIXES = ("context_search", "message_search")
+"""SQLite's FTS5 tables (and their shadow tables) and row-id maps, from migration 0005."""
+
+
+def described_here(name: str | None, kind: str) -> bool:
+    """Whether a schema object is one these models describe (``alembic check`` compares
+    only those): everything but the backend-specific search index of migration 0005."""
+    if name is None:
+        return True
+    if kind == "index":
+        return name not in SEARCH_INDEXES
+    if kind == "table":
+        return not name.startswith(SEARCH_TABLE_PREFIXES)
+    return True
 
 
 class Base(DeclarativeBase):
@@ -155,6 +175,8 @@ class MessageRecord(Base):
     # The caller's id for this message, if it gave one: a retried add_message with the same
     # id finds the stored message instead of adding it twice.
     client_id: Mapped[str | None] = mapped_column(key_string(CLIENT_ID_LENGTH))
+    # The words search finds this message by (convostore.search.feed); NULL: not indexed.
+    search_text: Mapped[str | None] = mapped_column(SearchText())
 
 
 class ContextSessionRecord(Base):
@@ -219,6 +241,8 @@ class ContextMessageRecord(Base):
     content: Mapped[Any] = mapped_column(CompressedJSON())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     client_id: Mapped[str | None] = mapped_column(key_string(CLIENT_ID_LENGTH))
+    # The words search finds this message by (convostore.search.feed); NULL: not indexed.
+    search_text: Mapped[str | None] = mapped_column(SearchText())
 
 
 class AdkSessionRecord(Base):

@@ -17,7 +17,7 @@ from sqlalchemy.types import TypeDecorator, TypeEngine
 from convostore import codec
 from convostore.errors import SerializationError
 
-__all__ = ["CompressedJSON", "UTCDateTime", "key_string", "long_text"]
+__all__ = ["CompressedJSON", "SearchText", "UTCDateTime", "key_string", "long_text"]
 
 
 class CompressedJSON(TypeDecorator[Any]):
@@ -107,6 +107,35 @@ class UTCDateTime(TypeDecorator[datetime]):
 
     def __repr__(self) -> str:
         return "UTCDateTime()"
+
+
+class SearchText(TypeDecorator[str]):
+    """The words a message is found by (:func:`convostore.search.feed`), in clear text.
+
+    Unbounded text, like :func:`long_text`. An engine told to store nothing in clear
+    (``clear_text_allowed`` false on its dialect) writes ``NULL``: the message is then
+    never indexed.
+    """
+
+    impl = Text
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(mysql.LONGTEXT())
+        return dialect.type_descriptor(Text())
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        if value is None or not getattr(dialect, CLEAR_TEXT_ATTRIBUTE, True):
+            return None
+        return value
+
+    def __repr__(self) -> str:
+        return "SearchText()"
+
+
+CLEAR_TEXT_ATTRIBUTE = "convostore_clear_text"
+"""The dialect attribute that, when false, keeps :class:`SearchText` from writing text."""
 
 
 def key_string(length: int) -> String:

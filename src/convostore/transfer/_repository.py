@@ -28,7 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.types import LargeBinary
 
-from convostore import dialects
+from convostore import dialects, search
 from convostore.dialects import Executor, family_of
 from convostore.transactions import TransactionRunner
 from convostore.transfer._format import (
@@ -122,8 +122,14 @@ class TransferRepository:
         """
         if kind.table is MESSAGES:
             await self._insert_parents(THREADS, rows, ("agent_name", "thread_id"), floors)
+            # Indexed for search in the same transaction as any other write.
+            rows = [
+                {**row, "search_text": search.message_feed(row["message"], row["content"])}
+                for row in rows
+            ]
         elif kind.table is CONTEXT_MESSAGES:
             await self._insert_parents(SESSIONS, rows, ("project", "session_id"), floors)
+            rows = [{**row, "search_text": search.context_feed(row["content"])} for row in rows]
         stmt = dialects.insert_ignore(self.family, kind.table, {}, key=list(kind.key))
         await self.executor.execute(stmt, list(rows))
         keys = {tuple(row[name] for name in kind.key) for row in rows}

@@ -1,0 +1,248 @@
+"""Search over history: what is indexed, how a query reads, and the snippets of hits.
+
+Every backend indexes the same thing: the *feed* of a message, a line of normalised words
+that convostore writes into the message row's ``search_text`` column in the same statement
+as the message itself. The database keeps its full-text index in step with that column
+(SQLite: an FTS5 table kept by triggers; PostgreSQL: a GIN index on
+``to_tsvector('simple', search_text)``; MySQL/MariaDB: a ``FULLTEXT`` index), so every
+write path (appends, group commits, replace_history, pop, clear, fork, prune, imports)
+updates the index in its own transaction, and nothing can forget to.
+
+The feed is built here, in Python, so that the three backends see identical words:
+
+* text is taken from the message (agent database: the ``message`` text and a text
+  ``content``; context store: every ``"text"`` string in the content blocks, tool results
+  included), never from tool inputs or other JSON;
+* words are runs of letters and digits, case-folded, accents removed (``Café`` → ``cafe``);
+* words of one or two characters are padded with ``_`` to three (MySQL/MariaDB's
+  ``FULLTEXT`` ignores shorter words; the other backends' tokenizers drop the padding);
+* words over :data:`MAX_WORD` characters are left out (MySQL/MariaDB cannot index them),
+  and only the first :data:`MAX_FEED` bytes of a message's words are indexed
+  (PostgreSQL's ``tsvector`` holds at most 1 MiB).
+
+A query is read the same way: its words must all appear in a message (``AND``), and a word
+ending in ``*`` matches as a prefix (``deploy*`` finds ``deployment``). Nothing in a query
+is passed to the database as syntax, so no query can fail to parse or inject operators.
+
+Snippets are cut in Python from the message's own text, so they read the same on every
+backend and show the original words, not the feed.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from convostore.errors import ValidationError
+
+__all__ = [
+    "MAX_FEED",
+    "MAX_QUERY_TERMS",
+    "MAX_WORD",
+    "Query",
+    "Snippet",
+    "Term",
+    "context_feed",
+    "context_text",
+    "feed",
+    "message_feed",
+    "message_text",
+    "parse_query",
+    "snippet",
+]
+
+MAX_WORD: Final = 64
+"""Words longer than this many characters are not indexed."""
+
+MAX_FEED: Final = 256 * 1024
+"""At most this many bytes of a message's words are indexed."""
+
+MAX_QUERY_TERMS: Final = 16
+"""A query may hold at most this many words."""
+
+MIN_WORD: Final = 3
+PAD: Final = "_"
+
+SNIPPET_WORDS: Final = 24
+"""About this many words of context around the first match."""
+
+_WORD = re.compile(r"[^\W_]+")
+_QUERY_WORD = re.compile(r"([^\W_]+)(\*?)")
+
+
+def normalise(word: str) -> str:
+    """A word as the index holds it: case-folded, accents removed (not padded)."""
+    folded = word.casefold()
+    if folded.isascii():
+        return folded
+    decomposed = unicodedata.normalize("NFKD", folded)
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
+def _indexed(word: str) -> str:
+    return word + PAD * (MIN_WORD - len(word)) if len(word) < MIN_WORD else word
+
+
+def words(text: str) -> list[str]:
+    """The normalised words of ``text``, in order (a word may split in two when an accent
+    is removed from it: ``ǅ`` and the like; those parts are words of their own)."""
+    found: list[str] = []
+    for match in _WORD.finditer(text):
+        found.extend(_WORD.findall(normalise(match.group())))
+    return found
+
+
+def feed(text: str) -> str:
+    """What the index holds for ``text``: its words, normalised and padded, space-separated.
+
+    ``""`` when there is nothing to index (a message without text stores ``""``, which the
+    back-fill reads as "done", unlike ``NULL``: "not indexed yet").
+    """
+    out: list[str] = []
+    size = 0
+    for word in words(text):
+        if len(word) > MAX_WORD:
+            continue
+        token = _indexed(word)
+        size += len(token.encode()) + 1
+        if size > MAX_FEED:
+            break
+        out.append(token)
+    return " ".join(out)
+
+
+def context_text(content: Any) -> str:
+    """The text of a context message's content: every ``"text"`` string, in order.
+
+    Text blocks, and the text blocks nested in tool results, are found; tool inputs and
+    other values are not text a person searches for.
+    """
+    return "\n".join(_texts(content))
+
+
+def _texts(value: Any) -> Iterator[str]:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if type(item) is dict:
+            text = item.get("text")
+            if type(text) is str:
+                yield text
+            nested = item.get("content")
+            if type(nested) is list:
+                stack.extend(reversed(nested))
+        elif type(item) is list:
+            stack.extend(reversed(item))
+
+
+def context_feed(content: Any) -> str:
+    """The feed of a context message's content: ``feed(context_text(content))``."""
+    return feed(context_text(content))
+
+
+def message_feed(message: str, content: Any) -> str:
+    """The feed of an agent-database message: ``feed(message_text(message, content))``."""
+    return feed(message_text(message, content))
+
+
+def message_text(message: str, content: Any) -> str:
+    """The text of an agent-database message: its ``message``, then a text ``content``."""
+    if type(content) is str and content and content != message:
+        return f"{message}\n{content}" if message else content
+    return message
+
+
+@dataclass(frozen=True, slots=True)
+class Term:
+    """One word of a query; ``prefix``: it matches words that start with it."""
+
+    word: str
+    prefix: bool
+
+    def matches(self, word: str) -> bool:
+        """Whether a normalised word of a text is a match for this term."""
+        return word.startswith(self.word) if self.prefix else word == self.word
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """A parsed query: terms that must all match (see :func:`parse_query`)."""
+
+    text: str
+    terms: tuple[Term, ...]
+
+    def indexed_terms(self) -> list[tuple[str, bool]]:
+        """``(word, prefix)`` pairs as the index holds words (short exact words padded)."""
+        return [(t.word if t.prefix else _indexed(t.word), t.prefix) for t in self.terms]
+
+
+def parse_query(query: object) -> Query:
+    """Read a search query: words that must all appear, ``word*`` for a prefix.
+
+    Characters other than letters, digits and a word's trailing ``*`` separate words;
+    repeated words count once.
+
+    Raises:
+        ValidationError: ``query`` is not a string, has no word, or has more than
+            :data:`MAX_QUERY_TERMS` words.
+    """
+    if type(query) is not str:
+        raise ValidationError(f"query must be a str, not {type(query).__name__}")
+    terms: list[Term] = []
+    for match in _QUERY_WORD.finditer(query):
+        parts = words(match.group(1))
+        for i, part in enumerate(parts):
+            prefix = bool(match.group(2)) and i == len(parts) - 1
+            if len(part) > MAX_WORD:
+                raise ValidationError(f"query word {part[:20]!r}… is over {MAX_WORD} characters")
+            term = Term(part, prefix)
+            if term not in terms:
+                terms.append(term)
+    if not terms:
+        raise ValidationError("query has no word to search for")
+    if len(terms) > MAX_QUERY_TERMS:
+        raise ValidationError(f"query has {len(terms)} words; at most {MAX_QUERY_TERMS}")
+    return Query(query, tuple(terms))
+
+
+@dataclass(frozen=True, slots=True)
+class Snippet:
+    """A piece of a message's text around its first match, and where the matches are."""
+
+    text: str
+    highlights: tuple[tuple[int, int], ...]
+
+
+def snippet(text: str, terms: Sequence[Term], *, width: int = SNIPPET_WORDS) -> Snippet:
+    """The part of ``text`` around its first match, with the ``(start, end)`` of each match.
+
+    About ``width`` words are kept, a third of them before the first match; ``…`` marks
+    text cut at either end. Offsets are into the returned text.
+    """
+    spans = list(_word_spans(text))
+    hits = [i for i, (_, _, word) in enumerate(spans) if any(t.matches(word) for t in terms)]
+    if not spans:
+        return Snippet(text[: width * 8], ())
+    first = hits[0] if hits else 0
+    start_word = max(0, first - width // 3)
+    end_word = min(len(spans), start_word + width)
+    start_word = max(0, end_word - width)
+    begin = 0 if start_word == 0 else spans[start_word][0]
+    end = len(text) if end_word == len(spans) else spans[end_word - 1][1]
+    head = "" if begin == 0 else "…"
+    tail = "" if end == len(text) else "…"
+    body = text[begin:end]
+    shift = len(head) - begin
+    highlights = tuple(
+        (spans[i][0] + shift, spans[i][1] + shift) for i in hits if start_word <= i < end_word
+    )
+    return Snippet(head + body + tail, highlights)
+
+
+def _word_spans(text: str) -> Iterable[tuple[int, int, str]]:
+    for match in _WORD.finditer(text):
+        for word in _WORD.findall(normalise(match.group())):
+            yield match.start(), match.end(), word
