@@ -29,6 +29,7 @@ from sqlalchemy import (
     BindParameter,
     ColumnElement,
     Executable,
+    Float,
     Select,
     Table,
     bindparam,
@@ -39,6 +40,7 @@ from sqlalchemy import (
     select,
     table,
     tuple_,
+    type_coerce,
 )
 from sqlalchemy import cast as sql_cast
 from sqlalchemy import exc as sa_exc
@@ -436,7 +438,7 @@ async def _insert_one_at_counter_sqlite(
     return int(value)
 
 
-RANK_SCALE = 1_000_000
+RANK_SCALE = 10**12
 """Ranks are the backend's score times this, as integers: exact keyset cursors everywhere."""
 
 # The SQLite search index of migration 0005, per message table.
@@ -484,9 +486,10 @@ def text_matches(
         matched: ColumnElement[Any] = vector.op("@@")(query)
     else:
         expression = " ".join(f"+{word}" + ("*" if prefix else "") for word, prefix in terms)
-        score = words.match(bindparam("search", expression))
+        matched = words.match(bindparam("search", expression))
+        # The same MATCH again as a number (MySQL evaluates it once for both).
+        score = type_coerce(matched, Float())
         rank = sql_cast(func.round(score * RANK_SCALE), BigInteger)
-        matched = score
     return (
         select(*(target.c[name] for name in key), rank.label("rank"))
         .where(matched)

@@ -15,7 +15,9 @@ from typing import Any, Self
 from convostore.errors import ValidationError
 from convostore.models import (
     ContextMessage,
+    ContextSearchHit,
     Message,
+    MessageSearchHit,
     SessionInfo,
     StoredContextMessage,
     ThreadInfo,
@@ -112,6 +114,19 @@ class AgentDatabase(ABC):
         ``before_idx`` and ``after_idx`` are exclusive bounds; ``limit`` caps the count after
         ordering.
         """
+
+    @abstractmethod
+    async def search(
+        self,
+        query: str,
+        *,
+        limit: int = 20,
+        before: MessageSearchHit | None = None,
+        user_id: str | None = None,
+        thread_id: str | None = None,
+    ) -> list[MessageSearchHit]:
+        """The agent's messages (optionally one user's or one thread's) whose text matches
+        ``query``, best first, in keyset pages (``before``: the last hit of a page)."""
 
     @abstractmethod
     async def credit(self, user_id: str, amount: int) -> int:
@@ -231,6 +246,18 @@ class ContextStore(ABC):
         self, *, limit: int | None = None, before: SessionInfo | None = None
     ) -> list[SessionInfo]:
         """The project's sessions that hold messages, newest first (keyset pages with limit)."""
+
+    @abstractmethod
+    async def search(
+        self,
+        query: str,
+        *,
+        limit: int = 20,
+        before: ContextSearchHit | None = None,
+        session_id: str | None = None,
+    ) -> list[ContextSearchHit]:
+        """The project's messages (optionally one session's) whose text matches ``query``,
+        best first, in keyset pages (``before``: the last hit of a page)."""
 
     @abstractmethod
     async def close(self) -> None:

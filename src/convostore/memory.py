@@ -17,14 +17,16 @@ from datetime import UTC, datetime
 from typing import Any, Self
 from uuid import uuid4
 
-from convostore import arguments, codec
+from convostore import arguments, codec, search
 from convostore.errors import ConflictError, InsufficientBalance
 from convostore.interfaces import AgentDatabase, ContextStore
 from convostore.models import (
     NO_PREVIEW,
     ContextMessage,
     ContextRole,
+    ContextSearchHit,
     Message,
+    MessageSearchHit,
     NewMessage,
     SessionInfo,
     StoredContextMessage,
@@ -264,6 +266,42 @@ class InMemoryDatabase(AgentDatabase):
             cursor = (before.updated_at, before.thread_id)
             found = [info for info in found if (info.updated_at, info.thread_id) < cursor]
         return found if limit is None else found[:limit]
+
+    async def search(
+        self,
+        query: str,
+        *,
+        limit: int = 20,
+        before: MessageSearchHit | None = None,
+        user_id: str | None = None,
+        thread_id: str | None = None,
+    ) -> list[MessageSearchHit]:
+        """As :meth:`convostore.SQLAlchemyDatabase.search`; the rank is the number of
+        matching words."""
+        parsed = arguments.search_messages(query, limit, before, user_id, thread_id)
+        found = []
+        for (agent, thread), stored in self.storage.threads.items():
+            if agent != self._agent or thread_id not in (None, thread):
+                continue
+            for row in stored.messages:
+                if user_id is not None and row.message.user_id != user_id:
+                    continue
+                message = self._load(row)
+                text = search.message_text(message.message, message.content)
+                rank = search.count_matches(text, parsed)
+                if rank is None:
+                    continue
+                cut = search.snippet(text, parsed.terms)
+                hit = MessageSearchHit(
+                    message=message, snippet=cut.text, highlights=list(cut.highlights), rank=rank
+                )
+                found.append((rank, (thread, message.idx), hit))
+        cursor = (
+            None
+            if before is None
+            else (before.rank, (before.message.thread_id, before.message.idx))
+        )
+        return search.page(found, limit, cursor)
 
     @staticmethod
     def _load(row: _StoredMessage) -> Message:
@@ -510,6 +548,48 @@ class InMemoryContextStore(ContextStore):
             cursor = (before.created_at, before.session_id)
             found = [info for info in found if (info.created_at, info.session_id) < cursor]
         return found if limit is None else found[:limit]
+
+    async def search(
+        self,
+        query: str,
+        *,
+        limit: int = 20,
+        before: ContextSearchHit | None = None,
+        session_id: str | None = None,
+    ) -> list[ContextSearchHit]:
+        """As :meth:`convostore.SQLAlchemyContextStore.search`; the rank is the number of
+        matching words."""
+        parsed, only = arguments.search_context(query, limit, before, session_id)
+        found = []
+        for (project, session), state in self.storage.sessions.items():
+            if project != self._scope or only not in (None, session):
+                continue
+            for position, entry in enumerate(state.messages):
+                content = codec.decode(entry.data)
+                text = search.context_text(content)
+                rank = search.count_matches(text, parsed)
+                if rank is None:
+                    continue
+                cut = search.snippet(text, parsed.terms)
+                stored = StoredContextMessage.model_construct(
+                    role=entry.role,
+                    content=content,
+                    position=position,
+                    created_at=entry.created_at,
+                    client_id=entry.client_id,
+                )
+                hit = ContextSearchHit.model_construct(
+                    session_id=session,
+                    message=stored,
+                    snippet=cut.text,
+                    highlights=list(cut.highlights),
+                    rank=rank,
+                )
+                found.append((rank, (session, position), hit))
+        cursor = (
+            None if before is None else (before.rank, (before.session_id, before.message.position))
+        )
+        return search.page(found, limit, cursor)
 
     async def close(self) -> None:
         return None

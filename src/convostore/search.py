@@ -34,7 +34,7 @@ import re
 import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from convostore.errors import ValidationError
 
@@ -47,9 +47,11 @@ __all__ = [
     "Term",
     "context_feed",
     "context_text",
+    "count_matches",
     "feed",
     "message_feed",
     "message_text",
+    "page",
     "parse_query",
     "snippet",
 ]
@@ -68,6 +70,8 @@ PAD: Final = "_"
 
 SNIPPET_WORDS: Final = 24
 """About this many words of context around the first match."""
+
+T = TypeVar("T")
 
 _WORD = re.compile(r"[^\W_]+")
 _QUERY_WORD = re.compile(r"([^\W_]+)(\*?)")
@@ -206,6 +210,32 @@ def parse_query(query: object) -> Query:
     if len(terms) > MAX_QUERY_TERMS:
         raise ValidationError(f"query has {len(terms)} words; at most {MAX_QUERY_TERMS}")
     return Query(query, tuple(terms))
+
+
+def count_matches(text: str, query: Query) -> int | None:
+    """How many words of ``text`` match ``query``'s terms, as the index reads both;
+    ``None`` unless every term matches at least once (the in-memory store's search)."""
+    tokens = feed(text).split(" ")
+    total = 0
+    for word, prefix in query.indexed_terms():
+        found = sum(1 for t in tokens if (t.startswith(word) if prefix else t == word))
+        if not found:
+            return None
+        total += found
+    return total
+
+
+def page(
+    hits: Iterable[tuple[int, tuple[str, int], T]],
+    limit: int,
+    before: tuple[int, tuple[str, int]] | None,
+) -> list[T]:
+    """Sort ``(rank, key, hit)`` best first (ties by key) and cut one keyset page."""
+    ordered = sorted(hits, key=lambda h: (-h[0], h[1]))
+    if before is not None:
+        rank, key = before
+        ordered = [h for h in ordered if h[0] < rank or (h[0] == rank and h[1] > key)]
+    return [hit for _, _, hit in ordered[:limit]]
 
 
 @dataclass(frozen=True, slots=True)

@@ -121,9 +121,11 @@ class SearchText(TypeDecorator[str]):
     cache_ok = True
 
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        # Not through dialect.type_descriptor(), which on PostgreSQL adapts Text to its
+        # VARCHAR string type.
         if dialect.name in ("mysql", "mariadb"):
-            return dialect.type_descriptor(mysql.LONGTEXT())
-        return dialect.type_descriptor(Text())
+            return mysql.LONGTEXT()
+        return Text()
 
     def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
         if value is None or not getattr(dialect, CLEAR_TEXT_ATTRIBUTE, True):

@@ -19,6 +19,7 @@ from sqlalchemy.pool import NullPool
 
 from convostore import migrate
 from convostore.engine import create_engine
+from convostore.tables import described_here
 from tests.conftest import create_server_database, drop_database, require_backend
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -71,14 +72,15 @@ def plain(url: URL) -> str:
 
 
 async def table_names(url: URL) -> set[str]:
-    """The tables in the database at ``url``, read through SQLAlchemy's inspector."""
+    """The tables of the models in the database at ``url``, read by SQLAlchemy's inspector."""
     engine = create_engine(url, poolclass=NullPool)
     try:
         async with engine.connect() as conn:
             names: list[str] = await conn.run_sync(lambda c: inspect(c).get_table_names())
     finally:
         await engine.dispose()
-    return set(names)
+    # SQLite's search index (FTS5 and its shadow tables) is no table of the models.
+    return {name for name in names if described_here(name, "table")}
 
 
 async def version_rows(url: URL) -> list[str]:
