@@ -721,6 +721,127 @@ def _require_file(source: Path) -> None:
         _fail(f"{source}: no such file")
 
 
+# --- search ---------------------------------------------------------------------------------
+
+
+@app.command("search")
+def search_history(
+    query: Annotated[str | None, typer.Argument(help="The words to find (word* = prefix).")] = None,
+    project: Annotated[
+        str | None, typer.Option(help="Search this project's sessions (context store).")
+    ] = None,
+    namespace: Annotated[
+        str | None, typer.Option(help="The project's namespace (axio's db_name).")
+    ] = None,
+    session: Annotated[str | None, typer.Option(help="Only this session.")] = None,
+    agent: Annotated[
+        str | None,
+        typer.Option("--agent", help='Search this agent\'s messages ("" = default agent).'),
+    ] = None,
+    user: Annotated[str | None, typer.Option(help="Only this user's messages.")] = None,
+    thread: Annotated[str | None, typer.Option(help="Only this thread.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="Show at most this many.")] = 20,
+    backfill: Annotated[
+        bool,
+        typer.Option(
+            "--backfill", help="Index messages written before search existed, in batches."
+        ),
+    ] = False,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Messages per transaction with --backfill.")
+    ] = transfer.reindex.DEFAULT_BATCH_SIZE,
+    url: UrlOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Find messages by what was said in them (or, with --backfill, index old messages)."""
+    if backfill:
+        if query is not None:
+            raise typer.BadParameter("give a query or --backfill, not both")
+        _search_backfill(url, batch_size, json)
+        return
+    if query is None:
+        raise typer.BadParameter("give the words to search for (or --backfill)")
+    if (project is None) == (agent is None):
+        raise typer.BadParameter("give --project (context store) or --agent (agent database)")
+    if project is not None and (user is not None or thread is not None):
+        raise typer.BadParameter("--user and --thread go with --agent")
+    if agent is not None and (session is not None or namespace is not None):
+        raise typer.BadParameter("--session and --namespace go with --project")
+
+    async def work() -> list[dict[str, Any]]:
+        from convostore.context import SQLAlchemyContextStore
+        from convostore.database import SQLAlchemyDatabase
+
+        async with _database(url, write=False) as engine:
+            if project is not None:
+                store = SQLAlchemyContextStore(engine, project=project, namespace=namespace)
+                return [
+                    {
+                        "session_id": hit.session_id,
+                        "position": hit.message.position,
+                        "role": hit.message.role,
+                        "created_at": _iso(hit.message.created_at),
+                        "snippet": hit.snippet,
+                        "highlights": hit.highlights,
+                        "rank": hit.rank,
+                    }
+                    for hit in await store.search(query, limit=limit, session_id=session)
+                ]
+            db = SQLAlchemyDatabase(engine=engine, agent_name=agent or None)
+            return [
+                {
+                    "thread_id": hit.message.thread_id,
+                    "user_id": hit.message.user_id,
+                    "idx": hit.message.idx,
+                    "role": hit.message.role,
+                    "created_at": _iso(hit.message.created_at),
+                    "snippet": hit.snippet,
+                    "highlights": hit.highlights,
+                    "rank": hit.rank,
+                }
+                for hit in await db.search(query, limit=limit, user_id=user, thread_id=thread)
+            ]
+
+    hits = _run(work())
+    if json:
+        _print_json(hits)
+        return
+    out = _out()
+    for hit in hits:
+        where = (
+            f"{hit['session_id']} #{hit['position']}"
+            if "session_id" in hit
+            else f"{hit['thread_id']} #{hit['idx']} ({hit['user_id']})"
+        )
+        line = Text(f"{where} {hit['role']} {hit['created_at'][:19]}  ", style="dim")
+        at = 0
+        for start, end in hit["highlights"]:
+            line.append(hit["snippet"][at:start])
+            line.append(hit["snippet"][start:end], style="bold")
+            at = end
+        line.append(hit["snippet"][at:])
+        out.print(line)
+    if not hits:
+        out.print("no messages found")
+
+
+def _search_backfill(url: str | None, batch_size: int, json: bool) -> None:
+    async def work() -> transfer.ReindexReport:
+        async with _database(url, write=True) as engine:
+            with _progress() as bar:
+                return await transfer.backfill(engine, batch_size=batch_size, progress=bar)
+
+    report = _run(work())
+    if json:
+        _print_json(report.as_dict())
+        return
+    counts = report.indexed
+    _out().print(
+        f"indexed {counts.get('context_messages', 0)} context messages and "
+        f"{counts.get('messages', 0)} agent messages"
+    )
+
+
 # --- prune / stats --------------------------------------------------------------------------
 
 

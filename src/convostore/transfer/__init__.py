@@ -11,6 +11,7 @@ head, so it can be used from Python as well as through ``convostore`` on the com
 * :func:`import_axio` / :func:`import_agentstr` (:mod:`.importers`): copy an
   axio-context-sqlite database into the context store tables, or an agentstr SQLite
   database into the agent database tables.
+* :func:`backfill` (:mod:`.reindex`): index messages written before search existed.
 * :func:`prune` (:mod:`.retention`) and :func:`stats` (:mod:`.sizes`: rows, bytes,
   compression ratio).
 * :func:`list_sessions`, :func:`find_session_projects`, :func:`list_threads`,
@@ -46,6 +47,7 @@ from convostore.transfer.listings import (
     session_transcript,
     thread_messages,
 )
+from convostore.transfer.reindex import ReindexReport, backfill
 from convostore.transfer.retention import PruneReport, parse_age, prune
 from convostore.transfer.sizes import Stats, stats
 
@@ -55,11 +57,13 @@ __all__ = [
     "RECORD_TYPES",
     "Progress",
     "PruneReport",
+    "ReindexReport",
     "SessionRow",
     "SessionTranscript",
     "Stats",
     "ThreadRow",
     "TransferReport",
+    "backfill",
     "export_jsonl",
     "find_session_projects",
     "import_agentstr",

@@ -1,0 +1,139 @@
+"""Back-filling the search index: messages written before migration 0005.
+
+Such rows have ``search_text`` ``NULL``. :func:`backfill` reads them in primary-key order,
+``batch_size`` at a time, builds each one's feed (:mod:`convostore.search`) from its
+decoded payload, and writes it in one short transaction per batch (the database's index
+follows the column: see migration 0005). The update only touches rows still ``NULL``, so
+a back-fill running beside live writers never overwrites anything, and one that is
+stopped resumes where it left off when run again: every finished batch is committed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from sqlalchemy import Table, and_, bindparam, func, select, tuple_, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from convostore import search
+from convostore.dialects import Executor
+from convostore.errors import ValidationError
+from convostore.tables import ContextMessageRecord, MessageRecord
+from convostore.transactions import TransactionRunner
+from convostore.transfer._format import NoProgress, Progress
+
+__all__ = ["DEFAULT_BATCH_SIZE", "ReindexReport", "backfill"]
+
+DEFAULT_BATCH_SIZE: Final = 1000
+
+_CONTEXT: Table = ContextMessageRecord.__table__  # type: ignore[assignment]
+_MESSAGES: Table = MessageRecord.__table__  # type: ignore[assignment]
+_KEYS: Final = {
+    "context_messages": ("project", "session_id", "position"),
+    "messages": ("agent_name", "thread_id", "idx"),
+}
+
+
+@dataclass
+class ReindexReport:
+    """How many messages of each table :func:`backfill` indexed."""
+
+    indexed: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready values."""
+        return {"indexed": dict(self.indexed)}
+
+
+def _feed(table: Table, row: Any) -> str:
+    if table is _CONTEXT:
+        return search.context_feed(row.content)
+    return search.message_feed(row.message, row.content)
+
+
+async def backfill(
+    engine: AsyncEngine,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: Progress | None = None,
+) -> ReindexReport:
+    """Index every message that has no ``search_text`` yet, in batches; resumable.
+
+    Raises:
+        ValidationError: ``batch_size`` is not a positive int.
+    """
+    if type(batch_size) is not int or batch_size < 1:
+        raise ValidationError("batch_size must be a positive int")
+    progress = progress or NoProgress()
+    runner = TransactionRunner(engine)
+    report = ReindexReport()
+    for table in (_CONTEXT, _MESSAGES):
+        report.indexed[table.name] = await _backfill_table(runner, table, batch_size, progress)
+    return report
+
+
+async def _backfill_table(
+    runner: TransactionRunner, table: Table, batch_size: int, progress: Progress
+) -> int:
+    key = [table.c[name] for name in _KEYS[table.name]]
+
+    async def count(session: Executor) -> int:
+        return await _count_pending(session, table)
+
+    progress.start(f"indexing {table.name}", await runner.run(count, read=True))
+    done = 0
+    after: tuple[Any, ...] | None = None
+    while True:
+
+        async def step(
+            session: Executor, start: tuple[Any, ...] | None = after
+        ) -> tuple[tuple[Any, ...], int] | None:
+            return await _index_batch(session, table, key, start, batch_size)
+
+        batch = await runner.run(step)
+        if batch is None:
+            return done
+        after, count_done = batch
+        done += count_done
+        progress.advance(count_done)
+
+
+async def _count_pending(session: Executor, table: Table) -> int:
+    stmt = select(func.count()).select_from(table).where(table.c.search_text.is_(None))
+    return int((await session.execute(stmt)).scalar_one())
+
+
+async def _index_batch(
+    session: Executor,
+    table: Table,
+    key: list[Any],
+    after: tuple[Any, ...] | None,
+    batch_size: int,
+) -> tuple[tuple[Any, ...], int] | None:
+    """Index the next batch after the key ``after``; its last key and size, or ``None``."""
+    columns = [*key, table.c.content] + ([table.c.message] if table is _MESSAGES else [])
+    stmt = select(*columns).where(table.c.search_text.is_(None))
+    if after is not None:
+        stmt = stmt.where(tuple_(*key) > after)
+    rows = (await session.execute(stmt.order_by(*key).limit(batch_size))).all()
+    if not rows:
+        return None
+    names = [column.name for column in key]
+    change = (
+        update(table)
+        .where(
+            and_(*(table.c[name] == bindparam(f"k_{name}") for name in names)),
+            table.c.search_text.is_(None),
+        )
+        .values(search_text=bindparam("feed", type_=table.c.search_text.type))
+    )
+    await session.execute(
+        change,
+        [
+            {**{f"k_{name}": row._mapping[name] for name in names}, "feed": _feed(table, row)}
+            for row in rows
+        ],
+    )
+    last = rows[-1]
+    return tuple(last._mapping[name] for name in names), len(rows)

@@ -1,0 +1,128 @@
+"""The search index on each backend: migration 0005 over existing rows, and the back-fill.
+
+Rows written before revision 0005 have no ``search_text``; ``transfer.backfill`` (the CLI's
+``convostore search --backfill``) indexes them in batches, one transaction each, and a
+back-fill that stops part-way resumes where it left off.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import URL, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from convostore import (
+    ContextMessage,
+    SQLAlchemyContextStore,
+    SQLAlchemyDatabase,
+    codec,
+    create_engine,
+    migrate,
+    transfer,
+)
+
+
+def user(words: str) -> ContextMessage:
+    return ContextMessage(role="user", content=[{"type": "text", "text": words}])
+
+
+class Interrupted(Exception):
+    pass
+
+
+class StopAfter:
+    """A progress receiver that stops the back-fill after ``batches`` batches."""
+
+    def __init__(self, batches: int | None = None) -> None:
+        self.batches = batches
+        self.labels: list[tuple[str, int | None]] = []
+        self.advanced = 0
+
+    def start(self, label: str, total: int | None) -> None:
+        self.labels.append((label, total))
+
+    def advance(self, amount: int) -> None:
+        self.advanced += amount
+        if self.batches is not None:
+            self.batches -= 1
+            if self.batches == 0:
+                raise Interrupted
+
+
+async def test_backfill_indexes_old_rows_in_batches_and_resumes(engine: AsyncEngine) -> None:
+    store = SQLAlchemyContextStore(engine, project="/p", session_id="s")
+    await store.append_many([user(f"archived note {n}") for n in range(25)])
+    db = SQLAlchemyDatabase(engine=engine, agent_name="agent")
+    await db.add_message("t", "alice", "user", message="archived invoice")
+    async with engine.begin() as conn:
+        # What a database migrated from revision 0004 holds: rows without a feed.
+        await conn.execute(text("UPDATE context_messages SET search_text = NULL"))
+        await conn.execute(text("UPDATE messages SET search_text = NULL"))
+    assert await store.search("archived") == []
+
+    stopped = StopAfter(batches=2)
+    with pytest.raises(Interrupted):
+        await transfer.backfill(engine, batch_size=10, progress=stopped)
+    # The two finished batches were committed and are found already.
+    assert len(await store.search("archived", limit=100)) == 20
+    assert stopped.labels == [("indexing context_messages", 25)]
+
+    resumed = StopAfter()
+    report = await transfer.backfill(engine, batch_size=10, progress=resumed)
+    assert report.indexed == {"context_messages": 5, "messages": 1}
+    assert resumed.labels == [("indexing context_messages", 5), ("indexing messages", 1)]
+    assert len(await store.search("archived", limit=100)) == 25
+    (hit,) = await db.search("archived")
+    assert hit.message.message == "archived invoice"
+
+    again = await transfer.backfill(engine)
+    assert again.indexed == {"context_messages": 0, "messages": 0}
+    assert len(await store.search("archived", limit=100)) == 25
+
+
+async def test_a_database_with_history_migrates_to_0005_and_is_searchable_after_backfill(
+    backend: str, tmp_path: Path, fresh_server_database: URL | None
+) -> None:
+    url = fresh_server_database or URL.create("sqlite+aiosqlite", database=str(tmp_path / "old.db"))
+    await migrate.upgrade(url, "0004")
+    engine = create_engine(url)
+    try:
+        now = datetime.now(UTC).replace(tzinfo=None)
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO context_tokens (project, session_id, input_tokens, "
+                    "output_tokens, next_position, preview, created_at, updated_at) "
+                    "VALUES ('/p', 's', 0, 0, 2, 'old', :now, :now)"
+                ),
+                {"now": now},
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO context_messages (project, session_id, position, role, "
+                    "content, created_at) VALUES ('/p', 's', :position, 'user', :content, :now)"
+                ),
+                [
+                    {
+                        "position": n,
+                        "content": codec.encode([{"type": "text", "text": words}]),
+                        "now": now,
+                    }
+                    for n, words in enumerate(["written long ago", "before search existed"])
+                ],
+            )
+        await migrate.upgrade(engine)
+        store = SQLAlchemyContextStore(engine, project="/p", session_id="s")
+        assert await store.search("search") == []
+        report = await transfer.backfill(engine)
+        assert report.indexed["context_messages"] == 2
+        (hit,) = await store.search("search existed")
+        assert (hit.session_id, hit.message.position) == ("s", 1)
+        # New writes are indexed as they are written.
+        await store.append(user("a new message about search"))
+        assert len(await store.search("search")) == 2
+    finally:
+        await engine.dispose()
