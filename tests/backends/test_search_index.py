@@ -29,7 +29,7 @@ def user(words: str) -> ContextMessage:
     return ContextMessage(role="user", content=[{"type": "text", "text": words}])
 
 
-class Interrupted(Exception):
+class BackfillInterruptedError(Exception):
     pass
 
 
@@ -49,7 +49,7 @@ class StopAfter:
         if self.batches is not None:
             self.batches -= 1
             if self.batches == 0:
-                raise Interrupted
+                raise BackfillInterruptedError
 
 
 async def test_backfill_indexes_old_rows_in_batches_and_resumes(engine: AsyncEngine) -> None:
@@ -64,7 +64,7 @@ async def test_backfill_indexes_old_rows_in_batches_and_resumes(engine: AsyncEng
     assert await store.search("archived") == []
 
     stopped = StopAfter(batches=2)
-    with pytest.raises(Interrupted):
+    with pytest.raises(BackfillInterruptedError):
         await transfer.backfill(engine, batch_size=10, progress=stopped)
     # The two finished batches were committed and are found already.
     assert len(await store.search("archived", limit=100)) == 20
