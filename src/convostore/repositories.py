@@ -27,6 +27,7 @@ from sqlalchemy import (
     Row,
     Select,
     Table,
+    and_,
     case,
     delete,
     insert,
@@ -901,31 +902,36 @@ async def _search(
     matches = dialects.text_matches(kind, target, key, query.indexed_terms(), scope).subquery(
         "matches"
     )
-    scope_column, thread_column, position_column = key
-    columns = [c for c in target.c if c.name != "search_text"]
-    stmt: Select[Any] = (
-        select(*columns, matches.c.rank)
-        .join(
-            matches,
-            (target.c[scope_column] == matches.c[scope_column])
-            & (target.c[thread_column] == matches.c[thread_column])
-            & (target.c[position_column] == matches.c[position_column]),
+    _, thread_column, position_column = key
+
+    def same_key(table: Any, other: Any) -> Any:
+        return and_(*(table.c[name] == other.c[name] for name in key))
+
+    # The page's keys and ranks first, so only its rows are read in full (their payloads).
+    rank = matches.c.rank
+    order = (rank.desc(), matches.c[thread_column], matches.c[position_column])
+    top: Select[Any] = select(matches)
+    if filters:
+        top = top.join(target, same_key(target, matches)).where(
+            *(target.c[name] == value for name, value in filters.items())
         )
-        .where(*(target.c[name] == value for name, value in {**scope, **filters}.items()))
-    )
     if before is not None and after is not None:
         # Worse rank, or the same rank and a later key.
-        rank = matches.c.rank
-        stmt = stmt.where(
+        top = top.where(
             or_(
                 rank < before.rank,
                 (rank == before.rank)
                 & (tuple_(matches.c[thread_column], matches.c[position_column]) > after),
             )
         )
-    stmt = stmt.order_by(
-        matches.c.rank.desc(), matches.c[thread_column], matches.c[position_column]
-    ).limit(limit)
+    page = top.order_by(*order).limit(limit).subquery("page")
+    columns = [c for c in target.c if c.name != "search_text"]
+    stmt: Select[Any] = (
+        select(*columns, page.c.rank)
+        .join(page, same_key(target, page))
+        .where(*(target.c[name] == value for name, value in scope.items()))
+        .order_by(page.c.rank.desc(), page.c[thread_column], page.c[position_column])
+    )
     return list((await session.execute(stmt)).all())
 
 

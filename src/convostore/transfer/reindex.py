@@ -69,7 +69,7 @@ async def backfill(
     runner = TransactionRunner(engine)
     report = ReindexReport()
     for table in (_CONTEXT, _MESSAGES):
-        report.indexed[table.name] = await _backfill_table(runner, table, batch_size, progress)
+        report.indexed[str(table.name)] = await _backfill_table(runner, table, batch_size, progress)
     return report
 
 

@@ -1,0 +1,70 @@
+"""``convostore search``: queries on both interfaces, and the back-fill."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from tests.cli.conftest import json_out, ok, run_cli
+
+
+def test_search_a_project(seeded: str) -> None:
+    hits = json_out("search", "hello", "--project", "/work/alpha", "--url", seeded)
+    assert [(h["session_id"], h["position"], h["role"]) for h in hits] == [("s-1", 0, "user")]
+    assert hits[0]["snippet"] == "Hello [b]x[/b]"
+    assert hits[0]["highlights"] == [[0, 5]]
+    assert json_out("search", "hello", "--project", "/work/beta", "--url", seeded) == []
+    only = json_out(
+        "search", "long", "--project", "/work/alpha", "--session", "s-1", "--url", seeded
+    )
+    assert [h["position"] for h in only] == [1]
+    assert only[0]["snippet"].endswith("…")
+
+    shown = ok("search", "hello", "--project", "/work/alpha", "--url", seeded).stdout
+    assert "s-1 #0 user" in shown
+    assert "[b]x[/b]" in shown  # user text is printed as text, never as markup
+    assert (
+        "no messages found"
+        in ok("search", "absent", "--project", "/work/alpha", "--url", seeded).stdout
+    )
+
+
+def test_search_an_agent(seeded: str) -> None:
+    hits = json_out("search", "thread", "--agent", "bot", "--url", seeded)
+    assert [(h["thread_id"], h["user_id"], h["idx"]) for h in hits] == [("t-2", "carol", 0)]
+    assert json_out("search", "hi", "--agent", "bot", "--user", "carol", "--url", seeded) == []
+    assert [
+        h["idx"]
+        for h in json_out("search", "pay", "--agent", "bot", "--thread", "t-1", "--url", seeded)
+    ] == [1]
+    assert [
+        h["thread_id"] for h in json_out("search", "default", "--agent", "", "--url", seeded)
+    ] == ["t-9"]
+
+
+def test_backfill_indexes_old_messages(seeded: str) -> None:
+    with sqlite3.connect(seeded) as conn:
+        conn.execute("UPDATE context_messages SET search_text = NULL")
+        conn.execute("UPDATE messages SET search_text = NULL")
+    assert json_out("search", "hello", "--project", "/work/alpha", "--url", seeded) == []
+    report = json_out("search", "--backfill", "--batch-size", "1", "--url", seeded)
+    assert report == {"indexed": {"context_messages": 3, "messages": 4}}
+    assert len(json_out("search", "hello", "--project", "/work/alpha", "--url", seeded)) == 1
+    assert (
+        "indexed 0 context messages and 0 agent messages"
+        in ok("search", "--backfill", "--url", seeded).stdout
+    )
+
+
+def test_usage_errors(seeded: str) -> None:
+    for args in (
+        ["search", "--url", seeded],
+        ["search", "x", "--url", seeded],
+        ["search", "x", "--project", "/p", "--agent", "a", "--url", seeded],
+        ["search", "x", "--project", "/p", "--user", "u", "--url", seeded],
+        ["search", "x", "--agent", "a", "--session", "s", "--url", seeded],
+        ["search", "x", "--backfill", "--url", seeded],
+    ):
+        assert run_cli(*args).exit_code == 2, args
+    bad = run_cli("search", "***", "--project", "/p", "--url", seeded)
+    assert bad.exit_code == 1
+    assert "no word" in bad.stderr
