@@ -9,7 +9,8 @@ with its own full-text search, kept in step by the database in the writing trans
   row id to the message key (``*_search_docs``; a message table's own rowid is no key:
   ``VACUUM`` may renumber it). Triggers on the message tables keep both in step, on
   inserts, deletes (cascades included) and updates of the column.
-* PostgreSQL: a GIN index on ``to_tsvector('simple', search_text)``.
+* PostgreSQL: the column is a ``tsvector`` (``to_tsvector('simple', feed)``, made as the
+  row is written), with a GIN index.
 * MySQL/MariaDB: a ``FULLTEXT`` index, created with InnoDB's stopword list off, so every
   word can be found.
 
@@ -28,6 +29,7 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects.postgresql import TSVECTOR
 
 from convostore.types import long_text
 
@@ -90,18 +92,16 @@ def upgrade() -> None:
         # Applies to the FULLTEXT indexes created in this session: no word is a stopword.
         op.execute("SET SESSION innodb_ft_enable_stopword = OFF")
     for table, key, fts in TABLES:
-        op.add_column(table, sa.Column("search_text", long_text(), nullable=True))
+        # PostgreSQL keeps the feed as a tsvector (to_tsvector('simple', feed), made as it is
+        # written), so ranking reads the vector instead of parsing text.
+        column = TSVECTOR() if name == "postgresql" else long_text()
+        op.add_column(table, sa.Column("search_text", column, nullable=True))
         index = f"ix_{table}_search_text"
         if name == "sqlite":
             for statement in _sqlite_objects(table, key, fts):
                 op.execute(statement)
         elif name == "postgresql":
-            op.create_index(
-                index,
-                table,
-                [sa.text("to_tsvector('simple', search_text)")],
-                postgresql_using="gin",
-            )
+            op.create_index(index, table, ["search_text"], postgresql_using="gin")
         elif name in ("mysql", "mariadb"):
             op.create_index(index, table, ["search_text"], mysql_prefix="FULLTEXT")
 

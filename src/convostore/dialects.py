@@ -480,10 +480,9 @@ def text_matches(
     if kind == "postgresql":
         expression = " & ".join(word + (":*" if prefix else "") for word, prefix in terms)
         query = func.to_tsquery(_SIMPLE, bindparam("search", expression))
-        # The index's own expression, with the configuration as a literal, so it is used.
-        vector = func.to_tsvector(_SIMPLE, words)
-        rank = sql_cast(func.round(func.ts_rank(vector, query) * RANK_SCALE), BigInteger)
-        matched: ColumnElement[Any] = vector.op("@@")(query)
+        # search_text is a tsvector there (convostore.types.SearchVector), GIN-indexed.
+        rank = sql_cast(func.round(func.ts_rank(words, query) * RANK_SCALE), BigInteger)
+        matched: ColumnElement[Any] = words.op("@@")(query)
     else:
         expression = " ".join(f"+{word}" + ("*" if prefix else "") for word, prefix in terms)
         matched = words.match(bindparam("search", expression))

@@ -82,6 +82,8 @@ _threads: Table = ThreadRecord.__table__  # type: ignore[assignment]
 _messages: Table = MessageRecord.__table__  # type: ignore[assignment]
 _sessions: Table = ContextSessionRecord.__table__  # type: ignore[assignment]
 _context_messages: Table = ContextMessageRecord.__table__  # type: ignore[assignment]
+# What reads of a message return: every column but the search index's feed.
+_MESSAGE_COLUMNS = tuple(c for c in _messages.c if c.name != "search_text")
 
 
 class UserRepository:
@@ -226,7 +228,7 @@ class ThreadRepository:
     async def find_client_id(self, thread_id: str, client_id: str) -> Row[Any] | None:
         """The message row added to the thread with ``client_id``, if any."""
         m = _messages.c
-        stmt = select(_messages).where(
+        stmt = select(*_MESSAGE_COLUMNS).where(
             m.agent_name == self._agent, m.thread_id == thread_id, m.client_id == client_id
         )
         return (await self._session.execute(stmt)).one_or_none()
@@ -271,7 +273,7 @@ class ThreadRepository:
     ) -> list[Row[Any]]:
         """Message rows of one thread and user, ordered by ``idx``."""
         m = _messages.c
-        stmt = select(_messages).where(
+        stmt = select(*_MESSAGE_COLUMNS).where(
             m.agent_name == self._agent, m.thread_id == thread_id, m.user_id == user_id
         )
         if after_idx is not None:

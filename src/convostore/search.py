@@ -3,8 +3,8 @@
 Every backend indexes the same thing: the *feed* of a message, a line of normalised words
 that convostore writes into the message row's ``search_text`` column in the same statement
 as the message itself. The database keeps its full-text index in step with that column
-(SQLite: an FTS5 table kept by triggers; PostgreSQL: a GIN index on
-``to_tsvector('simple', search_text)``; MySQL/MariaDB: a ``FULLTEXT`` index), so every
+(SQLite: an FTS5 table kept by triggers; PostgreSQL: the column is a ``tsvector``, made
+from the feed as it is written, with a GIN index; MySQL/MariaDB: a ``FULLTEXT`` index), so every
 write path (appends, group commits, replace_history, pop, clear, fork, prune, imports)
 updates the index in its own transaction, and nothing can forget to.
 
@@ -74,16 +74,17 @@ SNIPPET_WORDS: Final = 24
 T = TypeVar("T")
 
 _WORD = re.compile(r"[^\W_]+")
+# The combining diacritical marks that NFKD splits from letters (é = e + U+0301, ...).
+_COMBINING = re.compile("[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]")
 _QUERY_WORD = re.compile(r"([^\W_]+)(\*?)")
 
 
-def normalise(word: str) -> str:
-    """A word as the index holds it: case-folded, accents removed (not padded)."""
-    folded = word.casefold()
+def normalise(text: str) -> str:
+    """Text as the index reads it: case-folded, accents (combining marks) removed."""
+    folded = text.casefold()
     if folded.isascii():
         return folded
-    decomposed = unicodedata.normalize("NFKD", folded)
-    return "".join(c for c in decomposed if not unicodedata.combining(c))
+    return _COMBINING.sub("", unicodedata.normalize("NFKD", folded))
 
 
 def _indexed(word: str) -> str:
@@ -91,12 +92,8 @@ def _indexed(word: str) -> str:
 
 
 def words(text: str) -> list[str]:
-    """The normalised words of ``text``, in order (a word may split in two when an accent
-    is removed from it: ``ǅ`` and the like; those parts are words of their own)."""
-    found: list[str] = []
-    for match in _WORD.finditer(text):
-        found.extend(_WORD.findall(normalise(match.group())))
-    return found
+    """The normalised words of ``text``, in order."""
+    return _WORD.findall(normalise(text))
 
 
 def feed(text: str) -> str:
@@ -108,13 +105,15 @@ def feed(text: str) -> str:
     out: list[str] = []
     size = 0
     for word in words(text):
-        if len(word) > MAX_WORD:
+        length = len(word)
+        if length > MAX_WORD:
             continue
-        token = _indexed(word)
-        size += len(token.encode()) + 1
+        if length < MIN_WORD:
+            word += PAD * (MIN_WORD - length)
+        size += (len(word) if word.isascii() else len(word.encode())) + 1
         if size > MAX_FEED:
             break
-        out.append(token)
+        out.append(word)
     return " ".join(out)
 
 

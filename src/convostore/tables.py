@@ -39,7 +39,7 @@ from convostore.rules import (
     THREAD_ID_LENGTH,
     USER_ID_LENGTH,
 )
-from convostore.types import CompressedJSON, SearchText, UTCDateTime, key_string, long_text
+from convostore.types import CompressedJSON, UTCDateTime, key_string, long_text, search_text
 
 __all__ = [
     "ADK_KEY_LENGTH",
@@ -176,7 +176,7 @@ class MessageRecord(Base):
     # id finds the stored message instead of adding it twice.
     client_id: Mapped[str | None] = mapped_column(key_string(CLIENT_ID_LENGTH))
     # The words search finds this message by (convostore.search.feed); NULL: not indexed.
-    search_text: Mapped[str | None] = mapped_column(SearchText())
+    search_text: Mapped[str | None] = mapped_column(search_text())
 
 
 class ContextSessionRecord(Base):
@@ -242,7 +242,7 @@ class ContextMessageRecord(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     client_id: Mapped[str | None] = mapped_column(key_string(CLIENT_ID_LENGTH))
     # The words search finds this message by (convostore.search.feed); NULL: not indexed.
-    search_text: Mapped[str | None] = mapped_column(SearchText())
+    search_text: Mapped[str | None] = mapped_column(search_text())
 
 
 class AdkSessionRecord(Base):

@@ -9,15 +9,23 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, LargeBinary, String, Text
-from sqlalchemy.dialects import mysql
+from sqlalchemy import DateTime, LargeBinary, String, Text, func, literal_column
+from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from convostore import codec
 from convostore.errors import SerializationError
 
-__all__ = ["CompressedJSON", "SearchText", "UTCDateTime", "key_string", "long_text"]
+__all__ = [
+    "CompressedJSON",
+    "SearchText",
+    "SearchVector",
+    "UTCDateTime",
+    "key_string",
+    "long_text",
+    "search_text",
+]
 
 
 class CompressedJSON(TypeDecorator[Any]):
@@ -138,6 +146,31 @@ class SearchText(TypeDecorator[str]):
 
 CLEAR_TEXT_ATTRIBUTE = "convostore_clear_text"
 """The dialect attribute that, when false, keeps :class:`SearchText` from writing text."""
+
+
+class SearchVector(TypeDecorator[str]):
+    """PostgreSQL's form of :class:`SearchText`: a ``tsvector`` made from the feed as it is
+    written (``to_tsvector('simple', feed)``), so ranking reads it instead of parsing text."""
+
+    impl = postgresql.TSVECTOR
+    cache_ok = True
+
+    def bind_expression(self, bindvalue: Any) -> Any:
+        return func.to_tsvector(literal_column("'simple'::regconfig"), bindvalue)
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        if value is None or not getattr(dialect, CLEAR_TEXT_ATTRIBUTE, True):
+            return None
+        return value
+
+    def __repr__(self) -> str:
+        return "SearchVector()"
+
+
+def search_text() -> TypeEngine[str]:
+    """The type of the ``search_text`` columns: :class:`SearchText`, a ``tsvector``
+    (:class:`SearchVector`) on PostgreSQL."""
+    return SearchText().with_variant(SearchVector(), "postgresql")
 
 
 def key_string(length: int) -> String:

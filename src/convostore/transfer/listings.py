@@ -148,7 +148,8 @@ async def thread_messages(
         database = SQLAlchemyDatabase(engine=engine, agent_name=agent_name, migrate=False)
         return await database.get_messages(thread_id, user)
     m = MESSAGES.c
-    stmt = select(MESSAGES).where(m.agent_name == agent, m.thread_id == thread_id).order_by(m.idx)
+    columns = [c for c in MESSAGES.c if c.name != "search_text"]
+    stmt = select(*columns).where(m.agent_name == agent, m.thread_id == thread_id).order_by(m.idx)
     return [message_from_row(row, agent_name) for row in await _fetch(engine, stmt)]
 
 
