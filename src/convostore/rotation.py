@@ -20,12 +20,13 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from sqlalchemy import LargeBinary, Table, Text, column, select, table, tuple_, update
+from sqlalchemy import LargeBinary, Table, Text, cast, column, select, table, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore import encryption
 from convostore.dialects import Executor
 from convostore.encryption import Keyring
+from convostore.engine import family
 from convostore.errors import ConfigurationError, ConvostoreError
 from convostore.tables import Base
 from convostore.transactions import TransactionRunner
@@ -141,6 +142,9 @@ async def rotate(
     runner = TransactionRunner(engine)
     report = RotationReport()
     rewrite = _Rewrite(keyring, encrypt_plain=encrypt_plain, decrypt=decrypt)
+    # MySQL/MariaDB compare text by a case- and pad-insensitive collation: the
+    # compare-and-set compares the bytes instead.
+    exact = family(engine) == "mysql"
     for walk in _walks():
         raw = table(
             walk.table.name,
@@ -154,7 +158,15 @@ async def rotate(
             # A retried batch starts from the same key: it reads again what it writes.
             start = after
             batch, done, missed = await runner.run(
-                partial(_batch, raw=raw, walk=walk, rewrite=rewrite, after=start, size=batch_size)
+                partial(
+                    _batch,
+                    raw=raw,
+                    walk=walk,
+                    rewrite=rewrite,
+                    after=start,
+                    size=batch_size,
+                    exact=exact,
+                )
             )
             # Counted once the batch has committed: a retried batch must not count twice.
             for name, count in done.items():
@@ -218,6 +230,7 @@ async def _batch(
     rewrite: _Rewrite,
     after: tuple[Any, ...] | None,
     size: int,
+    exact: bool,
 ) -> tuple[list[tuple[Any, ...]], dict[str, int], int]:
     """Rewrite one batch of rows after ``after``.
 
@@ -235,25 +248,25 @@ async def _batch(
     for row in rows:
         where = [c == v for c, v in zip(key, row[:width], strict=True)]
         values = row[width:]
-        changes: list[tuple[str, Any, Any]] = []
+        changes: list[tuple[str, Any, Any, bool]] = []
         for name, value in zip(walk.payloads, values, strict=False):
             if value is not None:
                 new = _checked(rewrite.payload, bytes(value), walk, name, row[:width])
                 if new is not None:
-                    changes.append((name, bytes(value), new))
+                    changes.append((name, bytes(value), new, False))
         texts = values[len(walk.payloads) :]
         for name, value in zip(walk.texts, texts, strict=False):
             if value is not None:
                 new = _checked(rewrite.text, value, walk, name, row[:width])
                 if new is not None:
-                    changes.append((name, value, new))
+                    changes.append((name, value, new, exact))
         for name, value in zip(walk.previews, texts[len(walk.texts) :], strict=True):
             if value is not None and rewrite.preview(value):
-                changes.append((name, value, None))
-        for name, old, new in changes:
-            result = await executor.execute(
-                update(raw).where(*where, raw.c[name] == old).values({name: new})
-            )
+                changes.append((name, value, None, exact))
+        for name, old, new, as_bytes in changes:
+            current = cast(raw.c[name], LargeBinary) if as_bytes else raw.c[name]
+            same = current == (old.encode("utf-8") if as_bytes else old)
+            result = await executor.execute(update(raw).where(*where, same).values({name: new}))
             if result.rowcount == 1:  # type: ignore[attr-defined]
                 column_name = f"{walk.table.name}.{name}"
                 done[column_name] = done.get(column_name, 0) + 1

@@ -6,10 +6,12 @@ bytes), never through convostore's types.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import URL, text
+from sqlalchemy import URL, event, text
 
 from convostore import (
     ContextMessage,
@@ -17,7 +19,9 @@ from convostore import (
     KeyNotFoundError,
     SQLAlchemyContextStore,
     SQLAlchemyDatabase,
+    codec,
     encryption,
+    migrate,
     transfer,
 )
 from convostore.engine import create_engine, sqlite_path
@@ -28,6 +32,7 @@ from tests.backends.encrypted import (
     MARKER,
     PROJECT,
     context_keys,
+    message,
     payload_keys,
     raw_values,
     read_all,
@@ -239,3 +244,64 @@ async def test_rotation_needs_every_key_it_meets(db_url: URL) -> None:
         assert set(await context_keys(engine)) == {"k1"}
     finally:
         await engine.dispose()
+
+
+async def test_export_decrypts_and_import_encrypts(db_url: URL, tmp_path: Path) -> None:
+    source = create_engine(db_url, encryption=ring("k1", current="k1"))
+    target_url = URL.create("sqlite+aiosqlite", database=str(tmp_path / "copy.db"))
+    target = create_engine(target_url, encryption=ring("k2", current="k2", clear_text=False))
+    try:
+        await write(source, "s", 0, 6)
+        out = io.BytesIO()
+        await transfer.export_jsonl(source, out)
+        assert MARKER.encode() in out.getvalue()  # exports are plain, as documented
+        await migrate.upgrade(target_url)
+        report = await transfer.import_jsonl(target, out.getvalue().splitlines())
+        assert report.verified
+        assert await read_all(target, ["s"]) == await read_all(source, ["s"])
+        assert set(await payload_keys(target)) == {"k2"}
+        stored = await raw_values(target)
+        assert not any(MARKER in v for v in stored["messages.message"])
+        assert stored["context_tokens.preview"] == []
+    finally:
+        await source.dispose()
+        await target.dispose()
+
+
+async def test_rotation_never_overwrites_a_value_changed_meanwhile(db_url: URL) -> None:
+    old = ring("k1", current="k1")
+    engine = create_engine(db_url, encryption=old)
+    await write(engine, "s", 0, 2)
+    await engine.dispose()
+    both = ring("k1", "k2", current="k2")
+    newer = both.seal(codec.encode([{"type": "text", "text": "written meanwhile"}]))
+    engine = create_engine(db_url)
+    replaced: list[bool] = []
+
+    def writer_gets_there_first(conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        # Between rotation's read of the batch and its update of position 0, a writer
+        # replaces that row (here in the same transaction, so the order is certain).
+        if statement.startswith("UPDATE context_messages") and not replaced:
+            replaced.append(True)
+            conn.execute(
+                text("UPDATE context_messages SET content = :c WHERE position = 0"), {"c": newer}
+            )
+
+    event.listen(engine.sync_engine, "before_cursor_execute", writer_gets_there_first)
+    try:
+        report = await rotate(engine, both, batch_size=10)
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", writer_gets_there_first)
+        await engine.dispose()
+    assert replaced
+    assert report.changed_meanwhile == 1
+    assert report.rewritten["context_messages.content"] == 1
+    reader = create_engine(db_url, encryption=both)
+    try:
+        history = await SQLAlchemyContextStore(
+            reader, project=PROJECT, session_id="s"
+        ).get_history()
+        assert history[0].content == [{"type": "text", "text": "written meanwhile"}]
+        assert history[1].content == message(1, "assistant").content
+    finally:
+        await reader.dispose()
