@@ -25,7 +25,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,docs,postgresql,mysql]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,docs,postgresql,mysql,encryption]'
 	touch $(STAMP)
 
 venv312: $(STAMP312)
@@ -34,7 +34,7 @@ $(STAMP312): pyproject.toml
 	@test -n "$(PYTHON312)" || { echo "Python 3.12 not found: set PYTHON312=/path/to/python3.12"; exit 1; }
 	$(PYTHON312) -m venv $(VENV312)
 	$(BIN312)/python -m pip install --quiet --upgrade pip
-	$(BIN312)/python -m pip install --quiet -e '.[dev,postgresql,mysql,axio,openai-agents,langchain,adk,pydantic-ai]' \
+	$(BIN312)/python -m pip install --quiet -e '.[dev,postgresql,mysql,encryption,axio,openai-agents,langchain,adk,pydantic-ai]' \
 		axio-context-sqlite
 	# agentstr-sdk's own dependencies are dozens of heavy packages; its database module needs
 	# none of them, so the tests load it from a side directory (CONVOSTORE_AGENTSTR_PATH).
@@ -80,7 +80,7 @@ compat: $(VENV_SA20)/.installed
 $(VENV_SA20)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV_SA20)
 	$(VENV_SA20)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV_SA20)/bin/python -m pip install --quiet -e '.[dev,postgresql,mysql]' 'sqlalchemy[asyncio]>=2.0.36,<2.1'
+	$(VENV_SA20)/bin/python -m pip install --quiet -e '.[dev,postgresql,mysql,encryption]' 'sqlalchemy[asyncio]>=2.0.36,<2.1'
 	touch $@
 
 # What the suite's "running at scale" backends need on this machine (run as root, by

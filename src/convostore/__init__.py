@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from convostore.context import SQLAlchemyContextStore, connect
     from convostore.database import Database, SQLAlchemyDatabase
+    from convostore.encryption import Keyring
     from convostore.engine import Engine, create_engine
     from convostore.errors import (
         ConfigurationError,
@@ -26,7 +27,10 @@ if TYPE_CHECKING:
         ConvostoreError,
         DatabaseError,
         DeadlineExceeded,
+        DecryptionError,
+        EncryptionError,
         InsufficientBalance,
+        KeyNotFoundError,
         NotFoundError,
         SchemaVersionError,
         SerializationError,
@@ -50,10 +54,14 @@ _EXPORTS: dict[str, str] = {
     "Database": "convostore.database",
     "DatabaseError": "convostore.errors",
     "DeadlineExceeded": "convostore.errors",
+    "DecryptionError": "convostore.errors",
+    "EncryptionError": "convostore.errors",
     "Engine": "convostore.engine",
     "InMemoryContextStore": "convostore.memory",
     "InMemoryDatabase": "convostore.memory",
     "InsufficientBalance": "convostore.errors",
+    "KeyNotFoundError": "convostore.errors",
+    "Keyring": "convostore.encryption",
     "MemoryStorage": "convostore.memory",
     "Message": "convostore.models",
     "NotFoundError": "convostore.errors",
@@ -81,10 +89,14 @@ __all__ = [
     "Database",
     "DatabaseError",
     "DeadlineExceeded",
+    "DecryptionError",
+    "EncryptionError",
     "Engine",
     "InMemoryContextStore",
     "InMemoryDatabase",
     "InsufficientBalance",
+    "KeyNotFoundError",
+    "Keyring",
     "MemoryStorage",
     "Message",
     "NotFoundError",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from contextlib import asynccontextmanager
@@ -34,7 +35,7 @@ from rich.text import Text
 from sqlalchemy import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from convostore import __version__, migrate, transfer
+from convostore import __version__, encryption, migrate, transfer
 from convostore.engine import create_engine, sqlite_path
 from convostore.errors import ConfigurationError, ConvostoreError, NotFoundError, ValidationError
 from convostore.settings import redact, resolve_url
@@ -139,7 +140,7 @@ async def _database(url: str | None, *, write: bool) -> AsyncIterator[AsyncEngin
     resolved = _resolve(url)
     if not write:
         _require_existing(resolved)
-    engine = create_engine(resolved)
+    engine = create_engine(resolved, encryption=_env_keyring())
     try:
         try:
             await migrate.prepare(engine, migrate=None if write else False)
@@ -152,6 +153,13 @@ async def _database(url: str | None, *, write: bool) -> AsyncIterator[AsyncEngin
         yield engine
     finally:
         await engine.dispose()
+
+
+def _env_keyring() -> encryption.Keyring | None:
+    """The keyring of ``CONVOSTORE_ENCRYPTION_KEYS``, if set: every command reads with it."""
+    if not os.environ.get(encryption.KEYS_ENV, "").strip():
+        return None
+    return encryption.Keyring.from_env()
 
 
 def _print_json(value: Any) -> None:
@@ -920,6 +928,59 @@ def stats(url: UrlOption = None, json: JsonOption = False) -> None:
     out.print(
         f"payloads: {result.stored_bytes:,} bytes stored, {result.json_bytes:,} bytes of JSON "
         f"(compression ratio {result.compression_ratio:.2f})"
+    )
+
+
+# --- rotate-keys ----------------------------------------------------------------------------
+
+
+@app.command("rotate-keys")
+def rotate_keys(
+    url: UrlOption = None,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", min=1, help="Rows per transaction.")
+    ] = 500,
+    encrypt_plain: Annotated[
+        bool,
+        typer.Option("--encrypt-plain/--keep-plain", help="Also encrypt payloads stored in plain."),
+    ] = True,
+    decrypt: Annotated[
+        bool, typer.Option("--decrypt", help="Write every value back in plain instead.")
+    ] = False,
+    json: JsonOption = False,
+) -> None:
+    """Re-encrypt every stored value with the current key of $CONVOSTORE_ENCRYPTION_KEYS
+    (resumable: run it again after an interruption)."""
+    from convostore.rotation import rotate
+
+    def show(table: str, rows: int, rewritten: int) -> None:
+        _err().print(f"{table}: {rows:,} rows read, {rewritten:,} values rewritten so far")
+
+    async def work() -> dict[str, Any]:
+        keyring = encryption.Keyring.from_env()
+        async with _database(url, write=True) as engine:
+            report = await rotate(
+                engine,
+                keyring,
+                batch_size=batch_size,
+                encrypt_plain=encrypt_plain,
+                decrypt=decrypt,
+                progress=None if json else show,
+            )
+        return {"current": None if decrypt else keyring.current, **report.as_dict()}
+
+    result = _run(work())
+    if json:
+        _print_json(result)
+        return
+    target = "plain" if decrypt else f"key {result['current']!r}"
+    _out().print(
+        f"{result['total']:,} values rewritten to {target} in {result['rows']:,} rows"
+        + (
+            f"; {result['changed_meanwhile']:,} changed meanwhile (run again)"
+            if result["changed_meanwhile"]
+            else ""
+        )
     )
 
 

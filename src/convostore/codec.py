@@ -8,6 +8,7 @@ header    body
 ``0x01``  UTF-8 JSON, uncompressed
 ``0x02``  UTF-8 JSON compressed with zlib (deflate, zlib container)
 ``0x03``  UTF-8 JSON compressed as one zstd frame (content size set)
+``0x10``  one of the above, encrypted (:mod:`convostore.encryption`)
 ========  ==========================================================
 
 The encoder writes ``0x01`` up to the threshold and the chosen codec above it (zstd by
@@ -35,7 +36,7 @@ from typing import Any, Final, Literal
 import orjson
 import zstandard
 
-from convostore.errors import SerializationError
+from convostore.errors import KeyNotFoundError, SerializationError
 
 __all__ = [
     "DEFAULT_MAX_SIZE",
@@ -60,6 +61,7 @@ Codec = Literal["zstd", "zlib"]
 PLAIN: Final = 0x01
 ZLIB: Final = 0x02
 ZSTD: Final = 0x03
+ENCRYPTED: Final = 0x10
 _HEADERS: Final = {"zlib": ZLIB, "zstd": ZSTD}
 
 ZSTD_LEVEL: Final = 3
@@ -156,6 +158,8 @@ def decode(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> Any:
     Raises:
         SerializationError: The bytes are corrupt, use an unknown header, or would expand
             beyond ``max_size`` (checked before anything is expanded).
+        KeyNotFoundError: The bytes are an encrypted envelope
+            (:func:`convostore.encryption.open_payload` opens it first).
     """
     if not data:
         raise SerializationError("stored payload is empty")
@@ -170,6 +174,9 @@ def decode(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> Any:
         raw = _zstd_decompress(body, max_size)
     elif header == ZLIB:
         raw = _inflate(body, max_size, wbits=zlib.MAX_WBITS)
+    elif header == ENCRYPTED:
+        # Opened by convostore.encryption before it gets here, when there is a keyring.
+        raise KeyNotFoundError("the payload is encrypted and no keyring was given to open it")
     else:
         raise SerializationError(f"stored payload has unknown codec header 0x{header:02x}")
     try:

@@ -16,10 +16,11 @@ from uuid import uuid4
 from sqlalchemy import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from convostore import arguments
+from convostore import arguments, encryption
 from convostore import migrate as migrations
 from convostore.codec import Encoded
 from convostore.dialects import Executor, appends_in_one_statement
+from convostore.encryption import Keyring, install
 from convostore.engine import Engine, create_engine, family
 from convostore.errors import ConfigurationError
 from convostore.facade import Facade
@@ -52,6 +53,7 @@ async def connect(
     *,
     migrate: bool | None = None,
     read_url: ReplicaUrls | None = None,
+    encryption: Keyring | None = None,
 ) -> Engine:
     """Open the database at ``url`` (a path or URL) with its schema at head.
 
@@ -66,12 +68,16 @@ async def connect(
     :class:`~convostore.replicas.ReadReplicas`); stores on the engine read from them, with
     read-your-writes (see :mod:`convostore.replicas`). Closing the engine closes them.
 
+    ``encryption``: a :class:`~convostore.encryption.Keyring`; payloads are encrypted at
+    rest (see ``docs/encryption.md``).
+
     Raises:
         SchemaVersionError: The schema is not at head and may not be migrated here.
     """
     engine = create_engine(str(url) if isinstance(url, Path) else url)
     try:
         attach_replicas(engine, replica_set(read_url))
+        install(engine, encryption)
         await migrations.prepare(engine, migrate=migrate)
     except BaseException:
         await engine.dispose()
@@ -95,6 +101,9 @@ class SQLAlchemyContextStore(Facade, ContextStore):
         read_url: PostgreSQL read replicas for this store's reads (one URL, a list, or
             :class:`~convostore.replicas.ReadReplicas`); :meth:`~convostore.facade.Facade.close`
             closes them.
+        encryption: A :class:`~convostore.encryption.Keyring` for the engine (and its
+            replicas): payloads are encrypted at rest. On a shared engine it must be the
+            keyring the engine already has, if any.
 
     Raises:
         ConfigurationError: Both ``engine`` and ``url`` were given.
@@ -111,6 +120,7 @@ class SQLAlchemyContextStore(Facade, ContextStore):
         namespace: str | None = None,
         migrate: bool | None = None,
         read_url: ReplicaUrls | None = None,
+        encryption: Keyring | None = None,
     ) -> None:
         if engine is not None and url is not None:
             raise ConfigurationError("give engine or url, not both")
@@ -123,6 +133,7 @@ class SQLAlchemyContextStore(Facade, ContextStore):
             owns_engine=engine is None,
             migrate=migrate,
             read_url=read_url,
+            encryption=encryption,
         )
 
     @property
@@ -375,6 +386,7 @@ class SQLAlchemyContextStore(Facade, ContextStore):
                 own), instead of every session of the project.
         """
         parsed, session = arguments.search_context(query, limit, before, session_id)
+        encryption.require_clear_text(self.engine, "search")
         await self._ensure_ready()
         return await self._runner.run(
             lambda s: search_context(

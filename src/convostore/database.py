@@ -14,8 +14,9 @@ from typing import Any, Self
 from sqlalchemy import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from convostore import arguments
+from convostore import arguments, encryption
 from convostore.dialects import Executor, appends_in_one_statement
+from convostore.encryption import Keyring
 from convostore.engine import create_engine, family
 from convostore.errors import (
     ConfigurationError,
@@ -62,6 +63,9 @@ class SQLAlchemyDatabase(Facade, AgentDatabase):
             no (only check) for server databases.
         read_url: PostgreSQL read replicas for this object's reads (one URL, a list, or
             :class:`~convostore.replicas.ReadReplicas`); :meth:`close` closes them.
+        encryption: A :class:`~convostore.encryption.Keyring` for the engine (and its
+            replicas): payloads are encrypted at rest. On a shared engine it must be the
+            keyring the engine already has, if any.
 
     Raises:
         ConfigurationError: Both or neither-and-unresolvable of ``conn_str`` and ``engine``.
@@ -76,6 +80,7 @@ class SQLAlchemyDatabase(Facade, AgentDatabase):
         agent_name: str | None = None,
         migrate: bool | None = None,
         read_url: ReplicaUrls | None = None,
+        encryption: Keyring | None = None,
     ) -> None:
         if conn_str is not None and engine is not None:
             raise ConfigurationError("give conn_str or engine, not both")
@@ -92,7 +97,13 @@ class SQLAlchemyDatabase(Facade, AgentDatabase):
         else:
             self.conn_str = engine.url.render_as_string(hide_password=True)
             owns_engine = False
-        self._start(engine, owns_engine=owns_engine, migrate=migrate, read_url=read_url)
+        self._start(
+            engine,
+            owns_engine=owns_engine,
+            migrate=migrate,
+            read_url=read_url,
+            encryption=encryption,
+        )
         self.conn: AsyncEngine | None = None
         """agentstr's attribute: ``None`` until :meth:`async_init`, then the engine (agentstr's
         agent server tests it to know whether to initialise the database)."""
@@ -332,6 +343,7 @@ class SQLAlchemyDatabase(Facade, AgentDatabase):
             thread_id: Only this thread's messages.
         """
         parsed = arguments.search_messages(query, limit, before, user_id, thread_id)
+        encryption.require_clear_text(self.engine, "search")
         await self.async_init()
         return await self._runner.run(
             lambda s: search_messages(
@@ -380,6 +392,7 @@ def Database(  # noqa: N802 - agentstr's factory is a function named like a clas
     agent_name: str | None = None,
     migrate: bool | None = None,
     read_url: ReplicaUrls | None = None,
+    encryption: Keyring | None = None,
 ) -> SQLAlchemyDatabase:
     """Create the agent database for a connection string, like agentstr's ``Database``.
 
@@ -389,7 +402,9 @@ def Database(  # noqa: N802 - agentstr's factory is a function named like a clas
     """
     if isinstance(conn_str, URL):
         conn_str = conn_str.render_as_string(hide_password=False)
-    return SQLAlchemyDatabase(conn_str, agent_name=agent_name, migrate=migrate, read_url=read_url)
+    return SQLAlchemyDatabase(
+        conn_str, agent_name=agent_name, migrate=migrate, read_url=read_url, encryption=encryption
+    )
 
 
 def _message_row(

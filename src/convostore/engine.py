@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, QueuePool
 
 from convostore import pgbouncer, sqlite_driver
+from convostore.encryption import Keyring, install
 from convostore.errors import ConfigurationError
 from convostore.options import (
     DEADLINE_OPTION,
@@ -94,6 +95,7 @@ def create_engine(
     *,
     fast_sqlite: bool | None = None,
     deadline: float | None = _FROM_URL,
+    encryption: Keyring | None = None,
     **kwargs: Any,
 ) -> Engine:
     """Create an :class:`Engine` (an ``AsyncEngine``) with convostore's defaults.
@@ -128,6 +130,8 @@ def create_engine(
         deadline: Seconds one public call of a façade on this engine may take, retries
             and lock waits included; ``0`` or ``None``: no deadline. Default: the URL's
             ``deadline``, else :data:`convostore.options.DEFAULT_DEADLINE_S`.
+        encryption: Encrypt payloads at rest with this keyring (see
+            :mod:`convostore.encryption`).
         **kwargs: Passed to :func:`sqlalchemy.ext.asyncio.create_async_engine`, overriding
             the defaults and the URL's pool options.
 
@@ -196,6 +200,7 @@ def create_engine(
         event.listen(engine.sync_engine, "connect", _mysql_lock_wait(deadline))
     if not engine.sync_engine.pool._pre_ping and resolved.drivername == "postgresql+asyncpg":
         event.listen(engine.sync_engine, "checkout", _drop_closed_asyncpg)
+    install(engine, encryption)
     return engine
 
 

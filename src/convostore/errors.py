@@ -20,7 +20,10 @@ __all__ = [
     "ConvostoreError",
     "DatabaseError",
     "DeadlineExceeded",
+    "DecryptionError",
+    "EncryptionError",
     "InsufficientBalance",
+    "KeyNotFoundError",
     "NotFoundError",
     "SchemaVersionError",
     "SerializationError",
@@ -44,6 +47,22 @@ class ValidationError(ConvostoreError, ValueError):
 
 class SerializationError(ConvostoreError, ValueError):
     """A value cannot be stored as JSON, or stored bytes cannot be decoded."""
+
+
+class EncryptionError(ConvostoreError):
+    """An encrypted payload cannot be read or written (see :mod:`convostore.encryption`).
+
+    Never garbage instead: a row either reads back exactly as written or raises one of
+    the two children below.
+    """
+
+
+class KeyNotFoundError(EncryptionError, LookupError):
+    """The key a payload was encrypted with is not in the keyring (or there is no keyring)."""
+
+
+class DecryptionError(EncryptionError):
+    """A payload failed authentication: the key under its id is wrong, or the bytes changed."""
 
 
 class NotFoundError(ConvostoreError, LookupError):

@@ -22,6 +22,7 @@ from typing import Self
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from convostore import migrate as migrations
+from convostore.encryption import Keyring, install
 from convostore.replicas import ReplicaSet, ReplicaUrls, replica_set
 from convostore.transactions import TransactionRunner
 
@@ -43,11 +44,16 @@ class Facade:
         owns_engine: bool,
         migrate: bool | None,
         read_url: ReplicaUrls | None,
+        encryption: Keyring | None = None,
     ) -> None:
         """Set up the runner on ``engine``; ``owns_engine``: :meth:`close` disposes it."""
         self._owns_engine = owns_engine
         self._migrate = migrate
         self._replicas = replica_set(read_url)
+        install(engine, encryption)
+        if self._replicas is not None:
+            for replica in self._replicas.engines:
+                install(replica, encryption)
         self._runner = TransactionRunner(engine, replicas=self._replicas)
 
     @property

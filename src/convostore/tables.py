@@ -39,7 +39,14 @@ from convostore.rules import (
     THREAD_ID_LENGTH,
     USER_ID_LENGTH,
 )
-from convostore.types import CompressedJSON, UTCDateTime, key_string, long_text, search_text
+from convostore.types import (
+    ClearOnlyText,
+    CompressedJSON,
+    SealableText,
+    UTCDateTime,
+    key_string,
+    search_text,
+)
 
 __all__ = [
     "ADK_KEY_LENGTH",
@@ -166,7 +173,8 @@ class MessageRecord(Base):
     user_id: Mapped[str] = mapped_column(key_string(USER_ID_LENGTH))
     role: Mapped[str] = mapped_column(String(16))
     kind: Mapped[str] = mapped_column(String(32))
-    message: Mapped[str] = mapped_column(long_text())
+    # Sealed like a payload when the engine stores nothing in clear (convostore.encryption).
+    message: Mapped[str] = mapped_column(SealableText())
     content: Mapped[Any] = mapped_column(CompressedJSON())
     satoshis: Mapped[int | None] = mapped_column(BigInteger)
     extra_inputs: Mapped[Any] = mapped_column(CompressedJSON())
@@ -200,7 +208,8 @@ class ContextSessionRecord(Base):
     input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     next_position: Mapped[int] = mapped_column(BigInteger, default=0)
-    preview: Mapped[str | None] = mapped_column(String(PREVIEW_LENGTH))
+    # NULL when the engine stores nothing in clear (convostore.encryption).
+    preview: Mapped[str | None] = mapped_column(ClearOnlyText(PREVIEW_LENGTH))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     parent_session_id: Mapped[str | None] = mapped_column(key_string(SESSION_ID_LENGTH))

@@ -14,11 +14,13 @@ from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-from convostore import codec
+from convostore import codec, encryption
 from convostore.errors import SerializationError
 
 __all__ = [
+    "ClearOnlyText",
     "CompressedJSON",
+    "SealableText",
     "SearchText",
     "SearchVector",
     "UTCDateTime",
@@ -35,6 +37,9 @@ class CompressedJSON(TypeDecorator[Any]):
     :mod:`convostore.codec`. ``None`` is stored as SQL ``NULL``. Values that are not exactly
     JSON raise :class:`~convostore.errors.SerializationError` before any SQL is sent; so do
     corrupt stored bytes and payloads that would expand beyond ``max_size``.
+
+    On an engine with a keyring (:mod:`convostore.encryption`) values are written in an
+    encrypted envelope and read back from plain, old-key and current-key rows alike.
 
     Args:
         threshold: Compress JSON longer than this many bytes.
@@ -63,13 +68,22 @@ class CompressedJSON(TypeDecorator[Any]):
         if value is None:
             return None
         if isinstance(value, codec.Encoded):
-            return value.data
-        return codec.encode(value, threshold=self.threshold, max_size=self.max_size)
+            data = value.data
+        else:
+            data = codec.encode(value, threshold=self.threshold, max_size=self.max_size)
+        # Sealed here rather than in codec.Encoded: every write path binds through this type.
+        keyring = encryption.keyring_of(dialect)
+        if keyring is not None and keyring.current is not None:
+            return keyring.seal(data)
+        return data
 
     def process_result_value(self, value: Any, dialect: Dialect) -> Any:
         if value is None:
             return None
-        return codec.decode(bytes(value), max_size=self.max_size)
+        data = bytes(value)
+        if data[:1] == b"\x10":
+            data = encryption.open_payload(data, encryption.keyring_of(dialect))
+        return codec.decode(data, max_size=self.max_size)
 
     def __repr__(self) -> str:
         args = []
@@ -78,6 +92,58 @@ class CompressedJSON(TypeDecorator[Any]):
         if self.max_size != codec.DEFAULT_MAX_SIZE:
             args.append(f"max_size={self.max_size}")
         return f"CompressedJSON({', '.join(args)})"
+
+
+class SealableText(TypeDecorator[str]):
+    """Unbounded text (as :func:`long_text`), sealed when the engine stores nothing in clear.
+
+    On an engine whose keyring has ``clear_text=False`` a value is stored as
+    :data:`convostore.encryption.TEXT_PREFIX` followed by its encrypted envelope in
+    base64; such values read back as the text they hold on any engine with the key, and
+    plain values read back as they are. So that a plain value is never mistaken for a
+    sealed one, a value that itself starts with the prefix is sealed whenever the engine
+    has a key to write with.
+    """
+
+    impl = Text
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(mysql.LONGTEXT())
+        return self.impl_instance
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        keyring = encryption.keyring_of(dialect)
+        if value is None or keyring is None or keyring.current is None:
+            return value
+        if not keyring.clear_text or value.startswith(encryption.TEXT_PREFIX):
+            return encryption.seal_text(value, keyring)
+        return value
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> str | None:
+        if value is None or not value.startswith(encryption.TEXT_PREFIX):
+            return value
+        return encryption.open_text(value, encryption.keyring_of(dialect))
+
+    def __repr__(self) -> str:
+        return "SealableText()"
+
+
+class ClearOnlyText(TypeDecorator[str]):
+    """A ``VARCHAR(length)`` of text derived from messages (a preview): ``NULL`` when the
+    engine's keyring stores nothing in clear (``clear_text=False``)."""
+
+    impl = String
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        if value is not None and not encryption.clear_text_allowed(dialect):
+            return None
+        return value
+
+    def __repr__(self) -> str:
+        return f"ClearOnlyText({getattr(self.impl_instance, 'length', None)!r})"
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -120,9 +186,9 @@ class UTCDateTime(TypeDecorator[datetime]):
 class SearchText(TypeDecorator[str]):
     """The words a message is found by (:func:`convostore.search.feed`), in clear text.
 
-    Unbounded text, like :func:`long_text`. An engine told to store nothing in clear
-    (``clear_text_allowed`` false on its dialect) writes ``NULL``: the message is then
-    never indexed.
+    Unbounded text, like :func:`long_text`. An engine whose keyring stores nothing in clear
+    (:func:`convostore.encryption.clear_text_allowed` is false) writes ``NULL``: the
+    message is then never indexed.
     """
 
     impl = Text
@@ -136,16 +202,12 @@ class SearchText(TypeDecorator[str]):
         return Text()
 
     def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
-        if value is None or not getattr(dialect, CLEAR_TEXT_ATTRIBUTE, True):
+        if value is None or not encryption.clear_text_allowed(dialect):
             return None
         return value
 
     def __repr__(self) -> str:
         return "SearchText()"
-
-
-CLEAR_TEXT_ATTRIBUTE = "convostore_clear_text"
-"""The dialect attribute that, when false, keeps :class:`SearchText` from writing text."""
 
 
 class SearchVector(TypeDecorator[str]):
@@ -159,7 +221,7 @@ class SearchVector(TypeDecorator[str]):
         return func.to_tsvector(literal_column("'simple'::regconfig"), bindvalue)
 
     def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
-        if value is None or not getattr(dialect, CLEAR_TEXT_ATTRIBUTE, True):
+        if value is None or not encryption.clear_text_allowed(dialect):
             return None
         return value
 

@@ -41,6 +41,7 @@ from sqlalchemy import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore.context import SQLAlchemyContextStore
+from convostore.encryption import keyring_of
 from convostore.engine import create_engine
 from convostore.errors import ConfigurationError, SerializationError, ValidationError
 from convostore.interfaces import ContextStore
@@ -296,7 +297,10 @@ class _Bridge:
         with self._lock:
             twin = self._twins.get(id(source))
             if twin is None:
-                twin = self._twins[id(source)] = create_engine(source.url)
+                # The twin reads and writes as its source does, keyring included.
+                twin = self._twins[id(source)] = create_engine(
+                    source.url, encryption=keyring_of(source)
+                )
                 weakref.finalize(source, self._dispose, id(source))
             return twin
 

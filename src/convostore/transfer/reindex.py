@@ -13,17 +13,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from sqlalchemy import Table, and_, bindparam, func, select, tuple_, update
+from sqlalchemy import Table, and_, bindparam, func, null, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from convostore import search
+from convostore import encryption, search
 from convostore.dialects import Executor
 from convostore.errors import ValidationError
 from convostore.tables import ContextMessageRecord, MessageRecord
 from convostore.transactions import TransactionRunner
 from convostore.transfer._format import NoProgress, Progress
 
-__all__ = ["DEFAULT_BATCH_SIZE", "ReindexReport", "backfill"]
+__all__ = ["DEFAULT_BATCH_SIZE", "ReindexReport", "backfill", "drop_feeds"]
 
 DEFAULT_BATCH_SIZE: Final = 1000
 
@@ -62,9 +62,12 @@ async def backfill(
 
     Raises:
         ValidationError: ``batch_size`` is not a positive int.
+        ConfigurationError: The engine's keyring stores nothing in clear
+            (:func:`convostore.encryption.clear_text_allowed`), so there is no index to fill.
     """
     if type(batch_size) is not int or batch_size < 1:
         raise ValidationError("batch_size must be a positive int")
+    encryption.require_clear_text(engine, "backfill")
     progress = progress or NoProgress()
     runner = TransactionRunner(engine)
     report = ReindexReport()
@@ -97,6 +100,36 @@ async def _backfill_table(
         after, count_done = batch
         done += count_done
         progress.advance(count_done)
+
+
+async def drop_feeds(engine: AsyncEngine, *, batch_size: int = DEFAULT_BATCH_SIZE) -> int:
+    """Remove every message's words from the search index, in batches; how many went.
+
+    What turning clear text off (``Keyring(clear_text=False)``) asks of rows written before:
+    :func:`convostore.rotation.rotate` calls it then. Resumable like :func:`backfill`.
+    """
+    runner = TransactionRunner(engine)
+    dropped = 0
+    for table in (_CONTEXT, _MESSAGES):
+        key = [table.c[name] for name in _KEYS[table.name]]
+
+        async def step(session: Executor, t: Table = table, k: list[Any] = key) -> int:
+            rows = (
+                await session.execute(
+                    select(*k).where(t.c.search_text.is_not(None)).order_by(*k).limit(batch_size)
+                )
+            ).all()
+            if rows:
+                await session.execute(
+                    update(t)
+                    .where(tuple_(*k).in_([tuple(r) for r in rows]))
+                    .values(search_text=null())
+                )
+            return len(rows)
+
+        while count := await runner.run(step):
+            dropped += count
+    return dropped
 
 
 async def _count_pending(session: Executor, table: Table) -> int:

@@ -7,7 +7,7 @@ from typing import Any, Final
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from convostore import codec
+from convostore import codec, encryption
 from convostore.dialects import Executor
 from convostore.settings import redact
 from convostore.transfer._format import (
@@ -63,11 +63,16 @@ _PAYLOADS: Final = (
 async def stats(engine: AsyncEngine, *, progress: Progress | None = None) -> Stats:
     """Count rows and measure payloads (reading every stored payload's header, not its JSON).
 
+    Encrypted payloads are opened with the engine's keyring (their stored size counts
+    the envelope).
+
     Raises:
         SerializationError: A stored payload is corrupt or expands beyond the size that
             any read accepts (:data:`convostore.codec.DEFAULT_MAX_SIZE`).
+        EncryptionError: A payload is encrypted under a key the engine does not have.
     """
     progress = progress or NoProgress()
+    keyring = encryption.keyring_of(engine)
 
     async def work(executor: Executor) -> Stats:
         repo = TransferRepository(executor)
@@ -83,7 +88,8 @@ async def stats(engine: AsyncEngine, *, progress: Progress | None = None) -> Sta
                     for data in row:
                         if data is not None:
                             stored += len(data)
-                            decoded += codec.payload_size(bytes(data))
+                            inner = encryption.open_payload(bytes(data), keyring)
+                            decoded += codec.payload_size(inner)
                 progress.advance(len(partition))
         return Stats(
             url=redact(engine.url),
