@@ -38,7 +38,14 @@ if TYPE_CHECKING:
     )
     from convostore.interfaces import AgentDatabase, ContextStore
     from convostore.memory import InMemoryContextStore, InMemoryDatabase, MemoryStorage
-    from convostore.models import ContextMessage, Message, SessionInfo, User
+    from convostore.models import (
+        ContextMessage,
+        ContextSearchHit,
+        Message,
+        MessageSearchHit,
+        SessionInfo,
+        User,
+    )
     from convostore.replicas import ReadReplicas
     from convostore.types import CompressedJSON, UTCDateTime
 
@@ -49,6 +56,7 @@ _EXPORTS: dict[str, str] = {
     "ConfigurationError": "convostore.errors",
     "ConflictError": "convostore.errors",
     "ContextMessage": "convostore.models",
+    "ContextSearchHit": "convostore.models",
     "ContextStore": "convostore.interfaces",
     "ConvostoreError": "convostore.errors",
     "Database": "convostore.database",
@@ -64,6 +72,7 @@ _EXPORTS: dict[str, str] = {
     "Keyring": "convostore.encryption",
     "MemoryStorage": "convostore.memory",
     "Message": "convostore.models",
+    "MessageSearchHit": "convostore.models",
     "NotFoundError": "convostore.errors",
     "ReadReplicas": "convostore.replicas",
     "SQLAlchemyContextStore": "convostore.context",
@@ -84,6 +93,7 @@ __all__ = [
     "ConfigurationError",
     "ConflictError",
     "ContextMessage",
+    "ContextSearchHit",
     "ContextStore",
     "ConvostoreError",
     "Database",
@@ -99,6 +109,7 @@ __all__ = [
     "Keyring",
     "MemoryStorage",
     "Message",
+    "MessageSearchHit",
     "NotFoundError",
     "ReadReplicas",
     "SQLAlchemyContextStore",

@@ -7,7 +7,7 @@ back-fill that stops part-way resumes where it left off.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -126,3 +126,25 @@ async def test_a_database_with_history_migrates_to_0005_and_is_searchable_after_
         assert len(await store.search("search")) == 2
     finally:
         await engine.dispose()
+
+
+async def test_prune_takes_its_messages_out_of_the_index(engine: AsyncEngine) -> None:
+    store = SQLAlchemyContextStore(engine, project="/p", session_id="old")
+    await store.append_many([user("forgotten plan"), user("forgotten idea")])
+    db = SQLAlchemyDatabase(engine=engine, agent_name="agent")
+    await db.add_message("t", "alice", "user", message="forgotten invoice")
+    assert len(await store.search("forgotten")) == 2
+    later = datetime.now(UTC) + timedelta(days=30)
+    report = await transfer.prune(engine, older_than=timedelta(days=1), now=later)
+    assert (report.context_messages, report.messages) == (2, 1)
+    assert await store.search("forgotten") == []
+    assert await db.search("forgotten") == []
+    if engine.dialect.name == "sqlite":
+        async with engine.connect() as conn:
+            for index in ("context_search", "message_search"):
+                docs = await conn.execute(text(f"SELECT count(*) FROM {index}_docs"))
+                assert docs.scalar_one() == 0
+                words = await conn.execute(
+                    text(f"SELECT count(*) FROM {index} WHERE {index} MATCH 'forgotten'")
+                )
+                assert words.scalar_one() == 0
