@@ -7,6 +7,7 @@ back-fill that stops part-way resumes where it left off.
 
 from __future__ import annotations
 
+import io
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -148,3 +149,25 @@ async def test_prune_takes_its_messages_out_of_the_index(engine: AsyncEngine) ->
                     text(f"SELECT count(*) FROM {index} WHERE {index} MATCH 'forgotten'")
                 )
                 assert words.scalar_one() == 0
+
+
+async def test_imported_messages_are_indexed_as_they_are_written(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    source = create_engine(URL.create("sqlite+aiosqlite", database=str(tmp_path / "src.db")))
+    try:
+        await migrate.upgrade(source)
+        store = SQLAlchemyContextStore(source, project="/p", session_id="s")
+        await store.append_many([user("exported conversation"), user("second exported")])
+        db = SQLAlchemyDatabase(engine=source, agent_name="agent")
+        await db.add_message("t", "alice", "user", message="exported invoice")
+        dump = io.BytesIO()
+        await transfer.export_jsonl(source, dump)
+    finally:
+        await source.dispose()
+    await transfer.import_jsonl(engine, dump.getvalue().splitlines(keepends=True))
+    imported = SQLAlchemyContextStore(engine, project="/p", session_id="s")
+    assert len(await imported.search("exported")) == 2
+    (hit,) = await SQLAlchemyDatabase(engine=engine, agent_name="agent").search("exported")
+    assert hit.message.message == "exported invoice"
+    assert (await transfer.backfill(engine)).indexed == {"context_messages": 0, "messages": 0}
