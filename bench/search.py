@@ -1,6 +1,7 @@
 """Search over a million messages: the first page's latency, by how common the words are.
 
     python bench/search.py [--backend sqlite|postgresql|all] [--messages 1000000]
+    python bench/search.py --write-cost [--rounds 5]
 
 Writes ``--messages`` context messages through the public API (``append_many``, 100 per
 session, one project) into a database of its own (a temporary SQLite file; a new
@@ -10,7 +11,13 @@ with Zipf frequencies (s = 1.1), so a few words are in most messages and most wo
 few. It then times ``store.search(query, limit=20)`` over the whole project: queries whose
 word is in about 100, 1,000, 10,000 and 100,000 messages, two words together, a prefix,
 and one session's search. Each figure is the median (and p95) of 30 calls after 3 warm-up
-calls. Results: docs/performance.md.
+calls.
+
+``--write-cost`` measures what indexing adds to the write path instead: on two SQLite
+files, single ``append`` calls (a commit each) and ``append_many`` of 100 messages, in
+alternating rounds, with the search feed written and with it left out (``NULL``, which
+the index's triggers skip: what an engine that stores nothing in clear does). Results:
+docs/performance.md.
 """
 
 from __future__ import annotations
@@ -159,12 +166,76 @@ async def run_backend(
         await engine.dispose()
 
 
+async def write_cost(rounds: int) -> None:
+    """Appends with and without the search feed, in alternating rounds."""
+    import convostore.models as models
+
+    indexed = models.search.context_feed
+    directory = Path(tempfile.mkdtemp(prefix="convostore-write-cost-"))
+    texts_, _ = texts(20_000, 3)
+    results: dict[tuple[str, str], list[float]] = {}
+    try:
+        engines = {}
+        for mode in ("indexed", "not indexed"):
+            url = URL.create("sqlite+aiosqlite", database=str(directory / f"{mode}.db"))
+            await migrate.upgrade(url)
+            engines[mode] = create_engine(url)
+        for round_ in range(rounds):
+            for mode in (
+                ("indexed", "not indexed") if round_ % 2 == 0 else ("not indexed", "indexed")
+            ):
+                models.search.context_feed = indexed if mode == "indexed" else (lambda _c: None)
+                store = SQLAlchemyContextStore(
+                    engines[mode], project="/bench", session_id=f"r{round_}"
+                )
+                batch = texts_[round_ * 1000 : round_ * 1000 + 1000]
+                started = time.perf_counter()
+                for t in batch[:500]:
+                    await store.append(
+                        ContextMessage(role="user", content=[{"type": "text", "text": t}])
+                    )
+                single = 500 / (time.perf_counter() - started)
+                started = time.perf_counter()
+                for i in range(0, 500, 100):
+                    await store.append_many(
+                        [
+                            ContextMessage(role="user", content=[{"type": "text", "text": t}])
+                            for t in batch[500 + i : 600 + i]
+                        ]
+                    )
+                bulk = 500 / (time.perf_counter() - started)
+                results.setdefault((mode, "single"), []).append(single)
+                results.setdefault((mode, "bulk"), []).append(bulk)
+        models.search.context_feed = indexed
+        for engine in engines.values():
+            await engine.dispose()
+        sizes = {mode: (directory / f"{mode}.db").stat().st_size for mode in engines}
+    finally:
+        shutil.rmtree(directory)
+    print(f"SQLite, {rounds} alternating rounds, median msgs/s")
+    print("| write | indexed | not indexed | ratio |")
+    print("|---|---|---|---|")
+    for kind, label in (("single", "append (a commit each)"), ("bulk", "append_many of 100")):
+        on = statistics.median(results[("indexed", kind)])
+        off = statistics.median(results[("not indexed", kind)])
+        print(f"| {label} | {on:,.0f} | {off:,.0f} | {on / off:.2f}x |")
+    print(
+        f"| file size | {sizes['indexed'] / 1e6:.1f} MB | {sizes['not indexed'] / 1e6:.1f} MB |"
+        f" {sizes['indexed'] / sizes['not indexed']:.2f}x |"
+    )
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", choices=("sqlite", "postgresql", "all"), default="all")
     parser.add_argument("--messages", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=12)
+    parser.add_argument("--write-cost", action="store_true", help="what indexing costs writes")
+    parser.add_argument("--rounds", type=int, default=6, help="rounds of --write-cost (6)")
     args = parser.parse_args()
+    if args.write_cost:
+        await write_cost(args.rounds)
+        return
     started = time.perf_counter()
     messages, df = texts(args.messages, args.seed)
     print(f"generated {len(messages):,} texts in {time.perf_counter() - started:.0f} s")

@@ -467,7 +467,7 @@ def text_matches(
         docs = table(f"{fts_name}_docs", column("doc_id"), *(column(name) for name in key))
         expression = " ".join(f'"{word}"' + ("*" if prefix else "") for word, prefix in terms)
         bm25 = func.bm25(literal_column(fts_name))
-        return (
+        stmt = (
             select(
                 *(docs.c[name] for name in key),
                 sql_cast(func.round(-bm25 * RANK_SCALE), BigInteger).label("rank"),
@@ -476,6 +476,18 @@ def text_matches(
             .where(literal_column(fts_name).op("MATCH")(bindparam("search", expression)))
             .where(*(docs.c[name] == value for name, value in scope.items()))
         )
+        if len(scope) > 1:
+            # One session or thread: its few rows, each looked up in the index, cost less
+            # than walking every match of the words in the table.
+            mine = docs.alias("mine")
+            stmt = stmt.where(
+                fts.c.rowid.in_(
+                    select(mine.c.doc_id).where(
+                        *(mine.c[name] == value for name, value in scope.items())
+                    )
+                )
+            )
+        return stmt
     words = target.c.search_text
     if kind == "postgresql":
         expression = " & ".join(word + (":*" if prefix else "") for word, prefix in terms)
