@@ -15,9 +15,8 @@ calls.
 
 ``--write-cost`` measures what indexing adds to the write path instead: on two SQLite
 files, single ``append`` calls (a commit each) and ``append_many`` of 100 messages, in
-alternating rounds, with the search feed written and with it left out (``NULL``, which
-the index's triggers skip: what an engine that stores nothing in clear does). Results:
-docs/performance.md.
+alternating rounds, on an engine that writes the search feed and on one made with
+``search_index=False``. Results: docs/performance.md.
 """
 
 from __future__ import annotations
@@ -167,62 +166,52 @@ async def run_backend(
 
 
 async def write_cost(rounds: int) -> None:
-    """Appends with and without the search feed, in alternating rounds."""
-    import convostore.models as models
-
-    indexed = models.search.context_feed
+    """Appends on an engine that writes the search feed and on one that does not."""
     directory = Path(tempfile.mkdtemp(prefix="convostore-write-cost-"))
     texts_, _ = texts(20_000, 3)
     results: dict[tuple[str, str], list[float]] = {}
+    modes = {"indexed": True, "not indexed": False}
     try:
         engines = {}
-        for mode in ("indexed", "not indexed"):
+        for mode, index in modes.items():
             url = URL.create("sqlite+aiosqlite", database=str(directory / f"{mode}.db"))
             await migrate.upgrade(url)
-            engines[mode] = create_engine(url)
+            engines[mode] = create_engine(url, search_index=index)
         for round_ in range(rounds):
-            for mode in (
-                ("indexed", "not indexed") if round_ % 2 == 0 else ("not indexed", "indexed")
-            ):
-                models.search.context_feed = indexed if mode == "indexed" else (lambda _c: None)
+            order = list(modes) if round_ % 2 == 0 else list(reversed(modes))
+            for mode in order:
                 store = SQLAlchemyContextStore(
                     engines[mode], project="/bench", session_id=f"r{round_}"
                 )
-                batch = texts_[round_ * 1000 : round_ * 1000 + 1000]
+                batch = [
+                    ContextMessage(role="user", content=[{"type": "text", "text": t}])
+                    for t in texts_[round_ * 1000 : round_ * 1000 + 1000]
+                ]
                 started = time.perf_counter()
-                for t in batch[:500]:
-                    await store.append(
-                        ContextMessage(role="user", content=[{"type": "text", "text": t}])
-                    )
+                for message in batch[:500]:
+                    await store.append(message)
                 single = 500 / (time.perf_counter() - started)
                 started = time.perf_counter()
-                for i in range(0, 500, 100):
-                    await store.append_many(
-                        [
-                            ContextMessage(role="user", content=[{"type": "text", "text": t}])
-                            for t in batch[500 + i : 600 + i]
-                        ]
-                    )
+                for i in range(500, 1000, 100):
+                    await store.append_many(batch[i : i + 100])
                 bulk = 500 / (time.perf_counter() - started)
                 results.setdefault((mode, "single"), []).append(single)
                 results.setdefault((mode, "bulk"), []).append(bulk)
-        models.search.context_feed = indexed
         for engine in engines.values():
             await engine.dispose()
         sizes = {mode: (directory / f"{mode}.db").stat().st_size for mode in engines}
     finally:
         shutil.rmtree(directory)
     print(f"SQLite, {rounds} alternating rounds, median msgs/s")
-    print("| write | indexed | not indexed | ratio |")
+    print("| write | search_index=True | search_index=False | ratio |")
     print("|---|---|---|---|")
     for kind, label in (("single", "append (a commit each)"), ("bulk", "append_many of 100")):
         on = statistics.median(results[("indexed", kind)])
         off = statistics.median(results[("not indexed", kind)])
         print(f"| {label} | {on:,.0f} | {off:,.0f} | {on / off:.2f}x |")
-    print(
-        f"| file size | {sizes['indexed'] / 1e6:.1f} MB | {sizes['not indexed'] / 1e6:.1f} MB |"
-        f" {sizes['indexed'] / sizes['not indexed']:.2f}x |"
-    )
+    on_size, off_size = sizes["indexed"], sizes["not indexed"]
+    ratio = on_size / off_size
+    print(f"| file size | {on_size / 1e6:.1f} MB | {off_size / 1e6:.1f} MB | {ratio:.2f}x |")
 
 
 async def main() -> None:

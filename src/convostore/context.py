@@ -16,7 +16,7 @@ from uuid import uuid4
 from sqlalchemy import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from convostore import arguments, encryption
+from convostore import arguments
 from convostore import migrate as migrations
 from convostore.codec import Encoded
 from convostore.dialects import Executor, appends_in_one_statement
@@ -44,6 +44,7 @@ from convostore.repositories import (
 from convostore.rules import default_project
 from convostore.settings import redact
 from convostore.telemetry import traced
+from convostore.types import require_search_index
 
 __all__ = ["SQLAlchemyContextStore", "connect", "default_project"]
 
@@ -54,6 +55,7 @@ async def connect(
     migrate: bool | None = None,
     read_url: ReplicaUrls | None = None,
     encryption: Keyring | None = None,
+    search_index: bool | None = None,
 ) -> Engine:
     """Open the database at ``url`` (a path or URL) with its schema at head.
 
@@ -71,10 +73,12 @@ async def connect(
     ``encryption``: a :class:`~convostore.encryption.Keyring`; payloads are encrypted at
     rest (see ``docs/encryption.md``).
 
+    ``search_index``: ``False`` writes no search feed (see :func:`create_engine`).
+
     Raises:
         SchemaVersionError: The schema is not at head and may not be migrated here.
     """
-    engine = create_engine(str(url) if isinstance(url, Path) else url)
+    engine = create_engine(str(url) if isinstance(url, Path) else url, search_index=search_index)
     try:
         attach_replicas(engine, replica_set(read_url))
         install(engine, encryption)
@@ -386,7 +390,7 @@ class SQLAlchemyContextStore(Facade, ContextStore):
                 own), instead of every session of the project.
         """
         parsed, session = arguments.search_context(query, limit, before, session_id)
-        encryption.require_clear_text(self.engine, "search")
+        require_search_index(self.engine, "search")
         await self._ensure_ready()
         return await self._runner.run(
             lambda s: search_context(

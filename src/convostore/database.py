@@ -14,7 +14,7 @@ from typing import Any, Self
 from sqlalchemy import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from convostore import arguments, encryption
+from convostore import arguments
 from convostore.dialects import Executor, appends_in_one_statement
 from convostore.encryption import Keyring
 from convostore.engine import create_engine, family
@@ -46,6 +46,7 @@ from convostore.repositories import (
 from convostore.rules import DEFAULT_AGENT_KEY
 from convostore.settings import DEFAULT_SQLITE_PATH, configured_url, redact, resolve_url
 from convostore.telemetry import traced
+from convostore.types import require_search_index
 
 __all__ = ["DEFAULT_AGENT_KEY", "Database", "SQLAlchemyDatabase"]
 
@@ -343,7 +344,7 @@ class SQLAlchemyDatabase(Facade, AgentDatabase):
             thread_id: Only this thread's messages.
         """
         parsed = arguments.search_messages(query, limit, before, user_id, thread_id)
-        encryption.require_clear_text(self.engine, "search")
+        require_search_index(self.engine, "search")
         await self.async_init()
         return await self._runner.run(
             lambda s: search_messages(

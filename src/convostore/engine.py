@@ -32,6 +32,7 @@ from convostore.options import (
     url_options,
 )
 from convostore.settings import is_memory_sqlite, redact, resolve_url
+from convostore.types import SEARCH_INDEX_ATTRIBUTE
 
 __all__ = ["Engine", "Family", "create_engine", "family", "family_from_name", "sqlite_path"]
 
@@ -96,6 +97,7 @@ def create_engine(
     fast_sqlite: bool | None = None,
     deadline: float | None = _FROM_URL,
     encryption: Keyring | None = None,
+    search_index: bool | None = None,
     **kwargs: Any,
 ) -> Engine:
     """Create an :class:`Engine` (an ``AsyncEngine``) with convostore's defaults.
@@ -117,7 +119,8 @@ def create_engine(
 
     The URL's query string may carry convostore's own options (see
     :mod:`convostore.options`): ``deadline``, ``pgbouncer``, ``pool_size``,
-    ``max_overflow``, ``pool_timeout``, ``pool_recycle`` and ``pool_pre_ping``. The
+    ``max_overflow``, ``pool_timeout``, ``pool_recycle``, ``pool_pre_ping`` and
+    ``search_index``. The
     per-call deadline also bounds each lock wait on the server: SQLite's busy timeout is
     at most the deadline, MySQL/MariaDB's ``innodb_lock_wait_timeout`` is set to it
     (rounded up to whole seconds) when a connection opens, and on PostgreSQL asyncpg
@@ -132,6 +135,10 @@ def create_engine(
             ``deadline``, else :data:`convostore.options.DEFAULT_DEADLINE_S`.
         encryption: Encrypt payloads at rest with this keyring (see
             :mod:`convostore.encryption`).
+        search_index: ``False``: write no search feed, for write paths that never search
+            (what it saves: docs/performance.md); ``search()`` then refuses on this engine,
+            and ``convostore search --backfill`` indexes the messages later. Default: the
+            URL's ``search_index``, else ``True``.
         **kwargs: Passed to :func:`sqlalchemy.ext.asyncio.create_async_engine`, overriding
             the defaults and the URL's pool options.
 
@@ -201,6 +208,8 @@ def create_engine(
     if not engine.sync_engine.pool._pre_ping and resolved.drivername == "postgresql+asyncpg":
         event.listen(engine.sync_engine, "checkout", _drop_closed_asyncpg)
     install(engine, encryption)
+    if not (from_url.search_index if search_index is None else search_index):
+        setattr(engine.sync_engine.dialect, SEARCH_INDEX_ATTRIBUTE, False)
     return engine
 
 

@@ -14,6 +14,8 @@ They let a deployment tune convostore from the one string it already configures
 ``pool_timeout``   seconds a call waits for a free connection (default 30)
 ``pool_recycle``   seconds after which a connection is replaced at checkout (default never)
 ``pool_pre_ping``  ``true``/``false``: test each connection at checkout
+``search_index``   ``false``: write no search feed (messages written are not found by
+                   ``search()`` until ``convostore search --backfill``); default ``true``
 =================  ==========================================================================
 
 Keyword arguments of :func:`convostore.create_engine` with the same names override the URL.
@@ -57,7 +59,9 @@ PoolerMode = Literal["transaction", "session"]
 
 _POOL_INTS = ("pool_size", "max_overflow")
 _POOL_FLOATS = ("pool_timeout", "pool_recycle")
-QUERY_KEYS = frozenset({"deadline", "pgbouncer", "pool_pre_ping", *_POOL_INTS, *_POOL_FLOATS})
+QUERY_KEYS = frozenset(
+    {"deadline", "pgbouncer", "pool_pre_ping", "search_index", *_POOL_INTS, *_POOL_FLOATS}
+)
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
@@ -69,6 +73,7 @@ class UrlOptions:
     deadline: float | None = DEFAULT_DEADLINE_S
     pgbouncer: PoolerMode | None = None
     pool: dict[str, Any] = field(default_factory=dict)
+    search_index: bool = True
 
 
 def url_options(url: URL) -> UrlOptions:
@@ -90,6 +95,12 @@ def url_options(url: URL) -> UrlOptions:
         if flag not in _TRUE | _FALSE:
             raise ConfigurationError(f"pool_pre_ping={flag!r} in the URL: use true or false")
         pool["pool_pre_ping"] = flag in _TRUE
+    search_index = True
+    if "search_index" in query:
+        flag = _single(query, "search_index").lower()
+        if flag not in _TRUE | _FALSE:
+            raise ConfigurationError(f"search_index={flag!r} in the URL: use true or false")
+        search_index = flag in _TRUE
     deadline: float | None = DEFAULT_DEADLINE_S
     if "deadline" in query:
         deadline = parse_deadline(_single(query, "deadline"))
@@ -109,7 +120,7 @@ def url_options(url: URL) -> UrlOptions:
                 f"pgbouncer={mode!r} in the URL: use transaction (PgBouncer's pool_mode) or session"
             )
         pgbouncer = "transaction" if mode == "transaction" else "session"
-    return UrlOptions(deadline=deadline, pgbouncer=pgbouncer, pool=pool)
+    return UrlOptions(deadline=deadline, pgbouncer=pgbouncer, pool=pool, search_index=search_index)
 
 
 def parse_deadline(value: float | str | None) -> float | None:

@@ -15,7 +15,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from convostore import codec, encryption
-from convostore.errors import SerializationError
+from convostore.errors import ConfigurationError, SerializationError
 
 __all__ = [
     "ClearOnlyText",
@@ -26,7 +26,9 @@ __all__ = [
     "UTCDateTime",
     "key_string",
     "long_text",
+    "require_search_index",
     "search_text",
+    "writes_search_index",
 ]
 
 
@@ -186,9 +188,9 @@ class UTCDateTime(TypeDecorator[datetime]):
 class SearchText(TypeDecorator[str]):
     """The words a message is found by (:func:`convostore.search.feed`), in clear text.
 
-    Unbounded text, like :func:`long_text`. An engine whose keyring stores nothing in clear
-    (:func:`convostore.encryption.clear_text_allowed` is false) writes ``NULL``: the
-    message is then never indexed.
+    Unbounded text, like :func:`long_text`. An engine made with ``search_index=False``, or
+    whose keyring stores nothing in clear, writes ``NULL`` (:func:`writes_search_index`):
+    the message is then not indexed.
     """
 
     impl = Text
@@ -202,12 +204,40 @@ class SearchText(TypeDecorator[str]):
         return Text()
 
     def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
-        if value is None or not encryption.clear_text_allowed(dialect):
+        if value is None or not writes_search_index(dialect):
             return None
         return value
 
     def __repr__(self) -> str:
         return "SearchText()"
+
+
+SEARCH_INDEX_ATTRIBUTE = "convostore_search_index"
+"""The dialect attribute :func:`convostore.create_engine` sets to ``False`` for
+``search_index=False``."""
+
+
+def writes_search_index(target: Any) -> bool:
+    """Whether an engine (or its dialect) writes the search feed: not with
+    ``search_index=False``, nor with a keyring that stores nothing in clear."""
+    dialect = getattr(target, "dialect", target)
+    return getattr(dialect, SEARCH_INDEX_ATTRIBUTE, True) and encryption.clear_text_allowed(dialect)
+
+
+def require_search_index(target: Any, what: str) -> None:
+    """Refuse ``what`` (a feature that reads the search index) on an engine that writes none.
+
+    Raises:
+        ConfigurationError: The engine was made with ``search_index=False``, or its keyring
+            stores nothing in clear.
+    """
+    dialect = getattr(target, "dialect", target)
+    if not getattr(dialect, SEARCH_INDEX_ATTRIBUTE, True):
+        raise ConfigurationError(
+            f"{what} needs the search index, and this engine was created with "
+            "search_index=False: messages it writes are not indexed"
+        )
+    encryption.require_clear_text(dialect, what)
 
 
 class SearchVector(TypeDecorator[str]):
@@ -221,7 +251,7 @@ class SearchVector(TypeDecorator[str]):
         return func.to_tsvector(literal_column("'simple'::regconfig"), bindvalue)
 
     def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
-        if value is None or not encryption.clear_text_allowed(dialect):
+        if value is None or not writes_search_index(dialect):
             return None
         return value
 

@@ -16,6 +16,7 @@ from sqlalchemy import URL, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore import (
+    ConfigurationError,
     ContextMessage,
     SQLAlchemyContextStore,
     SQLAlchemyDatabase,
@@ -171,3 +172,34 @@ async def test_imported_messages_are_indexed_as_they_are_written(
     (hit,) = await SQLAlchemyDatabase(engine=engine, agent_name="agent").search("exported")
     assert hit.message.message == "exported invoice"
     assert (await transfer.backfill(engine)).indexed == {"context_messages": 0, "messages": 0}
+
+
+async def test_an_engine_without_the_index_writes_no_feed_and_refuses_search(
+    db_url: URL,
+) -> None:
+    plain = create_engine(db_url, search_index=False)
+    try:
+        store = SQLAlchemyContextStore(plain, project="/p", session_id="s")
+        await store.append(user("unindexed words"))
+        await store.append_many([user("more unindexed words")])
+        db = SQLAlchemyDatabase(engine=plain, agent_name="agent")
+        await db.add_message("t", "alice", "user", message="unindexed invoice")
+        async with plain.connect() as conn:
+            for table in ("context_messages", "messages"):
+                query = f"SELECT count(*) FROM {table} WHERE search_text IS NOT NULL"
+                assert (await conn.execute(text(query))).scalar_one() == 0
+        with pytest.raises(ConfigurationError, match="search_index=False"):
+            await store.search("unindexed")
+        with pytest.raises(ConfigurationError, match="search_index=False"):
+            await db.search("unindexed")
+        with pytest.raises(ConfigurationError, match="search_index=False"):
+            await transfer.backfill(plain)
+    finally:
+        await plain.dispose()
+    indexing = create_engine(db_url)
+    try:
+        assert (await transfer.backfill(indexing)).indexed == {"context_messages": 2, "messages": 1}
+        store = SQLAlchemyContextStore(indexing, project="/p", session_id="s")
+        assert len(await store.search("unindexed")) == 2
+    finally:
+        await indexing.dispose()

@@ -13,6 +13,7 @@ from convostore import SQLAlchemyDatabase, create_engine
 from convostore.errors import ConfigurationError
 from convostore.options import DEFAULT_DEADLINE_S, deadline_of, parse_deadline
 from convostore.transactions import TransactionRunner
+from convostore.types import writes_search_index
 from tests.conftest import _servers, require_backend
 
 
@@ -60,6 +61,7 @@ def test_pools_without_a_size_ignore_the_size_options() -> None:
         ("max_overflow=-2", "max_overflow='-2'"),
         ("pool_timeout=nan", "pool_timeout='nan'"),
         ("pool_pre_ping=maybe", "use true or false"),
+        ("search_index=sometimes", "use true or false"),
         ("deadline=-1", "deadline=-1.0"),
         ("deadline=soon", "expected seconds"),
         ("deadline=inf", "finite"),
@@ -69,6 +71,17 @@ def test_pools_without_a_size_ignore_the_size_options() -> None:
 def test_unusable_values_are_refused(query: str, message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         create_engine(f"postgresql://u:secret@h/db?{query}")
+
+
+def test_search_index_comes_from_the_url_or_the_argument() -> None:
+    assert writes_search_index(create_engine("postgresql://u@h/db"))
+    assert not writes_search_index(create_engine("postgresql://u@h/db?search_index=off"))
+    assert writes_search_index(
+        create_engine("postgresql://u@h/db?search_index=false", search_index=True)
+    )
+    assert not writes_search_index(create_engine("sqlite+aiosqlite://", search_index=False))
+    # The driver never sees it.
+    assert "search_index" not in str(create_engine("sqlite+aiosqlite:///x.db?search_index=0").url)
 
 
 def test_deadlines() -> None:

@@ -16,12 +16,13 @@ from typing import Any, Final
 from sqlalchemy import Table, and_, bindparam, func, null, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from convostore import encryption, search
+from convostore import search
 from convostore.dialects import Executor
 from convostore.errors import ValidationError
 from convostore.tables import ContextMessageRecord, MessageRecord
 from convostore.transactions import TransactionRunner
 from convostore.transfer._format import NoProgress, Progress
+from convostore.types import require_search_index
 
 __all__ = ["DEFAULT_BATCH_SIZE", "ReindexReport", "backfill", "drop_feeds"]
 
@@ -67,7 +68,7 @@ async def backfill(
     """
     if type(batch_size) is not int or batch_size < 1:
         raise ValidationError("batch_size must be a positive int")
-    encryption.require_clear_text(engine, "backfill")
+    require_search_index(engine, "backfill")
     progress = progress or NoProgress()
     runner = TransactionRunner(engine)
     report = ReindexReport()
