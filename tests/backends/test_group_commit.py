@@ -36,14 +36,20 @@ def message(text_: str) -> ContextMessage:
 
 @contextmanager
 def batch_inserts(engine: AsyncEngine, table: str) -> Iterator[list[int]]:
-    """The row counts of the multi-row INSERTs into ``table`` issued meanwhile."""
+    """The row counts of the INSERTs into ``table`` issued meanwhile (executemany, or one
+    multi-row VALUES statement)."""
     sizes: list[int] = []
 
     def hook(
         conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
     ) -> None:
-        if statement.startswith(f"INSERT INTO {table} ") and many:
+        if not statement.startswith(f"INSERT INTO {table} "):
+            return
+        if many:
             sizes.append(len(parameters))
+        elif ") VALUES (" in statement:
+            # SQLite: one multi-row INSERT ... VALUES (...), (...) (dialects.insert_rows).
+            sizes.append(statement.count("), (") + 1)
 
     event.listen(engine.sync_engine, "before_cursor_execute", hook)
     try:
@@ -161,8 +167,9 @@ async def test_a_caller_cancelled_mid_batch_leaves_the_batch_whole(engine: Async
         conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
     ) -> None:
         # The batch is being written: its INSERT is on its way to the database.
-        if statement.startswith("INSERT INTO context_messages ") and many and tasks:
-            tasks[LAST].cancel()
+        if statement.startswith("INSERT INTO context_messages ") and tasks:
+            if many or "), (" in statement:  # an executemany, or SQLite's multi-row VALUES
+                tasks[LAST].cancel()
 
     event.listen(engine.sync_engine, "before_cursor_execute", cancel_one)
     try:
