@@ -167,9 +167,10 @@ async def test_a_caller_cancelled_mid_batch_leaves_the_batch_whole(engine: Async
         conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
     ) -> None:
         # The batch is being written: its INSERT is on its way to the database.
-        if statement.startswith("INSERT INTO context_messages ") and tasks:
-            if many or "), (" in statement:  # an executemany, or SQLite's multi-row VALUES
-                tasks[LAST].cancel()
+        # An executemany, or SQLite's one multi-row INSERT ... VALUES.
+        batch = many or "), (" in statement
+        if statement.startswith("INSERT INTO context_messages ") and batch and tasks:
+            tasks[LAST].cancel()
 
     event.listen(engine.sync_engine, "before_cursor_execute", cancel_one)
     try:
