@@ -74,6 +74,10 @@ COMPRESS_ABOVE = 512  # bytes of JSON, as convostore and axio both use
 PREVIEW_LENGTH = 80
 TIMES = "\u00d7"  # the multiplication sign of ratios
 
+# Whether convostore's engines write the search index (--search-index): a one-item list so
+# main() can set it for the whole run.
+SEARCH_INDEX = [True]
+
 
 class NotApplicableError(Exception):
     """The system has no API for this workload."""
@@ -736,7 +740,7 @@ class ConvostoreContext(ContextSystem):
     async def open(self, phase: str) -> None:
         self.db = f"bench_{os.getpid()}_cs_{phase}"
         url = await self.place.create(self.db)
-        self.engine = await convostore.connect(url, migrate=True)
+        self.engine = await convostore.connect(url, migrate=True, search_index=SEARCH_INDEX[0])
         self.store = SQLAlchemyContextStore(self.engine, session_id="s", project=PROJECT)
 
     async def close(self) -> None:
@@ -1210,7 +1214,7 @@ class ConvostoreAgent:
     async def open(self, phase: str) -> None:
         self.db = f"bench_{os.getpid()}_csagent_{phase}"
         url = await self.place.create(self.db)
-        self.engine = convostore.create_engine(url)
+        self.engine = convostore.create_engine(url, search_index=SEARCH_INDEX[0])
         self.database = await SQLAlchemyDatabase(
             engine=self.engine, agent_name=AGENT, migrate=True
         ).async_init()
@@ -1451,9 +1455,11 @@ async def _concurrent_convostore(place: Place, samples: list[Sample], r: int) ->
     db = f"bench_{os.getpid()}_cs_conc{r}"
     url = await place.create(db)
     engine = (
-        await convostore.connect(url)
+        await convostore.connect(url, search_index=SEARCH_INDEX[0])
         if isinstance(place, SqlitePlace)
-        else convostore.create_engine(url, pool_size=SERVER_POOL, max_overflow=0)
+        else convostore.create_engine(
+            url, pool_size=SERVER_POOL, max_overflow=0, search_index=SEARCH_INDEX[0]
+        )
     )
     try:
         await convostore.migrate.prepare(engine, migrate=True)
@@ -1961,11 +1967,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--profile", type=int, default=0, metavar="N", help="profile N appends and exit"
     )
+    parser.add_argument(
+        "--search-index",
+        choices=("on", "off"),
+        default="on",
+        help="convostore engines write the search index (on, the default) or not",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    SEARCH_INDEX[0] = args.search_index == "on"
     if args.profile:
         print(asyncio.run(profile(args, args.profile)))
         return 0
