@@ -31,7 +31,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import TSVECTOR
 
-from convostore.types import long_text
+from convostore.types import long_text, search_text_mysql
 
 revision: str = "0005"
 down_revision: str | Sequence[str] | None = "0004"
@@ -94,7 +94,11 @@ def upgrade() -> None:
     for table, key, fts in TABLES:
         # PostgreSQL keeps the feed as a tsvector (to_tsvector('simple', feed), made as it is
         # written), so ranking reads the vector instead of parsing text.
-        column = TSVECTOR() if name == "postgresql" else long_text()
+        column: sa.types.TypeEngine[str] = long_text()
+        if name == "postgresql":
+            column = TSVECTOR()
+        elif name in ("mysql", "mariadb"):
+            column = search_text_mysql()
         op.add_column(table, sa.Column("search_text", column, nullable=True))
         index = f"ix_{table}_search_text"
         if name == "sqlite":

@@ -21,6 +21,7 @@ run again (deadlocks, serialization failures, lock timeouts, SQLite's busy datab
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
@@ -29,18 +30,19 @@ from sqlalchemy import (
     BindParameter,
     ColumnElement,
     Executable,
-    Float,
     Select,
     Table,
+    Text,
+    and_,
     bindparam,
     column,
     func,
     insert,
+    literal,
     literal_column,
     select,
     table,
     tuple_,
-    type_coerce,
 )
 from sqlalchemy import cast as sql_cast
 from sqlalchemy import exc as sa_exc
@@ -476,8 +478,9 @@ async def _insert_one_at_counter_sqlite(
     return int(value)
 
 
-# Bound parameters per SQLite statement: SQLITE_MAX_VARIABLE_NUMBER is 32766 since 3.32.
-_SQLITE_VARIABLES = 32_000
+# Bound parameters per SQLite statement: SQLITE_MAX_VARIABLE_NUMBER is 32766 since 3.32,
+# 999 before (the library Python's sqlite3, and so aiosqlite, is linked against).
+_SQLITE_VARIABLES = 32_000 if sqlite3.sqlite_version_info >= (3, 32) else 999
 
 RANK_SCALE = 10**12
 """Ranks are the backend's score times this, as integers: exact keyset cursors everywhere."""
@@ -507,13 +510,16 @@ def text_matches(
         fts = table(fts_name, column("rowid"))
         docs = table(f"{fts_name}_docs", column("doc_id"), *(column(name) for name in key))
         expression = " ".join(f'"{word}"' + ("*" if prefix else "") for word, prefix in terms)
-        bm25 = func.bm25(literal_column(fts_name))
         stmt = (
             select(
                 *(docs.c[name] for name in key),
-                sql_cast(func.round(-bm25 * RANK_SCALE), BigInteger).label("rank"),
+                _density_rank(kind, target.c.search_text, terms).label("rank"),
             )
-            .select_from(fts.join(docs, docs.c.doc_id == fts.c.rowid))
+            .select_from(
+                fts.join(docs, docs.c.doc_id == fts.c.rowid).join(
+                    target, and_(*(target.c[name] == docs.c[name] for name in key))
+                )
+            )
             .where(literal_column(fts_name).op("MATCH")(bindparam("search", expression)))
             .where(*(docs.c[name] == value for name, value in scope.items()))
         )
@@ -534,19 +540,46 @@ def text_matches(
         expression = " & ".join(word + (":*" if prefix else "") for word, prefix in terms)
         query = func.to_tsquery(_SIMPLE, bindparam("search", expression))
         # search_text is a tsvector there (convostore.types.SearchVector), GIN-indexed.
-        rank = sql_cast(func.round(func.ts_rank(words, query) * RANK_SCALE), BigInteger)
+        # ts_rank reads the message's own vector alone: a stable cursor.
+        rank: ColumnElement[Any] = sql_cast(
+            func.round(func.ts_rank(words, query) * RANK_SCALE), BigInteger
+        )
         matched: ColumnElement[Any] = words.op("@@")(query)
     else:
         expression = " ".join(f"+{word}" + ("*" if prefix else "") for word, prefix in terms)
         matched = words.match(bindparam("search", expression))
-        # The same MATCH again as a number (MySQL evaluates it once for both).
-        score = type_coerce(matched, Float())
-        rank = sql_cast(func.round(score * RANK_SCALE), BigInteger)
+        rank = _density_rank(kind, words, terms)
     return (
         select(*(target.c[name] for name in key), rank.label("rank"))
         .where(matched)
         .where(*(target.c[name] == value for name, value in scope.items()))
     )
+
+
+def _density_rank(
+    kind: Family, feed: ColumnElement[Any], terms: Sequence[tuple[str, bool]]
+) -> ColumnElement[Any]:
+    """How much of a message its matching words are, from its feed alone (SQLite, MySQL).
+
+    FTS5's ``bm25`` and MySQL's relevance weigh words by the whole table, so a write
+    anywhere (another tenant's included) would move every rank and break the keyset
+    cursor between two pages. This counts each exact word's occurrences in the feed (the
+    words are space-separated, so doubling the spaces makes every occurrence
+    ``" word "``), adds one per prefix word, and divides by the message's word count.
+    """
+    text_ = Text()
+    spaced = literal(" ") + func.replace(feed, " ", "  ", type_=text_) + literal(" ")
+    total: Any = literal(0)
+    for word, prefix in terms:
+        if prefix:
+            total = total + 1
+            continue
+        # LENGTH counts characters on SQLite and bytes on MySQL/MariaDB.
+        width = (len(word.encode()) if kind == "mysql" else len(word)) + 2
+        gone = func.replace(spaced, literal(f" {word} "), "", type_=text_)
+        total = total + (func.length(spaced) - func.length(gone)) / width
+    count = func.length(feed) - func.length(func.replace(feed, " ", "", type_=text_)) + 1
+    return sql_cast(func.round(total * RANK_SCALE / count), BigInteger)
 
 
 # Driver error codes meaning "the transaction was rolled back; run it again".

@@ -13,9 +13,11 @@ The feed is built here, in Python, so that the three backends see identical word
 * text is taken from the message (agent database: the ``message`` text and a text
   ``content``; context store: every ``"text"`` string in the content blocks, tool results
   included), never from tool inputs or other JSON;
-* words are runs of letters and digits, case-folded, accents removed (``Café`` → ``cafe``);
-* words of one or two characters are padded with ``_`` to three (MySQL/MariaDB's
-  ``FULLTEXT`` ignores shorter words; the other backends' tokenizers drop the padding);
+* words are runs of letters and digits, case-folded and compatibility-decomposed, with
+  every non-spacing mark removed (``Café`` → ``cafe``, ``ﬁ`` → ``fi``);
+* every word gets a trailing ``_`` (and words of one character two): MySQL/MariaDB's
+  ``FULLTEXT`` ignores words under three characters and its stopwords, and no stopword
+  ends in ``_``; the other backends' tokenizers drop it;
 * words over :data:`MAX_WORD` characters are left out (MySQL/MariaDB cannot index them),
   and only the first :data:`MAX_FEED` bytes of a message's words are indexed
   (PostgreSQL's ``tsvector`` holds at most 1 MiB).
@@ -40,6 +42,7 @@ from convostore.errors import ValidationError
 
 __all__ = [
     "MAX_FEED",
+    "MAX_QUERY_LENGTH",
     "MAX_QUERY_TERMS",
     "MAX_WORD",
     "Query",
@@ -65,6 +68,9 @@ MAX_FEED: Final = 256 * 1024
 MAX_QUERY_TERMS: Final = 16
 """A query may hold at most this many words."""
 
+MAX_QUERY_LENGTH: Final = 1000
+"""A query may be at most this many characters long."""
+
 MIN_WORD: Final = 3
 PAD: Final = "_"
 
@@ -74,21 +80,33 @@ SNIPPET_WORDS: Final = 24
 T = TypeVar("T")
 
 _WORD = re.compile(r"[^\W_]+")
-# The combining diacritical marks that NFKD splits from letters (é = e + U+0301, ...).
-_COMBINING = re.compile("[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]")
+# Every non-spacing mark (Unicode category Mn): the accents NFKD splits from letters
+# (é = e + U+0301), and the vowel signs and voicing marks of other scripts, which would
+# otherwise cut a word in two (\w does not match them).
+_COMBINING = re.compile(
+    "["
+    + "".join(
+        re.escape(chr(c)) for c in range(0x300, 0x110000) if unicodedata.category(chr(c)) == "Mn"
+    )
+    + "]"
+)
 _QUERY_WORD = re.compile(r"([^\W_]+)(\*?)")
 
 
 def normalise(text: str) -> str:
-    """Text as the index reads it: case-folded, accents (combining marks) removed."""
+    """Text as the index reads it: case-folded, compatibility-decomposed, marks removed."""
     folded = text.casefold()
     if folded.isascii():
         return folded
-    return _COMBINING.sub("", unicodedata.normalize("NFKD", folded))
+    # Folded again after NFKD: decomposition can make capitals (the trade mark sign: TM).
+    return _COMBINING.sub("", unicodedata.normalize("NFKD", folded).casefold())
 
 
 def _indexed(word: str) -> str:
-    return word + PAD * (MIN_WORD - len(word)) if len(word) < MIN_WORD else word
+    # Every word ends in "_", at least three characters in all: MySQL/MariaDB index no
+    # shorter word, and none of its stopwords ends so (if an index rebuild brings the
+    # stopword list back). SQLite's and PostgreSQL's tokenizers drop the "_".
+    return word + PAD * max(1, MIN_WORD - len(word))
 
 
 def words(text: str) -> list[str]:
@@ -104,12 +122,11 @@ def feed(text: str) -> str:
     """
     out: list[str] = []
     size = 0
-    for word in words(text):
-        length = len(word)
+    for plain in words(text):
+        length = len(plain)
         if length > MAX_WORD:
             continue
-        if length < MIN_WORD:
-            word += PAD * (MIN_WORD - length)
+        word = plain + PAD * max(1, MIN_WORD - length)
         size += (len(word) if word.isascii() else len(word.encode())) + 1
         if size > MAX_FEED:
             break
@@ -194,20 +211,20 @@ def parse_query(query: object) -> Query:
     """
     if type(query) is not str:
         raise ValidationError(f"query must be a str, not {type(query).__name__}")
-    terms: list[Term] = []
+    if len(query) > MAX_QUERY_LENGTH:
+        raise ValidationError(f"query is over {MAX_QUERY_LENGTH} characters")
+    terms: dict[Term, None] = {}
     for match in _QUERY_WORD.finditer(query):
         parts = words(match.group(1))
         for i, part in enumerate(parts):
             prefix = bool(match.group(2)) and i == len(parts) - 1
             if len(part) > MAX_WORD:
                 raise ValidationError(f"query word {part[:20]!r}… is over {MAX_WORD} characters")
-            term = Term(part, prefix)
-            if term not in terms:
-                terms.append(term)
+            terms[Term(part, prefix)] = None
+            if len(terms) > MAX_QUERY_TERMS:
+                raise ValidationError(f"query has more than {MAX_QUERY_TERMS} words")
     if not terms:
         raise ValidationError("query has no word to search for")
-    if len(terms) > MAX_QUERY_TERMS:
-        raise ValidationError(f"query has {len(terms)} words; at most {MAX_QUERY_TERMS}")
     return Query(query, tuple(terms))
 
 
@@ -265,8 +282,11 @@ def snippet(text: str, terms: Sequence[Term], *, width: int = SNIPPET_WORDS) -> 
     tail = "" if end == len(text) else "…"
     body = text[begin:end]
     shift = len(head) - begin
+    # One highlight per word of the text (a word may hold several normalised words).
     highlights = tuple(
-        (spans[i][0] + shift, spans[i][1] + shift) for i in hits if start_word <= i < end_word
+        dict.fromkeys(
+            (spans[i][0] + shift, spans[i][1] + shift) for i in hits if start_word <= i < end_word
+        )
     )
     return Snippet(head + body + tail, highlights)
 

@@ -28,6 +28,7 @@ __all__ = [
     "long_text",
     "require_search_index",
     "search_text",
+    "search_text_mysql",
     "writes_search_index",
 ]
 
@@ -200,7 +201,7 @@ class SearchText(TypeDecorator[str]):
         # Not through dialect.type_descriptor(), which on PostgreSQL adapts Text to its
         # VARCHAR string type.
         if dialect.name in ("mysql", "mariadb"):
-            return mysql.LONGTEXT()
+            return search_text_mysql()
         return Text()
 
     def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
@@ -257,6 +258,12 @@ class SearchVector(TypeDecorator[str]):
 
     def __repr__(self) -> str:
         return "SearchVector()"
+
+
+def search_text_mysql() -> mysql.LONGTEXT:
+    """MySQL/MariaDB's ``search_text``: ``LONGTEXT`` compared byte for byte (the feed is
+    already case-folded; the default collation would also equate a dotless i and an i)."""
+    return mysql.LONGTEXT(charset="utf8mb4", collation="utf8mb4_bin")
 
 
 def search_text() -> TypeEngine[str]:

@@ -121,6 +121,26 @@ async def test_pages_cover_every_hit_once_best_first(make_store: MakeStore) -> N
     assert counts == sorted(counts, reverse=True)
 
 
+async def test_pages_stay_exact_while_others_write_between_them(make_store: MakeStore) -> None:
+    # Ranks come from each message alone: writes elsewhere (another project here, whose
+    # words would shift table-wide statistics) move no cursor.
+    store = await make_store(session_id="s", project="/mine")
+    await store.append_many(
+        [user(" ".join(["needle"] * (n % 4 + 1) + ["hay"] * (n % 7))) for n in range(40)]
+    )
+    other = await make_store(session_id="o", project="/theirs")
+    seen: list[tuple[str, int]] = []
+    before = None
+    for page_number in range(20):
+        page = await store.search("needle", limit=7, before=before)
+        if not page:
+            break
+        seen.extend((hit.session_id, hit.message.position) for hit in page)
+        before = page[-1]
+        await other.append_many([user("needle " * (page_number + 1) + "x")] * 5)
+    assert sorted(seen) == [("s", n) for n in range(40)]
+
+
 async def test_snippets_highlight_the_matching_words(make_store: MakeStore) -> None:
     store = await make_store(session_id="s")
     long_text = " ".join(f"w{n}" for n in range(200)) + " The Deployment failed " + "tail " * 50
@@ -178,7 +198,8 @@ async def test_concurrent_appends_are_all_found(make_store: MakeStore) -> None:
         ({"query": ""}, "no word"),
         ({"query": "*** ---"}, "no word"),
         ({"query": 42}, "must be a str"),
-        ({"query": " ".join(f"w{n}" for n in range(17))}, "at most 16"),
+        ({"query": " ".join(f"w{n}" for n in range(17))}, "more than 16"),
+        ({"query": "word " * 201}, "over 1000 characters"),
         ({"query": "x" * 65}, "over 64"),
         ({"query": "ok", "limit": 0}, "limit"),
         ({"query": "ok", "limit": 1001}, "limit"),

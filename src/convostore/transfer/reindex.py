@@ -13,7 +13,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from sqlalchemy import Table, and_, bindparam, func, null, select, tuple_, update
+from sqlalchemy import (
+    LargeBinary,
+    Table,
+    and_,
+    bindparam,
+    func,
+    null,
+    select,
+    tuple_,
+    type_coerce,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore import search
@@ -146,7 +157,11 @@ async def _index_batch(
     batch_size: int,
 ) -> tuple[tuple[Any, ...], int] | None:
     """Index the next batch after the key ``after``; its last key and size, or ``None``."""
-    columns = [*key, table.c.content] + ([table.c.message] if table is _MESSAGES else [])
+    # The stored bytes too: the update below applies only if they are still the ones read.
+    raw = type_coerce(table.c.content, LargeBinary)
+    columns = [*key, table.c.content, raw.label("raw")]
+    if table is _MESSAGES:
+        columns.append(table.c.message)
     stmt = select(*columns).where(table.c.search_text.is_(None))
     if after is not None:
         stmt = stmt.where(tuple_(*key) > after)
@@ -154,18 +169,29 @@ async def _index_batch(
     if not rows:
         return None
     names = [column.name for column in key]
+    # Compare-and-set: a row replaced meanwhile (same key, new message, written by an
+    # engine that indexes nothing) keeps no words of the message that was read.
+    unchanged = [raw == bindparam("read_raw", type_=LargeBinary())]
+    if table is _MESSAGES:
+        unchanged.append(table.c.message == bindparam("read_message", type_=table.c.message.type))
     change = (
         update(table)
         .where(
             and_(*(table.c[name] == bindparam(f"k_{name}") for name in names)),
             table.c.search_text.is_(None),
+            *unchanged,
         )
         .values(search_text=bindparam("feed", type_=table.c.search_text.type))
     )
     await session.execute(
         change,
         [
-            {**{f"k_{name}": row._mapping[name] for name in names}, "feed": _feed(table, row)}
+            {
+                **{f"k_{name}": row._mapping[name] for name in names},
+                "read_raw": bytes(row.raw),
+                **({"read_message": row.message} if table is _MESSAGES else {}),
+                "feed": _feed(table, row),
+            }
             for row in rows
         ],
     )
