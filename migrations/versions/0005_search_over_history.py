@@ -5,10 +5,12 @@ The column holds each message's *feed* (its words, normalised: see
 with its own full-text search, kept in step by the database in the writing transaction:
 
 * SQLite: a contentless FTS5 table per message table (``context_search``,
-  ``message_search``: the index alone, no copy of the text) and a small map from the FTS
-  row id to the message key (``*_search_docs``; a message table's own rowid is no key:
-  ``VACUUM`` may renumber it). Triggers on the message tables keep both in step, on
-  inserts, deletes (cascades included) and updates of the column.
+  ``message_search``: the index alone, no copy of the text), a small map from the FTS
+  row id to the message key and its word count (``*_search_docs``; a message table's own
+  rowid is no key: ``VACUUM`` may renumber it), and an ``fts5vocab`` view of the index
+  (``*_search_vocab``: each word's occurrences per message, for ranking). Triggers on
+  the message tables keep the index and the map in step, on inserts, deletes (cascades
+  included) and updates of the column.
 * PostgreSQL: the column is a ``tsvector`` (``to_tsvector('simple', feed)``, made as the
   row is written), with a GIN index.
 * MySQL/MariaDB: a ``FULLTEXT`` index, created with InnoDB's stopword list off, so every
@@ -51,7 +53,9 @@ def _sqlite_objects(table: str, key: tuple[str, ...], fts: str) -> list[str]:
     new = ", ".join(f"new.{c}" for c in key)
     match_old = " AND ".join(f"{c} = old.{c}" for c in key)
     indexed = "{row}.search_text IS NOT NULL AND {row}.search_text <> ''"
-    add_doc = f"INSERT INTO {docs} ({columns}) SELECT {new}"
+    # words: the message's word count, the denominator of its rank.
+    count = "length(new.search_text) - length(replace(new.search_text, ' ', '')) + 1"
+    add_doc = f"INSERT INTO {docs} ({columns}, words) SELECT {new}, {count}"
     add_words = (
         f"INSERT INTO {fts} (rowid, search_text) SELECT last_insert_rowid(), new.search_text"
     )
@@ -69,11 +73,14 @@ def _sqlite_objects(table: str, key: tuple[str, ...], fts: str) -> list[str]:
     return [
         # doc_id is the rowid (an INTEGER PRIMARY KEY): VACUUM keeps it.
         f"CREATE TABLE {docs} (doc_id INTEGER PRIMARY KEY, "
-        f"{key[0]} VARCHAR NOT NULL, {key[1]} VARCHAR NOT NULL, {key[2]} BIGINT NOT NULL)",
+        f"{key[0]} VARCHAR NOT NULL, {key[1]} VARCHAR NOT NULL, {key[2]} BIGINT NOT NULL, "
+        "words INTEGER NOT NULL)",
         f"CREATE UNIQUE INDEX ix_{docs}_key ON {docs} ({columns})",
         # Contentless: the index alone. The trigger hands 'delete' the exact words indexed.
         f"CREATE VIRTUAL TABLE {fts} USING fts5(search_text, content='', "
         "tokenize='unicode61 remove_diacritics 0')",
+        # Each word's occurrences per message, read from the index (the rank's numerator).
+        f"CREATE VIRTUAL TABLE {fts}_vocab USING fts5vocab({fts}, 'instance')",
         f"CREATE TRIGGER {fts}_insert AFTER INSERT ON {table} "
         f"WHEN {indexed.format(row='new')} BEGIN {add} END",
         f"CREATE TRIGGER {fts}_delete AFTER DELETE ON {table} "
@@ -116,6 +123,7 @@ def downgrade() -> None:
         if name == "sqlite":
             for suffix in ("insert", "delete", "update"):
                 op.execute(f"DROP TRIGGER {fts}_{suffix}")
+            op.execute(f"DROP TABLE {fts}_vocab")
             op.execute(f"DROP TABLE {fts}")
             op.execute(f"DROP TABLE {fts}_docs")
         else:

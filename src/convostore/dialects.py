@@ -53,6 +53,7 @@ from sqlalchemy.sql.dml import Insert
 from convostore import sqlite_driver
 from convostore.engine import Family, family_from_name
 from convostore.rules import INT64_MAX, checked_counter
+from convostore.search import PAD
 
 __all__ = [
     "INT64_MAX",
@@ -508,24 +509,25 @@ def text_matches(
     if kind == "sqlite":
         fts_name = _SQLITE_INDEX[target.name]
         fts = table(fts_name, column("rowid"))
-        docs = table(f"{fts_name}_docs", column("doc_id"), *(column(name) for name in key))
+        docs = table(
+            f"{fts_name}_docs", column("doc_id"), column("words"), *(column(n) for n in key)
+        )
         expression = " ".join(f'"{word}"' + ("*" if prefix else "") for word, prefix in terms)
+        joined = fts.join(docs, docs.c.doc_id == fts.c.rowid)
+        if len(scope) > 1:
+            # One session or thread: its few rows, each looked up in the index, cost less
+            # than walking every match in the table; their feeds give the rank.
+            scored = _density_rank(kind, target.c.search_text, terms)
+            joined = joined.join(target, and_(*(target.c[n] == docs.c[n] for n in key)))
+        else:
+            scored, joined = _sqlite_rank(fts_name, docs, joined, terms)
         stmt = (
-            select(
-                *(docs.c[name] for name in key),
-                _density_rank(kind, target.c.search_text, terms).label("rank"),
-            )
-            .select_from(
-                fts.join(docs, docs.c.doc_id == fts.c.rowid).join(
-                    target, and_(*(target.c[name] == docs.c[name] for name in key))
-                )
-            )
+            select(*(docs.c[name] for name in key), scored.label("rank"))
+            .select_from(joined)
             .where(literal_column(fts_name).op("MATCH")(bindparam("search", expression)))
             .where(*(docs.c[name] == value for name, value in scope.items()))
         )
         if len(scope) > 1:
-            # One session or thread: its few rows, each looked up in the index, cost less
-            # than walking every match of the words in the table.
             mine = docs.alias("mine")
             stmt = stmt.where(
                 fts.c.rowid.in_(
@@ -554,6 +556,27 @@ def text_matches(
         .where(matched)
         .where(*(target.c[name] == value for name, value in scope.items()))
     )
+
+
+def _sqlite_rank(
+    fts_name: str, docs: Any, joined: Any, terms: Sequence[tuple[str, bool]]
+) -> tuple[ColumnElement[Any], Any]:
+    """:func:`_density_rank` from the index itself: occurrences from the ``fts5vocab``
+    view, the word count from the row-id map (no message row is read)."""
+    exact = [word.rstrip(PAD) for word, prefix in terms if not prefix]
+    prefixes = sum(1 for _, prefix in terms if prefix)
+    score: Any = literal(prefixes)
+    if exact:
+        vocab = table(f"{fts_name}_vocab", column("term"), column("doc"))
+        counts = (
+            select(vocab.c.doc, func.count().label("n"))
+            .where(vocab.c.term.in_(exact))
+            .group_by(vocab.c.doc)
+            .subquery("occurrences")
+        )
+        joined = joined.outerjoin(counts, counts.c.doc == docs.c.doc_id)
+        score = func.coalesce(counts.c.n, 0) + prefixes
+    return sql_cast(func.round(score * RANK_SCALE / docs.c.words), BigInteger), joined
 
 
 def _density_rank(

@@ -141,6 +141,23 @@ async def test_pages_stay_exact_while_others_write_between_them(make_store: Make
     assert sorted(seen) == [("s", n) for n in range(40)]
 
 
+async def test_a_message_ranks_the_same_in_its_session_and_its_project(
+    make_store: MakeStore,
+) -> None:
+    store = await make_store(session_id="s")
+    await store.append_many(
+        [user("alpha beta alpha gamma"), user("alpha " * 5 + "beta"), user("beta alpha*")]
+    )
+    await store.with_session("t").append(user("alpha alpha"))  # type: ignore[attr-defined]
+    for query in ("alpha", "alpha beta", "alph*", "alpha bet*"):
+        everywhere = {(h.session_id, h.message.position): h.rank for h in await store.search(query)}
+        mine = {
+            (h.session_id, h.message.position): h.rank
+            for h in await store.search(query, session_id="s")
+        }
+        assert mine == {key: rank for key, rank in everywhere.items() if key[0] == "s"}, query
+
+
 async def test_snippets_highlight_the_matching_words(make_store: MakeStore) -> None:
     store = await make_store(session_id="s")
     long_text = " ".join(f"w{n}" for n in range(200)) + " The Deployment failed " + "tail " * 50
