@@ -513,30 +513,56 @@ def text_matches(
             f"{fts_name}_docs", column("doc_id"), column("words"), *(column(n) for n in key)
         )
         expression = " ".join(f'"{word}"' + ("*" if prefix else "") for word, prefix in terms)
-        joined = fts.join(docs, docs.c.doc_id == fts.c.rowid)
-        if len(scope) > 1:
-            # One session or thread: its few rows, each looked up in the index, cost less
-            # than walking every match in the table; their feeds give the rank.
-            scored = _density_rank(kind, target.c.search_text, terms)
-            joined = joined.join(target, and_(*(target.c[n] == docs.c[n] for n in key)))
-        else:
-            scored, joined = _sqlite_rank(fts_name, docs, joined, terms)
-        stmt = (
-            select(*(docs.c[name] for name in key), scored.label("rank"))
-            .select_from(joined)
-            .where(literal_column(fts_name).op("MATCH")(bindparam("search", expression)))
-            .where(*(docs.c[name] == value for name, value in scope.items()))
-        )
-        if len(scope) > 1:
-            mine = docs.alias("mine")
-            stmt = stmt.where(
-                fts.c.rowid.in_(
-                    select(mine.c.doc_id).where(
-                        *(mine.c[name] == value for name, value in scope.items())
+        found = literal_column(fts_name).op("MATCH")(bindparam("search", expression))
+        in_scope = [docs.c[name] == value for name, value in scope.items()]
+        exact = [word.rstrip(PAD) for word, prefix in terms if not prefix]
+        if len(scope) > 1 or len(exact) != 1:
+            # The rank from each match's feed: for one session or thread (its few rows,
+            # each looked up in the index, cost less than walking every match in the
+            # table), and for several words or prefixes, whose matches (messages with all
+            # of them) are fewer than the entries of their most common word.
+            stmt = (
+                select(
+                    *(docs.c[name] for name in key),
+                    _density_rank(kind, target.c.search_text, terms).label("rank"),
+                )
+                .select_from(
+                    fts.join(docs, docs.c.doc_id == fts.c.rowid).join(
+                        target, and_(*(target.c[n] == docs.c[n] for n in key))
                     )
                 )
+                .where(found, *in_scope)
             )
-        return stmt
+            if len(scope) > 1:
+                mine = docs.alias("mine")
+                stmt = stmt.where(
+                    fts.c.rowid.in_(
+                        select(mine.c.doc_id).where(
+                            *(mine.c[name] == value for name, value in scope.items())
+                        )
+                    )
+                )
+            return stmt
+        # One word over a whole project or agent, where it may match a large share of the
+        # table: the same rank from the index itself, no message row read. Its occurrences
+        # come from the fts5vocab view (one pass over the word's entries).
+        vocab = table(f"{fts_name}_vocab", column("term"), column("doc"))
+        occurrences = (
+            select(vocab.c.doc, func.count().label("n"))
+            .where(vocab.c.term.in_(exact))
+            .group_by(vocab.c.doc)
+            .subquery("occurrences")
+        )
+        prefixes = sum(1 for _, prefix in terms if prefix)
+        score = (occurrences.c.n + prefixes) * RANK_SCALE / docs.c.words
+        return (
+            select(
+                *(docs.c[name] for name in key),
+                sql_cast(func.round(score), BigInteger).label("rank"),
+            )
+            .select_from(occurrences.join(docs, docs.c.doc_id == occurrences.c.doc))
+            .where(occurrences.c.doc.in_(select(fts.c.rowid).where(found)), *in_scope)
+        )
     words = target.c.search_text
     if kind == "postgresql":
         expression = " & ".join(word + (":*" if prefix else "") for word, prefix in terms)
@@ -556,27 +582,6 @@ def text_matches(
         .where(matched)
         .where(*(target.c[name] == value for name, value in scope.items()))
     )
-
-
-def _sqlite_rank(
-    fts_name: str, docs: Any, joined: Any, terms: Sequence[tuple[str, bool]]
-) -> tuple[ColumnElement[Any], Any]:
-    """:func:`_density_rank` from the index itself: occurrences from the ``fts5vocab``
-    view, the word count from the row-id map (no message row is read)."""
-    exact = [word.rstrip(PAD) for word, prefix in terms if not prefix]
-    prefixes = sum(1 for _, prefix in terms if prefix)
-    score: Any = literal(prefixes)
-    if exact:
-        vocab = table(f"{fts_name}_vocab", column("term"), column("doc"))
-        counts = (
-            select(vocab.c.doc, func.count().label("n"))
-            .where(vocab.c.term.in_(exact))
-            .group_by(vocab.c.doc)
-            .subquery("occurrences")
-        )
-        joined = joined.outerjoin(counts, counts.c.doc == docs.c.doc_id)
-        score = func.coalesce(counts.c.n, 0) + prefixes
-    return sql_cast(func.round(score * RANK_SCALE / docs.c.words), BigInteger), joined
 
 
 def _density_rank(
