@@ -8,11 +8,13 @@ back-fill that stops part-way resumes where it left off.
 from __future__ import annotations
 
 import io
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import URL, text
+from sqlalchemy import URL, event, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore import (
@@ -202,4 +204,44 @@ async def test_an_engine_without_the_index_writes_no_feed_and_refuses_search(
         store = SQLAlchemyContextStore(indexing, project="/p", session_id="s")
         assert len(await store.search("unindexed")) == 2
     finally:
+        await indexing.dispose()
+
+
+async def test_backfill_leaves_a_row_replaced_meanwhile_for_the_next_run(
+    sqlite_file: Path,
+) -> None:
+    # Between the back-fill's read of a batch and its update, another writer (one that
+    # indexes nothing) replaces the history: the words read must not land on the new row.
+    url = URL.create("sqlite+aiosqlite", database=str(sqlite_file))
+    plain = create_engine(url, search_index=False)
+    indexing = create_engine(url)
+    try:
+        await SQLAlchemyContextStore(plain, project="/p", session_id="s").append(user("apple"))
+        replaced: list[bool] = []
+
+        def replace_meanwhile(
+            conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
+        ) -> None:
+            if statement.startswith("UPDATE context_messages SET search_text") and not replaced:
+                replaced.append(True)
+                with sqlite3.connect(sqlite_file) as other:
+                    other.execute(
+                        "UPDATE context_messages SET content = ? WHERE project = '/p'",
+                        (codec.encode([{"type": "text", "text": "brand new banana"}]),),
+                    )
+
+        event.listen(indexing.sync_engine, "before_cursor_execute", replace_meanwhile)
+        first = await transfer.backfill(indexing)
+        event.remove(indexing.sync_engine, "before_cursor_execute", replace_meanwhile)
+        assert replaced
+        store = SQLAlchemyContextStore(indexing, project="/p", session_id="s")
+        assert await store.search("apple") == []
+        # The row kept no feed and was not counted; the next run indexes what is there now.
+        assert first.indexed["context_messages"] == 0
+        second = await transfer.backfill(indexing)
+        assert second.indexed["context_messages"] == 1
+        (hit,) = await store.search("banana")
+        assert hit.snippet == "brand new banana"
+    finally:
+        await plain.dispose()
         await indexing.dispose()

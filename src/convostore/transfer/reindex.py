@@ -156,7 +156,8 @@ async def _index_batch(
     after: tuple[Any, ...] | None,
     batch_size: int,
 ) -> tuple[tuple[Any, ...], int] | None:
-    """Index the next batch after the key ``after``; its last key and size, or ``None``."""
+    """Index the next batch after the key ``after``: its last key and how many rows got a
+    feed, or ``None`` when no row is left."""
     # The stored bytes too: the update below applies only if they are still the ones read.
     raw = type_coerce(table.c.content, LargeBinary)
     columns = [*key, table.c.content, raw.label("raw")]
@@ -195,5 +196,11 @@ async def _index_batch(
             for row in rows
         ],
     )
-    last = rows[-1]
-    return tuple(last._mapping[name] for name in names), len(rows)
+    # Rows changed meanwhile kept no feed: they are left for the next run, and not counted.
+    keys = [tuple(row._mapping[name] for name in names) for row in rows]
+    skipped = await session.execute(
+        select(func.count())
+        .select_from(table)
+        .where(tuple_(*key).in_(keys), table.c.search_text.is_(None))
+    )
+    return keys[-1], len(rows) - int(skipped.scalar_one())
