@@ -11,9 +11,9 @@
 * :func:`insert_at_counter`: allocate positions and insert rows at them; on PostgreSQL a
   single row is one statement (a data-modifying CTE), see :func:`appends_in_one_statement`;
 * :func:`cached` and :func:`params_for`: hot statements built once, with bind parameters.
-* :func:`text_matches`: the rows whose ``search_text`` matches a search, with a rank:
-  SQLite's FTS5 (``bm25``), PostgreSQL's ``tsvector`` (``ts_rank``), MySQL/MariaDB's
-  ``MATCH … AGAINST`` in boolean mode.
+* :func:`text_matches`: the rows whose ``search_text`` matches a search, with a rank that
+  depends on the message alone: SQLite's FTS5, PostgreSQL's ``tsvector`` (``ts_rank``),
+  MySQL/MariaDB's ``MATCH … AGAINST`` in boolean mode.
 
 :func:`is_retryable` says which failures roll back a whole transaction that can simply be
 run again (deadlocks, serialization failures, lock timeouts, SQLite's busy database).

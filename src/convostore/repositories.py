@@ -62,6 +62,7 @@ from convostore.tables import (
     MessageRecord,
     ThreadRecord,
     UserRecord,
+    readable_columns,
 )
 
 __all__ = [
@@ -82,8 +83,7 @@ _threads: Table = ThreadRecord.__table__  # type: ignore[assignment]
 _messages: Table = MessageRecord.__table__  # type: ignore[assignment]
 _sessions: Table = ContextSessionRecord.__table__  # type: ignore[assignment]
 _context_messages: Table = ContextMessageRecord.__table__  # type: ignore[assignment]
-# What reads of a message return: every column but the search index's feed.
-_MESSAGE_COLUMNS = tuple(c for c in _messages.c if c.name != "search_text")
+_MESSAGE_COLUMNS = readable_columns(_messages)
 
 
 class UserRepository:
@@ -802,8 +802,9 @@ async def append_thread_batch(session: Executor, items: Sequence[ThreadAppend]) 
     return indexes_out
 
 
-_CONTEXT_KEY = ("project", "session_id", "position")
-_MESSAGE_KEY = ("agent_name", "thread_id", "idx")
+# A search cursor: the last hit's rank, then its key but the scope (session or thread, and
+# position), which orders hits of equal rank.
+Cursor = tuple[int, tuple[str, int]]
 
 
 async def search_context(
@@ -820,18 +821,11 @@ async def search_context(
     Keyset pages: ``before`` is the last hit of the previous page; hits tie on rank are
     ordered by session and position.
     """
-    scope = (
-        {"project": project}
-        if session_id is None
-        else {
-            "project": project,
-            "session_id": session_id,
-        }
-    )
-    after = None if before is None else (before.session_id, before.message.position)
-    rows = await _search(
-        session, _context_messages, _CONTEXT_KEY, query, scope, {}, limit, before, after
-    )
+    scope = {"project": project}
+    if session_id is not None:
+        scope["session_id"] = session_id
+    cursor = None if before is None else (before.rank, (before.session_id, before.message.position))
+    rows = await _search(session, _context_messages, query, scope, {}, limit, cursor)
     hits = []
     for row in rows:
         stored = _stored((row.position, row.role, row.content, row.created_at, row.client_id))
@@ -869,11 +863,11 @@ async def search_messages(
     scope: dict[str, Any] = {"agent_name": agent_key}
     if thread_id is not None:
         scope["thread_id"] = thread_id
-    after = None if before is None else (before.message.thread_id, before.message.idx)
-    filters = {} if user_id is None else {"user_id": user_id}
-    rows = await _search(
-        session, _messages, _MESSAGE_KEY, query, scope, filters, limit, before, after
+    cursor = (
+        None if before is None else (before.rank, (before.message.thread_id, before.message.idx))
     )
+    filters = {} if user_id is None else {"user_id": user_id}
+    rows = await _search(session, _messages, query, scope, filters, limit, cursor)
     hits = []
     for row in rows:
         message = message_from_row(row, agent_name)
@@ -892,15 +886,15 @@ async def search_messages(
 async def _search(
     session: Executor,
     target: Table,
-    key: tuple[str, str, str],
     query: search.Query,
     scope: dict[str, Any],
     filters: dict[str, Any],
     limit: int,
-    before: ContextSearchHit | MessageSearchHit | None,
-    after: tuple[str, int] | None,
+    cursor: Cursor | None,
 ) -> list[Row[Any]]:
     kind = dialects.family_of(session)
+    # (scope, session or thread, position): the primary key of both message tables.
+    key = tuple(column.name for column in target.primary_key.columns)
     matches = dialects.text_matches(kind, target, key, query.indexed_terms(), scope).subquery(
         "matches"
     )
@@ -917,19 +911,19 @@ async def _search(
         top = top.join(target, same_key(target, matches)).where(
             *(target.c[name] == value for name, value in filters.items())
         )
-    if before is not None and after is not None:
+    if cursor is not None:
         # Worse rank, or the same rank and a later key.
+        last_rank, last_key = cursor
         top = top.where(
             or_(
-                rank < before.rank,
-                (rank == before.rank)
-                & (tuple_(matches.c[thread_column], matches.c[position_column]) > after),
+                rank < last_rank,
+                (rank == last_rank)
+                & (tuple_(matches.c[thread_column], matches.c[position_column]) > last_key),
             )
         )
     page = top.order_by(*order).limit(limit).subquery("page")
-    columns = [c for c in target.c if c.name != "search_text"]
     stmt: Select[Any] = (
-        select(*columns, page.c.rank)
+        select(*readable_columns(target), page.c.rank)
         .join(page, same_key(target, page))
         .where(*(target.c[name] == value for name, value in scope.items()))
         .order_by(page.c.rank.desc(), page.c[thread_column], page.c[position_column])

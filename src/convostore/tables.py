@@ -21,10 +21,12 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
+    Column,
     ForeignKeyConstraint,
     Index,
     MetaData,
     String,
+    Table,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -68,6 +70,8 @@ __all__ = [
     "MessageRecord",
     "ThreadRecord",
     "UserRecord",
+    "described_here",
+    "readable_columns",
 ]
 
 
@@ -100,6 +104,12 @@ def described_here(name: str | None, kind: str) -> bool:
     if kind == "table":
         return not name.startswith(SEARCH_TABLE_PREFIXES)
     return True
+
+
+def readable_columns(table: Table) -> list[Column[Any]]:
+    """The columns a read of a message returns: all but ``search_text``, the feed of the
+    search index, which only the database's index reads."""
+    return [c for c in table.c if c.name != "search_text"]
 
 
 class Base(DeclarativeBase):

@@ -205,12 +205,15 @@ class SearchText(TypeDecorator[str]):
         return Text()
 
     def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
-        if value is None or not writes_search_index(dialect):
-            return None
-        return value
+        return _feed_to_write(value, dialect)
 
     def __repr__(self) -> str:
         return "SearchText()"
+
+
+def _feed_to_write(value: str | None, dialect: Dialect) -> str | None:
+    # The feed as given, or NULL on an engine that writes none (writes_search_index).
+    return value if value is not None and writes_search_index(dialect) else None
 
 
 SEARCH_INDEX_ATTRIBUTE = "convostore_search_index"
@@ -243,7 +246,8 @@ def require_search_index(target: Any, what: str) -> None:
 
 class SearchVector(TypeDecorator[str]):
     """PostgreSQL's form of :class:`SearchText`: a ``tsvector`` made from the feed as it is
-    written (``to_tsvector('simple', feed)``), so ranking reads it instead of parsing text."""
+    written (``to_tsvector('simple', feed)``), so ranking reads it instead of parsing text.
+    Whether the feed is written at all is decided as for :class:`SearchText`."""
 
     impl = postgresql.TSVECTOR
     cache_ok = True
@@ -252,9 +256,7 @@ class SearchVector(TypeDecorator[str]):
         return func.to_tsvector(literal_column("'simple'::regconfig"), bindvalue)
 
     def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
-        if value is None or not writes_search_index(dialect):
-            return None
-        return value
+        return _feed_to_write(value, dialect)
 
     def __repr__(self) -> str:
         return "SearchVector()"

@@ -16,6 +16,7 @@ from convostore.dialects import Executor
 from convostore.errors import NotFoundError, ValidationError
 from convostore.models import ContextMessage, Message, SessionInfo
 from convostore.repositories import NO_PREVIEW, message_from_row
+from convostore.tables import readable_columns
 from convostore.transactions import TransactionRunner
 from convostore.transfer._format import MESSAGES, SESSIONS
 
@@ -148,8 +149,11 @@ async def thread_messages(
         database = SQLAlchemyDatabase(engine=engine, agent_name=agent_name, migrate=False)
         return await database.get_messages(thread_id, user)
     m = MESSAGES.c
-    columns = [c for c in MESSAGES.c if c.name != "search_text"]
-    stmt = select(*columns).where(m.agent_name == agent, m.thread_id == thread_id).order_by(m.idx)
+    stmt = (
+        select(*readable_columns(MESSAGES))
+        .where(m.agent_name == agent, m.thread_id == thread_id)
+        .order_by(m.idx)
+    )
     return [message_from_row(row, agent_name) for row in await _fetch(engine, stmt)]
 
 

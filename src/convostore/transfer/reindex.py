@@ -41,10 +41,6 @@ DEFAULT_BATCH_SIZE: Final = 1000
 
 _CONTEXT: Table = ContextMessageRecord.__table__  # type: ignore[assignment]
 _MESSAGES: Table = MessageRecord.__table__  # type: ignore[assignment]
-_KEYS: Final = {
-    "context_messages": ("project", "session_id", "position"),
-    "messages": ("agent_name", "thread_id", "idx"),
-}
 
 
 @dataclass
@@ -74,8 +70,8 @@ async def backfill(
 
     Raises:
         ValidationError: ``batch_size`` is not a positive int.
-        ConfigurationError: The engine's keyring stores nothing in clear
-            (:func:`convostore.encryption.clear_text_allowed`), so there is no index to fill.
+        ConfigurationError: The engine writes no search feed (``search_index=False``, or a
+            keyring that stores nothing in clear), so there is no index to fill.
     """
     if type(batch_size) is not int or batch_size < 1:
         raise ValidationError("batch_size must be a positive int")
@@ -91,7 +87,7 @@ async def backfill(
 async def _backfill_table(
     runner: TransactionRunner, table: Table, batch_size: int, progress: Progress
 ) -> int:
-    key = [table.c[name] for name in _KEYS[table.name]]
+    key = list(table.primary_key.columns)
 
     async def count(session: Executor) -> int:
         return await _count_pending(session, table)
@@ -123,7 +119,7 @@ async def drop_feeds(engine: AsyncEngine, *, batch_size: int = DEFAULT_BATCH_SIZ
     runner = TransactionRunner(engine)
     dropped = 0
     for table in (_CONTEXT, _MESSAGES):
-        key = [table.c[name] for name in _KEYS[table.name]]
+        key = list(table.primary_key.columns)
 
         async def step(session: Executor, t: Table = table, k: list[Any] = key) -> int:
             rows = (
