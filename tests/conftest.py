@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 from sqlalchemy import URL, make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import NullPool
@@ -37,6 +38,13 @@ from convostore.engine import create_engine
 from tests.servers import PgBouncer
 
 T = TypeVar("T")
+
+# Property tests draw the same examples on every run, so a red suite always means a change
+# (CI and a newcomer's `make test` alike); `HYPOTHESIS_PROFILE=explore` searches afresh
+# each run and prints the seed and blob needed to replay a failure.
+hypothesis_settings.register_profile("deterministic", derandomize=True, print_blob=True)
+hypothesis_settings.register_profile("explore", print_blob=True)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
 
 ALL_BACKENDS = ("memory", "sqlite", "postgresql", "mariadb", "pgbouncer", "replica")
 SERVER_BACKENDS = ("postgresql", "mariadb", "pgbouncer")

@@ -36,7 +36,7 @@ from typing import Any, Final, Literal
 import orjson
 import zstandard
 
-from convostore.errors import KeyNotFoundError, SerializationError
+from convostore.errors import CorruptEnvelopeError, KeyNotFoundError, SerializationError
 
 __all__ = [
     "DEFAULT_MAX_SIZE",
@@ -47,6 +47,7 @@ __all__ = [
     "decode_axio_payload",
     "encode",
     "encoded",
+    "parse_envelope",
     "payload_size",
 ]
 
@@ -62,6 +63,10 @@ PLAIN: Final = 0x01
 ZLIB: Final = 0x02
 ZSTD: Final = 0x03
 ENCRYPTED: Final = 0x10
+NONCE_SIZE: Final = 12
+"""Bytes of the random nonce in an encrypted envelope (AES-GCM)."""
+TAG_SIZE: Final = 16
+"""Bytes of the authentication tag that ends an encrypted envelope."""
 _HEADERS: Final = {"zlib": ZLIB, "zstd": ZSTD}
 
 ZSTD_LEVEL: Final = 3
@@ -175,14 +180,41 @@ def decode(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> Any:
     elif header == ZLIB:
         raw = _inflate(body, max_size, wbits=zlib.MAX_WBITS)
     elif header == ENCRYPTED:
-        # Opened by convostore.encryption before it gets here, when there is a keyring.
-        raise KeyNotFoundError("the payload is encrypted and no keyring was given to open it")
+        # Opened by convostore.encryption before it gets here, when there is a keyring; a
+        # truncated or malformed envelope is corrupt data, not a missing key.
+        key_id, _ = parse_envelope(data)
+        raise KeyNotFoundError(
+            f"the payload is encrypted with key {key_id!r} and no keyring was given to open it"
+        )
     else:
         raise SerializationError(f"stored payload has unknown codec header 0x{header:02x}")
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise SerializationError(f"stored payload is not valid JSON: {exc}") from exc
+
+
+def parse_envelope(data: bytes) -> tuple[str, int]:
+    """The key id of an encrypted envelope and the offset where its ciphertext starts.
+
+    An envelope is ``0x10``, the key id's length (1-255), the ASCII key id, a
+    :data:`NONCE_SIZE`-byte nonce, then the ciphertext and its :data:`TAG_SIZE`-byte tag.
+
+    Raises:
+        CorruptEnvelopeError: ``data`` is shorter than an envelope can be, or its key id is
+            empty or not ASCII.
+    """
+    if len(data) < 2 or data[0] != ENCRYPTED:
+        raise CorruptEnvelopeError("an encrypted payload is truncated")
+    length = data[1]
+    start = 2 + length + NONCE_SIZE
+    if length == 0 or len(data) < start + TAG_SIZE:
+        raise CorruptEnvelopeError("an encrypted payload is truncated")
+    try:
+        key_id = bytes(data[2 : 2 + length]).decode("ascii")
+    except UnicodeDecodeError:
+        raise CorruptEnvelopeError("an encrypted payload has a malformed key id") from None
+    return key_id, start
 
 
 def payload_size(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> int:

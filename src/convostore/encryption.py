@@ -38,7 +38,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
-from convostore.codec import ENCRYPTED
+from convostore.codec import ENCRYPTED, NONCE_SIZE, parse_envelope
 from convostore.errors import ConfigurationError, DecryptionError, KeyNotFoundError
 from convostore.options import REPLICAS_OPTION
 
@@ -70,8 +70,6 @@ ENVELOPE: Final = ENCRYPTED
 KEY_SIZE: Final = 32
 """Bytes in a key: AES-256."""
 
-NONCE_SIZE: Final = 12
-TAG_SIZE: Final = 16
 
 KEYS_ENV: Final = "CONVOSTORE_ENCRYPTION_KEYS"
 """``id:base64key,id:base64key,...``: every key that may be needed to read."""
@@ -193,10 +191,11 @@ class Keyring:
 
         Raises:
             KeyNotFoundError: Its key id is not in the keyring.
-            DecryptionError: The envelope is truncated, or fails authentication (a wrong
+            CorruptEnvelopeError: The envelope is truncated or malformed.
+            DecryptionError: The envelope fails authentication (a wrong
                 key under that id, or changed bytes).
         """
-        key_id, start = _parse(data)
+        key_id, start = parse_envelope(data)
         cipher = self._cipher(key_id)
         from cryptography.exceptions import InvalidTag
 
@@ -255,11 +254,11 @@ def key_id_of(data: bytes) -> str | None:
     """The key id of an envelope, or ``None`` for a plain payload.
 
     Raises:
-        DecryptionError: ``data`` starts like an envelope but is truncated.
+        CorruptEnvelopeError: ``data`` starts like an envelope but is truncated.
     """
     if not data or data[0] != ENVELOPE:
         return None
-    return _parse(data)[0]
+    return parse_envelope(data)[0]
 
 
 def open_payload(data: bytes, keyring: Keyring | None) -> bytes:
@@ -272,7 +271,7 @@ def open_payload(data: bytes, keyring: Keyring | None) -> bytes:
     if not data or data[0] != ENVELOPE:
         return data
     if keyring is None:
-        key_id, _ = _parse(data)
+        key_id, _ = parse_envelope(data)
         raise KeyNotFoundError(
             f"a payload is encrypted with key {key_id!r} and no keyring was given "
             "(pass encryption=Keyring(...), see docs/encryption.md)"
@@ -310,7 +309,7 @@ def sealed_text_bytes(text: str) -> bytes | None:
         return None
     try:
         data = base64.b64decode(text[len(TEXT_PREFIX) :], validate=True)
-        _parse(data)
+        parse_envelope(data)
     except (binascii.Error, ValueError, DecryptionError):
         return None
     return data if data[0] == ENVELOPE else None
@@ -370,21 +369,6 @@ def require_clear_text(target: AsyncEngine | Dialect, what: str) -> None:
             f"{what} needs the search index, and this engine's keyring stores nothing in "
             "clear (clear_text=False): messages are not indexed"
         )
-
-
-def _parse(data: bytes) -> tuple[str, int]:
-    """The key id of an envelope and where its ciphertext starts."""
-    if len(data) < 2:
-        raise DecryptionError("an encrypted payload is truncated")
-    length = data[1]
-    start = 2 + length + NONCE_SIZE
-    if length == 0 or len(data) < start + TAG_SIZE:
-        raise DecryptionError("an encrypted payload is truncated")
-    try:
-        key_id = data[2 : 2 + length].decode("ascii")
-    except UnicodeDecodeError:
-        raise DecryptionError("an encrypted payload has a malformed key id") from None
-    return key_id, start
 
 
 def _check_key_id(key_id: object) -> None:

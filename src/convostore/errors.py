@@ -18,6 +18,7 @@ __all__ = [
     "ConfigurationError",
     "ConflictError",
     "ConvostoreError",
+    "CorruptEnvelopeError",
     "DatabaseError",
     "DeadlineExceeded",
     "DecryptionError",
@@ -63,6 +64,14 @@ class KeyNotFoundError(EncryptionError, LookupError):
 
 class DecryptionError(EncryptionError):
     """A payload failed authentication: the key under its id is wrong, or the bytes changed."""
+
+
+class CorruptEnvelopeError(DecryptionError, SerializationError):
+    """Stored bytes start like an encrypted envelope but are truncated or malformed.
+
+    Corrupt data whatever the keyring holds: a :class:`SerializationError` like any other
+    undecodable payload, and a :class:`DecryptionError` for code that opens envelopes.
+    """
 
 
 class NotFoundError(ConvostoreError, LookupError):

@@ -8,7 +8,6 @@ dialect, and through a real column of every selected backend.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import datetime
 import decimal
@@ -24,7 +23,7 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Dialect
 
 from convostore import ContextMessage, SQLAlchemyContextStore, codec, create_engine
-from convostore.errors import SerializationError
+from convostore.errors import CorruptEnvelopeError, KeyNotFoundError, SerializationError
 from convostore.types import CompressedJSON
 from tests.reliability.helpers import same_json, tagged
 from tests.reliability.strategies import INT64_MIN, UINT64_MAX, content_blocks, json_values
@@ -165,9 +164,31 @@ def test_anything_not_json_is_refused_wherever_it_hides(value: Any, threshold: i
 def test_arbitrary_stored_bytes_decode_or_raise_serialization_error(
     header: int, body: bytes
 ) -> None:
-    """Whatever a corrupted row holds, reading it gives a value or SerializationError."""
-    with contextlib.suppress(SerializationError):
-        codec.decode(bytes([header]) + body, max_size=1024)
+    """Whatever a corrupted row holds, reading it gives a value or SerializationError.
+
+    The one other answer is for bytes that are a whole envelope (a key id, nonce and tag):
+    without a keyring those are encrypted, not corrupt, and say which key they need.
+    """
+    data = bytes([header]) + body
+    try:
+        codec.decode(data, max_size=1024)
+    except SerializationError:
+        pass
+    except KeyNotFoundError:
+        key_id, _ = codec.parse_envelope(data)
+        assert header == codec.ENCRYPTED
+        assert key_id
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"\x10", b"\x10\x00", b"\x10\x02k1", b"\x10\x02k1" + bytes(27), b"\x10\x01\xff" + bytes(28)],
+)
+def test_bare_or_truncated_envelopes_are_corrupt_data(data: bytes) -> None:
+    with pytest.raises(CorruptEnvelopeError):
+        codec.decode(data)
+    with pytest.raises(SerializationError):
+        codec.decode(data)
 
 
 @given(value=json_values(), data=st.data())
