@@ -18,14 +18,14 @@ PEERS ?= .peers
 PEER_SDISTS := axio-context-sqlite==0.12.2 agentstr-sdk==0.6.15
 PEERS_STAMP := $(PEERS)/.downloaded
 
-.PHONY: venv venv312 peers demo test pytest pytest312 compat unit contract lint format bench docs clean scale-servers
+.PHONY: venv venv312 peers demo test pytest pytest312 compat unit contract lint format bench docs clean scale-servers browser ui-screenshots
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,docs,postgresql,mysql,encryption]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,docs,postgresql,mysql,encryption,ui]'
 	touch $(STAMP)
 
 venv312: $(STAMP312)
@@ -96,6 +96,19 @@ scale-servers:
 	grep -Eq '^host[[:space:]]+replication[[:space:]]' $(PG_HBA) || { \
 		echo 'host replication all 127.0.0.1/32 trust' >> $(PG_HBA) && \
 		psql -h 127.0.0.1 -U postgres -Atqc 'SELECT pg_reload_conf()'; }
+
+# The browser the viewer's end-to-end tests drive (tests/ui/test_browser.py): Debian's
+# chromium, through Playwright with executable_path (Playwright's own download is never
+# used). Run as root by .ci/run; skipped when already installed.
+CHROMIUM ?= /usr/bin/chromium
+
+browser:
+	test -x $(CHROMIUM) || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+# The screenshots of docs/ui.md, taken in chromium from a demo database.
+ui-screenshots: venv browser
+	$(BIN)/python docs/ui_screenshots.py docs/images/ui
 
 # Quick loops while developing, on .venv alone (no Python 3.12 environment): the unit
 # tests, and the contract suites on the backends named by DB (e.g. DB=sqlite,postgresql).

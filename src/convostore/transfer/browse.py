@@ -1,0 +1,351 @@
+"""Keyset-paged reads for browsing a database (what ``convostore ui`` shows).
+
+Every function reads one page in one transaction, bounded by a key range of an index whose
+leading columns are the scope (agent, project, session or thread), so a page costs the same
+on the first page as on the thousandth. Message payloads are decoded value by value: one
+encrypted under a key the engine does not have comes back as :class:`Unreadable` instead
+of failing the page, so a viewer can show the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+from sqlalchemy import LargeBinary, Row, Select, Text, func, select, type_coerce
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from convostore import codec, encryption
+from convostore.dialects import Executor
+from convostore.errors import DecryptionError, EncryptionError, SerializationError
+from convostore.repositories import NO_PREVIEW
+from convostore.transactions import TransactionRunner
+from convostore.transfer._format import CONTEXT_MESSAGES, MESSAGES, SESSIONS, THREADS, USERS
+
+__all__ = [
+    "AgentRow",
+    "BrowsedContextMessage",
+    "BrowsedMessage",
+    "ProjectRow",
+    "Unreadable",
+    "UserRow",
+    "context_page",
+    "list_agents",
+    "list_projects",
+    "list_users",
+    "search_pending",
+    "session_summary",
+    "thread_page",
+]
+
+MAX_PAGE: Final = 1000
+"""The largest page any function here reads."""
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A stored value that cannot be shown: encrypted under a key the engine does not have,
+    failing authentication, or corrupt."""
+
+    key_id: str | None
+    reason: str
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+@dataclass(frozen=True)
+class ProjectRow:
+    """A project of the context store and how many sessions it has."""
+
+    project: str
+    sessions: int
+
+
+@dataclass(frozen=True)
+class AgentRow:
+    """An agent of the agent database (``""``: the default agent) and its thread count."""
+
+    agent: str
+    threads: int
+
+
+@dataclass(frozen=True)
+class UserRow:
+    """A user of one agent: balance and current thread."""
+
+    user_id: str
+    available_balance: int
+    current_thread_id: str | None
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class BrowsedContextMessage:
+    """A context-store message as stored, its content possibly :class:`Unreadable`."""
+
+    position: int
+    role: str
+    content: list[dict[str, Any]] | Unreadable
+    created_at: datetime
+    client_id: str | None
+
+
+@dataclass(frozen=True)
+class BrowsedMessage:
+    """An agent-database message as stored; text and payloads possibly :class:`Unreadable`."""
+
+    idx: int
+    user_id: str
+    role: str
+    kind: str
+    message: str | Unreadable
+    content: Any
+    satoshis: int | None
+    extra_inputs: Any
+    extra_outputs: Any
+    created_at: datetime
+
+
+def decode_payload(data: bytes | None, keyring: encryption.Keyring | None) -> Any:
+    """A stored payload's JSON value, or :class:`Unreadable` (never raises)."""
+    if data is None:
+        return None
+    raw = bytes(data)
+    try:
+        return codec.decode(encryption.open_payload(raw, keyring))
+    except EncryptionError as exc:
+        return _unreadable(raw, exc)
+    except SerializationError:
+        return Unreadable(None, "corrupt stored value")
+
+
+def decode_text(value: str | None, keyring: encryption.Keyring | None) -> str | Unreadable:
+    """A sealable text column's text (``""`` for ``NULL``), or :class:`Unreadable`."""
+    if value is None:
+        return ""
+    try:
+        return encryption.open_text(value, keyring)
+    except EncryptionError as exc:
+        sealed = encryption.sealed_text_bytes(value)
+        return _unreadable(sealed or b"", exc)
+
+
+def _unreadable(data: bytes, exc: EncryptionError) -> Unreadable:
+    try:
+        key_id = encryption.key_id_of(data)
+    except SerializationError:
+        key_id = None
+    if isinstance(exc, DecryptionError) or key_id is None:
+        return Unreadable(key_id, "encrypted (failed authentication)")
+    return Unreadable(key_id, f"encrypted (key {key_id} not available)")
+
+
+def _check_limit(limit: int) -> int:
+    return max(1, min(int(limit), MAX_PAGE))
+
+
+async def _fetch(engine: AsyncEngine, stmt: Select[Any]) -> Sequence[Row[Any]]:
+    async def work(executor: Executor) -> Sequence[Row[Any]]:
+        rows: Sequence[Row[Any]] = (await executor.execute(stmt)).all()
+        return rows
+
+    return await TransactionRunner(engine).run(work, read=True)
+
+
+async def list_projects(
+    engine: AsyncEngine, *, after: str | None = None, limit: int = 50
+) -> list[ProjectRow]:
+    """Projects holding sessions with messages, by name; ``after``: the last of a page.
+
+    Reads the session table's primary key (project, session_id) in order.
+    """
+    s = SESSIONS.c
+    stmt = select(s.project, func.count().label("n")).where(s.next_position > 0)
+    if after is not None:
+        stmt = stmt.where(s.project > after)
+    stmt = stmt.group_by(s.project).order_by(s.project).limit(_check_limit(limit))
+    return [ProjectRow(r.project, int(r.n)) for r in await _fetch(engine, stmt)]
+
+
+async def list_agents(
+    engine: AsyncEngine, *, after: str | None = None, limit: int = 50
+) -> list[AgentRow]:
+    """Agents with threads or users, by name (``""``: the default agent)."""
+    t, u = THREADS.c, USERS.c
+    threads = select(t.agent_name, func.count().label("n")).group_by(t.agent_name)
+    users = select(u.agent_name).distinct()
+    if after is not None:
+        threads = threads.where(t.agent_name > after)
+        users = users.where(u.agent_name > after)
+    threads = threads.order_by(t.agent_name).limit(_check_limit(limit))
+    users = users.order_by(u.agent_name).limit(_check_limit(limit))
+    counts = {r.agent_name: int(r.n) for r in await _fetch(engine, threads)}
+    for row in await _fetch(engine, users):
+        counts.setdefault(row.agent_name, 0)
+    names = sorted(counts)[: _check_limit(limit)]
+    return [AgentRow(name, counts[name]) for name in names]
+
+
+async def list_users(
+    engine: AsyncEngine, *, agent: str, after: str | None = None, limit: int = 50
+) -> list[UserRow]:
+    """Users of ``agent`` by id (its primary key); ``after``: the last id of a page."""
+    u = USERS.c
+    stmt = select(u.user_id, u.available_balance, u.current_thread_id, u.updated_at).where(
+        u.agent_name == agent
+    )
+    if after is not None:
+        stmt = stmt.where(u.user_id > after)
+    stmt = stmt.order_by(u.user_id).limit(_check_limit(limit))
+    return [
+        UserRow(r.user_id, r.available_balance, r.current_thread_id, r.updated_at)
+        for r in await _fetch(engine, stmt)
+    ]
+
+
+async def session_summary(
+    engine: AsyncEngine, *, project: str, session_id: str
+) -> dict[str, Any] | None:
+    """A session's row (counts, tokens, times, fork parent), or ``None`` if there is none."""
+    s = SESSIONS.c
+    stmt = select(
+        s.next_position,
+        s.preview,
+        s.input_tokens,
+        s.output_tokens,
+        s.created_at,
+        s.updated_at,
+        s.parent_session_id,
+        s.forked_at,
+    ).where(s.project == project, s.session_id == session_id)
+    rows = await _fetch(engine, stmt)
+    if not rows:
+        return None
+    row = rows[0]
+    return {
+        "message_count": row.next_position,
+        "preview": NO_PREVIEW if row.preview is None else row.preview,
+        "input_tokens": row.input_tokens,
+        "output_tokens": row.output_tokens,
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+        "parent_session_id": row.parent_session_id,
+        "forked_at": row.forked_at,
+    }
+
+
+async def context_page(
+    engine: AsyncEngine,
+    *,
+    project: str,
+    session_id: str,
+    after: int | None = None,
+    before: int | None = None,
+    limit: int = 50,
+) -> list[BrowsedContextMessage]:
+    """One page of a session's messages in position order.
+
+    ``after`` / ``before`` are exclusive position bounds; with ``before`` (and no
+    ``after``) the page is the ``limit`` messages just before it, so paging back costs what
+    paging forward does. Reads the primary key (project, session_id, position).
+    """
+    m = CONTEXT_MESSAGES.c
+    stmt = select(
+        m.position,
+        m.role,
+        type_coerce(m.content, LargeBinary).label("content"),
+        m.created_at,
+        m.client_id,
+    ).where(m.project == project, m.session_id == session_id)
+    if after is not None:
+        stmt = stmt.where(m.position > after)
+    if before is not None:
+        stmt = stmt.where(m.position < before)
+    backwards = before is not None and after is None
+    stmt = stmt.order_by(m.position.desc() if backwards else m.position)
+    rows = list(await _fetch(engine, stmt.limit(_check_limit(limit))))
+    if backwards:
+        rows.reverse()
+    keyring = encryption.keyring_of(engine)
+    return [
+        BrowsedContextMessage(
+            position=r.position,
+            role=r.role,
+            content=_blocks(decode_payload(r.content, keyring)),
+            created_at=r.created_at,
+            client_id=r.client_id,
+        )
+        for r in rows
+    ]
+
+
+def _blocks(value: Any) -> list[dict[str, Any]] | Unreadable:
+    if isinstance(value, Unreadable):
+        return value
+    if not isinstance(value, list):
+        return []
+    return [b if isinstance(b, dict) else {"type": "json", "value": b} for b in value]
+
+
+async def thread_page(
+    engine: AsyncEngine,
+    *,
+    agent: str,
+    thread_id: str,
+    after: int | None = None,
+    before: int | None = None,
+    limit: int = 50,
+) -> list[BrowsedMessage]:
+    """One page of a thread's messages (every user's) in ``idx`` order, as
+    :func:`context_page` pages (primary key: agent_name, thread_id, idx)."""
+    m = MESSAGES.c
+    stmt = select(
+        m.idx,
+        m.user_id,
+        m.role,
+        m.kind,
+        type_coerce(m.message, Text).label("message"),
+        type_coerce(m.content, LargeBinary).label("content"),
+        m.satoshis,
+        type_coerce(m.extra_inputs, LargeBinary).label("extra_inputs"),
+        type_coerce(m.extra_outputs, LargeBinary).label("extra_outputs"),
+        m.created_at,
+    ).where(m.agent_name == agent, m.thread_id == thread_id)
+    if after is not None:
+        stmt = stmt.where(m.idx > after)
+    if before is not None:
+        stmt = stmt.where(m.idx < before)
+    backwards = before is not None and after is None
+    stmt = stmt.order_by(m.idx.desc() if backwards else m.idx)
+    rows = list(await _fetch(engine, stmt.limit(_check_limit(limit))))
+    if backwards:
+        rows.reverse()
+    keyring = encryption.keyring_of(engine)
+    return [
+        BrowsedMessage(
+            idx=r.idx,
+            user_id=r.user_id,
+            role=r.role,
+            kind=r.kind,
+            message=decode_text(r.message, keyring),
+            content=decode_payload(r.content, keyring),
+            satoshis=r.satoshis,
+            extra_inputs=decode_payload(r.extra_inputs, keyring),
+            extra_outputs=decode_payload(r.extra_outputs, keyring),
+            created_at=r.created_at,
+        )
+        for r in rows
+    ]
+
+
+async def search_pending(engine: AsyncEngine) -> dict[str, int]:
+    """Messages not in the search index yet (``search_text`` NULL), per table: what
+    ``convostore search --backfill`` would index."""
+    pending: dict[str, int] = {}
+    for table in (CONTEXT_MESSAGES, MESSAGES):
+        stmt = select(func.count()).select_from(table).where(table.c.search_text.is_(None))
+        pending[str(table.name)] = int((await _fetch(engine, stmt))[0][0])
+    return pending
