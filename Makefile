@@ -106,9 +106,11 @@ browser:
 	test -x $(CHROMIUM) || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
-# The screenshots of docs/ui.md, taken in chromium from a demo database.
+# The screenshots of docs/ui.md, taken in chromium from the demo database of
+# examples/ui_demo.py (written to a scratch file, then removed).
 ui-screenshots: venv browser
-	$(BIN)/python docs/ui_screenshots.py docs/images/ui
+	$(BIN)/python examples/ui_demo.py .ui-demo.db --screenshots docs/images/ui
+	rm -f .ui-demo.db .ui-demo.db-wal .ui-demo.db-shm
 
 # Quick loops while developing, on .venv alone (no Python 3.12 environment): the unit
 # tests, and the contract suites on the backends named by DB (e.g. DB=sqlite,postgresql).
