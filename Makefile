@@ -135,8 +135,10 @@ format: venv
 docs: venv
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
-bench: venv312
+bench: venv venv312
 	$(BIN312)/python bench/bench.py $(BENCH_ARGS)
+	# The viewer's server time (convostore ui) on SQLite at 100,000 sessions and messages.
+	$(BIN)/python bench/ui.py
 
 clean:
 	rm -rf $(VENV) $(VENV312) $(VENV_SA20) dist build site .mypy_cache .ruff_cache .pytest_cache convostore.db*

@@ -240,6 +240,21 @@ def test_browsing_leaves_the_file_byte_identical(sqlite_file: Path) -> None:
     assert hashlib.sha256(sqlite_file.read_bytes()).hexdigest() == before
 
 
+def test_search_pages(db_url: URL) -> None:
+    run_sync(long_session(db_url, 130))
+    seen: list[str] = []
+    path = f"/search?project={PROJECT}&q=number"
+    with viewer(db_url) as client:
+        for _ in range(3):
+            page = get(client, path)
+            seen += re.findall(r'class="hit" href="[^"]*">long #(\d+)</a>', page)
+            more = re.search(r'rel="next" href="([^"]+)"', page)
+            if more is None:
+                break
+            path = more.group(1).replace("&amp;", "&")
+    assert sorted(map(int, seen)) == list(range(130))
+
+
 @pytest.mark.parametrize(
     "backend", [pytest.param("postgresql", marks=pytest.mark.postgresql)], indirect=True
 )

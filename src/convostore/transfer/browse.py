@@ -38,6 +38,7 @@ __all__ = [
     "search_pending",
     "session_summary",
     "thread_page",
+    "thread_summary",
 ]
 
 MAX_PAGE: Final = 1000
@@ -234,6 +235,26 @@ async def session_summary(
         "updated_at": row.updated_at,
         "parent_session_id": row.parent_session_id,
         "forked_at": row.forked_at,
+    }
+
+
+async def thread_summary(
+    engine: AsyncEngine, *, agent: str, thread_id: str
+) -> dict[str, Any] | None:
+    """A thread's row (message count, first user, times), or ``None`` if there is none."""
+    t = THREADS.c
+    stmt = select(t.next_idx, t.user_id, t.created_at, t.updated_at).where(
+        t.agent_name == agent, t.thread_id == thread_id
+    )
+    rows = await _fetch(engine, stmt)
+    if not rows:
+        return None
+    row = rows[0]
+    return {
+        "message_count": row.next_idx,
+        "user_id": row.user_id,
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
     }
 
 

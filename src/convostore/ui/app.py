@@ -30,7 +30,15 @@ from convostore import migrate, transfer
 from convostore.context import SQLAlchemyContextStore
 from convostore.database import SQLAlchemyDatabase
 from convostore.errors import ConvostoreError, EncryptionError, NotFoundError
-from convostore.models import ContextSearchHit, MessageSearchHit, SessionInfo, ThreadInfo
+from convostore.models import (
+    ContextSearchHit,
+    Message,
+    MessageSearchHit,
+    SessionInfo,
+    StoredContextMessage,
+    ThreadInfo,
+    construct,
+)
 from convostore.settings import redact
 from convostore.transfer import browse
 from convostore.types import writes_search_index
@@ -215,12 +223,10 @@ def create_app(
     async def thread(request: Request) -> Response:
         agent = request.query_params.get("agent", "")
         thread_id = _required(request, "thread")
-        newest = await browse.thread_page(
-            engine, agent=agent, thread_id=thread_id, before=2**62, limit=1
-        )
-        if not newest:
+        summary = await browse.thread_summary(engine, agent=agent, thread_id=thread_id)
+        if summary is None:
             raise NotFoundError(f"no thread {thread_id!r} of agent {agent or '(default)'!r}")
-        count = newest[-1].idx + 1
+        count = summary["message_count"]
         after, before = _window(request, count)
         messages = await browse.thread_page(
             engine, agent=agent, thread_id=thread_id, after=after, before=before, limit=PAGE
@@ -230,6 +236,7 @@ def create_app(
             title=thread_id,
             agent=agent,
             thread_id=thread_id,
+            summary=summary,
             messages=messages,
             pages=_pager(messages, count, "idx"),
             target=_int(request, "at"),
@@ -241,20 +248,40 @@ def create_app(
         agent = request.query_params.get("agent")
         hits: list[ContextSearchHit] | list[MessageSearchHit] = []
         problem = None
+        cursor = _search_cursor(request)
         if query and (project is not None or agent is not None):
             try:
                 if project is not None:
                     store = SQLAlchemyContextStore(engine, project=project, migrate=False)
-                    hits = await store.search(query, limit=PAGE)
+                    before = None
+                    if cursor is not None:
+                        # Only the fields the keyset reads: rank, session, position.
+                        stored = construct(StoredContextMessage, {"position": cursor[2]})
+                        before = construct(
+                            ContextSearchHit,
+                            {"rank": cursor[0], "session_id": cursor[1], "message": stored},
+                        )
+                    hits = await store.search(query, limit=PAGE, before=before)
                 else:
                     database = SQLAlchemyDatabase(
                         engine=engine, agent_name=agent or None, migrate=False
                     )
-                    hits = await database.search(query, limit=PAGE)
+                    after = None
+                    if cursor is not None:
+                        message = construct(Message, {"thread_id": cursor[1], "idx": cursor[2]})
+                        after = construct(MessageSearchHit, {"rank": cursor[0], "message": message})
+                    hits = await database.search(query, limit=PAGE, before=after)
             except EncryptionError as exc:
                 problem = f"some matching messages cannot be read: {exc}"
             except ConvostoreError as exc:
                 problem = str(exc)
+        more = None
+        if len(hits) == PAGE:
+            last = hits[-1]
+            if isinstance(last, ContextSearchHit):
+                more = (last.rank, last.session_id, last.message.position)
+            else:
+                more = (last.rank, last.message.thread_id, last.message.idx)
         return page(
             "search.html",
             title="Search",
@@ -263,6 +290,8 @@ def create_app(
             agent=agent,
             hits=hits,
             problem=problem,
+            more=more,
+            continued=cursor is not None,
             projects=await browse.list_projects(engine, limit=PAGE),
             agents=await browse.list_agents(engine, limit=PAGE),
         )
@@ -386,6 +415,19 @@ def _thread_cursor(request: Request) -> ThreadInfo | None:
     return ThreadInfo.model_construct(
         thread_id=key, user_id=None, message_count=0, created_at=moment, updated_at=moment
     )
+
+
+def _search_cursor(request: Request) -> tuple[int, str, int] | None:
+    """The last hit of the previous page: its rank, session or thread, and position."""
+    rank, key, at = (
+        request.query_params.get(name) for name in ("after_rank", "after_key", "after_pos")
+    )
+    if rank is None or key is None or at is None:
+        return None
+    try:
+        return int(rank), key, int(at)
+    except ValueError:
+        raise HTTPException(400, "a page cursor is malformed") from None
 
 
 def _parse_time(value: str) -> datetime:
