@@ -150,7 +150,7 @@ async def run(args: argparse.Namespace) -> str:
         app = create_app(engine)
         middle = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=args.sessions // 2)
         cases = [
-            ("projects (sessions counted)", "/", {}),
+            ("projects, first page", "/", {}),
             ("session list, first page", "/sessions", {"project": PROJECT}),
             (
                 "session list, a page in the middle",

@@ -75,6 +75,9 @@ def test_projects_sessions_and_transcript(client: TestClient) -> None:
     assert PROJECT in home
     assert OTHER_PROJECT in home
     assert AGENT in home
+    later = get(client, f"/?after={PROJECT}")  # the next page of projects
+    assert f">{OTHER_PROJECT}</a>" in later
+    assert f">{PROJECT}</a>" not in later
     sessions = get(client, f"/sessions?project={PROJECT}")
     assert "What is the weather in Oslo?" in sessions  # the preview
     assert "1200 / 345" in sessions  # tokens in / out

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from sqlalchemy import LargeBinary, Row, Select, Text, func, select, type_coerce
@@ -59,18 +59,17 @@ class Unreadable:
 
 @dataclass(frozen=True)
 class ProjectRow:
-    """A project of the context store and how many sessions it has."""
+    """A project of the context store and when its latest session started."""
 
     project: str
-    sessions: int
+    last_started: datetime | None
 
 
 @dataclass(frozen=True)
 class AgentRow:
-    """An agent of the agent database (``""``: the default agent) and its thread count."""
+    """An agent of the agent database (``""``: the default agent)."""
 
     agent: str
-    threads: int
 
 
 @dataclass(frozen=True)
@@ -156,38 +155,67 @@ async def _fetch(engine: AsyncEngine, stmt: Select[Any]) -> Sequence[Row[Any]]:
     return await TransactionRunner(engine).run(work, read=True)
 
 
+async def _distinct(executor: Executor, column: Any, after: str | None, limit: int) -> list[str]:
+    # A loose index scan: each value is one seek for the smallest key after the last one,
+    # so a page costs `limit` seeks however many rows each value has (a GROUP BY or
+    # DISTINCT would read them all).
+    found: list[str] = []
+    while len(found) < limit:
+        stmt = select(func.min(column))
+        if after is not None:
+            stmt = stmt.where(column > after)
+        after = (await executor.execute(stmt)).scalar()
+        if after is None:
+            break
+        found.append(after)
+    return found
+
+
 async def list_projects(
     engine: AsyncEngine, *, after: str | None = None, limit: int = 50
 ) -> list[ProjectRow]:
-    """Projects holding sessions with messages, by name; ``after``: the last of a page.
+    """Projects of the context store by name; ``after``: the last of the previous page.
 
-    Reads the session table's primary key (project, session_id) in order.
+    One seek of the session table's primary key per project, and one of the
+    (project, created_at) index for when its latest session started.
     """
     s = SESSIONS.c
-    stmt = select(s.project, func.count().label("n")).where(s.next_position > 0)
-    if after is not None:
-        stmt = stmt.where(s.project > after)
-    stmt = stmt.group_by(s.project).order_by(s.project).limit(_check_limit(limit))
-    return [ProjectRow(r.project, int(r.n)) for r in await _fetch(engine, stmt)]
+
+    async def work(executor: Executor) -> list[ProjectRow]:
+        rows = []
+        for project in await _distinct(executor, s.project, after, _check_limit(limit)):
+            latest = select(func.max(s.created_at)).where(s.project == project)
+            rows.append(
+                ProjectRow(project, _as_datetime((await executor.execute(latest)).scalar()))
+            )
+        return rows
+
+    return await TransactionRunner(engine).run(work, read=True)
+
+
+def _as_datetime(value: Any) -> datetime | None:
+    # An aggregate bypasses the column's type: read the value back through it.
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    assert isinstance(value, datetime)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 async def list_agents(
     engine: AsyncEngine, *, after: str | None = None, limit: int = 50
 ) -> list[AgentRow]:
-    """Agents with threads or users, by name (``""``: the default agent)."""
-    t, u = THREADS.c, USERS.c
-    threads = select(t.agent_name, func.count().label("n")).group_by(t.agent_name)
-    users = select(u.agent_name).distinct()
-    if after is not None:
-        threads = threads.where(t.agent_name > after)
-        users = users.where(u.agent_name > after)
-    threads = threads.order_by(t.agent_name).limit(_check_limit(limit))
-    users = users.order_by(u.agent_name).limit(_check_limit(limit))
-    counts = {r.agent_name: int(r.n) for r in await _fetch(engine, threads)}
-    for row in await _fetch(engine, users):
-        counts.setdefault(row.agent_name, 0)
-    names = sorted(counts)[: _check_limit(limit)]
-    return [AgentRow(name, counts[name]) for name in names]
+    """Agents with threads or users, by name (``""``: the default agent), as
+    :func:`list_projects` pages (seeks of the threads' and users' primary keys)."""
+
+    async def work(executor: Executor) -> list[AgentRow]:
+        limit_ = _check_limit(limit)
+        names = set(await _distinct(executor, THREADS.c.agent_name, after, limit_))
+        names.update(await _distinct(executor, USERS.c.agent_name, after, limit_))
+        return [AgentRow(name) for name in sorted(names)[:limit_]]
+
+    return await TransactionRunner(engine).run(work, read=True)
 
 
 async def list_users(
