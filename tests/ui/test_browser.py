@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
@@ -85,11 +87,23 @@ def _database(path: Path, *, keyring: Keyring | None = None, long: bool = False)
 class Viewer:
     """``convostore ui`` on a free port, until the test ends."""
 
-    def __init__(self, url: URL, *, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, url: URL, *, env: dict[str, str] | None = None, options: tuple[str, ...] = ()
+    ) -> None:
         environ = {k: v for k, v in os.environ.items() if not k.startswith("CONVOSTORE_ENCRYPTION")}
         environ.update(env or {}, PYTHONUNBUFFERED="1")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "convostore.cli", "ui", "--url", str(url), "--port", "0"],
+            [
+                sys.executable,
+                "-m",
+                "convostore.cli",
+                "ui",
+                "--url",
+                url.render_as_string(hide_password=False),
+                "--port",
+                "0",
+                *options,
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -198,3 +212,44 @@ def test_an_encrypted_store(tmp_path: Path, page: Any) -> None:
         assert unreadable.first.inner_text() == "encrypted (key k1 not available)"
     finally:
         without.close()
+
+
+def _status(address: str) -> int:
+    try:
+        with urllib.request.urlopen(address, timeout=30) as response:
+            status: int = response.status
+            return status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_host_needs_a_token_and_one_is_printed(tmp_path: Path) -> None:
+    url = _database(tmp_path / "hosted.db")
+    server = Viewer(url, options=("--host", "127.0.0.1"))
+    try:
+        base, _, token = server.base.partition("/?token=")
+        assert len(token) >= 24
+        assert _status(base + "/") == 401
+        # urllib follows the redirect without the cookie: the page itself then says 401,
+        # which shows the token was taken off the URL.
+        assert _status(f"{base}/stats?token=wrong") == 401
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize(
+    "backend", [pytest.param("postgresql", marks=pytest.mark.postgresql)], indirect=True
+)
+def test_the_password_is_never_printed(db_url: URL) -> None:
+    # The local server trusts 127.0.0.1, so any password connects.
+    url = db_url.set(password="pw-Zq81x")
+    run_sync(seed(url))
+    server = Viewer(url)
+    try:
+        with urllib.request.urlopen(server.base + "/", timeout=30) as response:
+            page = response.read().decode()
+        assert "pw-Zq81x" not in page
+        assert "***" in server.printed
+    finally:
+        server.close()
+    assert "pw-Zq81x" not in server.printed
