@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import base64
+from datetime import UTC, datetime
 from typing import Final
 
-from sqlalchemy import URL
+from sqlalchemy import URL, insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore import ContextMessage, SQLAlchemyContextStore, SQLAlchemyDatabase
 from convostore.encryption import Keyring
 from convostore.engine import create_engine
+from convostore.tables import (
+    AdkAppStateRecord,
+    AdkEventRecord,
+    AdkSessionRecord,
+    AdkUserStateRecord,
+)
 
 PROJECT: Final = "/work/alpha"
 OTHER_PROJECT: Final = "/work/beta"
@@ -89,6 +96,69 @@ async def _seed(engine: AsyncEngine) -> None:
         satoshis=21,
         extra_outputs={"invoice": "lnbc1"},
     )
+
+
+ADK_APP: Final = "weather_app"
+
+
+async def seed_adk(url: URL, *, keyring: Keyring | None = None) -> None:
+    """An ADK session as convostore.integrations.adk stores it (written to its tables here:
+    google-adk itself needs Python 3.12): state in three scopes, three events."""
+    engine = create_engine(url, encryption=keyring)
+    now = datetime.now(UTC)
+    key = {"app_name": ADK_APP, "user_id": "u-1", "session_id": "adk-1"}
+    events = [
+        {"author": "user", "content": {"role": "user", "parts": [{"text": "Weather in Oslo?"}]}},
+        {
+            "author": "forecaster",
+            "content": {
+                "role": "model",
+                "parts": [{"function_call": {"name": "get_forecast", "args": {"city": "Oslo"}}}],
+            },
+        },
+        {
+            "author": "forecaster",
+            "content": {"role": "model", "parts": [{"text": f"Rainy. {XSS}"}]},
+            "actions": {"state_delta": {"last_city": "Oslo"}},
+        },
+    ]
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                insert(AdkSessionRecord),
+                [
+                    {
+                        **key,
+                        "state": {"last_city": "Oslo"},
+                        "next_position": len(events),
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                ],
+            )
+            await conn.execute(
+                insert(AdkEventRecord),
+                [
+                    {
+                        **key,
+                        "position": i,
+                        "event_id": f"e-{i}",
+                        "timestamp": now,
+                        "event": {"id": f"e-{i}", **event},
+                    }
+                    for i, event in enumerate(events)
+                ],
+            )
+            await conn.execute(
+                insert(AdkUserStateRecord),
+                [{**key, "state": {"units": "metric"}, "updated_at": now}],
+            )
+            await conn.execute(
+                insert(AdkAppStateRecord),
+                [{"app_name": ADK_APP, "state": {"model": "demo"}, "updated_at": now}],
+            )
+    finally:
+        await engine.dispose()
 
 
 async def long_session(url: URL, count: int, *, session: str = "long") -> None:

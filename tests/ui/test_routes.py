@@ -28,7 +28,16 @@ from convostore.ui.security import CONTENT_SECURITY_POLICY, COOKIE
 from tests.backends.encrypted import K1
 from tests.cli.conftest import run_cli, url_arg
 from tests.conftest import run_sync
-from tests.ui.seed import AGENT, OTHER_PROJECT, PROJECT, SESSION, long_session, seed
+from tests.ui.seed import (
+    ADK_APP,
+    AGENT,
+    OTHER_PROJECT,
+    PROJECT,
+    SESSION,
+    long_session,
+    seed,
+    seed_adk,
+)
 
 ALL_PAGES = (
     "/",
@@ -43,6 +52,9 @@ ALL_PAGES = (
     f"/search?project={PROJECT}&q=oslo",
     f"/search?agent={AGENT}&q=invoice",
     "/stats",
+    "/adk",
+    f"/adk/sessions?app={ADK_APP}",
+    f"/adk/session?app={ADK_APP}&user=u-1&session=adk-1",
     f"/message.json?project={PROJECT}&session={SESSION}&position=3",
 )
 
@@ -55,6 +67,7 @@ def viewer(url: URL, *, keyring: Keyring | None = None, token: str | None = None
 @pytest.fixture
 def seeded(db_url: URL) -> URL:
     run_sync(seed(db_url))
+    run_sync(seed_adk(db_url))
     return db_url
 
 
@@ -123,6 +136,20 @@ def test_agent_database(client: TestClient) -> None:
     assert "21 sat" in thread
     assert "pay me for the forecast" in thread
     assert "lnbc1" in thread
+
+
+def test_adk_sessions(client: TestClient) -> None:
+    assert f">{ADK_APP}</a>" in get(client, "/adk")
+    sessions = get(client, f"/adk/sessions?app={ADK_APP}")
+    assert ">adk-1</a>" in sessions
+    assert ">u-1</td>" in sessions
+    page = get(client, f"/adk/session?app={ADK_APP}&user=u-1&session=adk-1")
+    assert "Weather in Oslo?" in page
+    assert "function call <code>get_forecast</code>" in page
+    assert "&#34;last_city&#34;: &#34;Oslo&#34;" in page  # the session state
+    assert "&#34;units&#34;: &#34;metric&#34;" in page  # user: state
+    assert "&#34;model&#34;: &#34;demo&#34;" in page  # app: state
+    assert page.count('<article id="m-') == 3
 
 
 def test_search_links_to_the_message_in_context(client: TestClient) -> None:
@@ -204,6 +231,7 @@ def test_pages_of_a_long_session(db_url: URL) -> None:
 def test_missing_key_shows_in_place(db_url: URL) -> None:
     keyring = Keyring({"k1": K1}, current="k1")
     run_sync(seed(db_url, keyring=keyring))
+    run_sync(seed_adk(db_url, keyring=keyring))
     with viewer(db_url) as client:
         page = get(client, f"/transcript?project={PROJECT}&session={SESSION}")
         assert page.count("encrypted (key k1 not available)") == 4
@@ -213,6 +241,8 @@ def test_missing_key_shows_in_place(db_url: URL) -> None:
         for path in ALL_PAGES:
             assert client.get(path).status_code == 200, path
         assert "cannot be measured" in get(client, "/stats")
+        adk = get(client, f"/adk/session?app={ADK_APP}&user=u-1&session=adk-1")
+        assert adk.count("encrypted (key k1 not available)") == 6  # 3 states, 3 events
     with viewer(db_url, keyring=Keyring({"k1": K1}, current=None)) as client:
         page = get(client, f"/transcript?project={PROJECT}&session={SESSION}")
         assert "not available" not in page

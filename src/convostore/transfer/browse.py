@@ -14,24 +14,47 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from sqlalchemy import LargeBinary, Row, Select, Text, func, select, type_coerce
+from sqlalchemy import (
+    LargeBinary,
+    Row,
+    Select,
+    Table,
+    Text,
+    func,
+    literal,
+    select,
+    tuple_,
+    type_coerce,
+)
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore import codec, encryption
 from convostore.dialects import Executor
 from convostore.errors import DecryptionError, EncryptionError, SerializationError
 from convostore.repositories import NO_PREVIEW
+from convostore.tables import (
+    AdkAppStateRecord,
+    AdkEventRecord,
+    AdkSessionRecord,
+    AdkUserStateRecord,
+)
 from convostore.transactions import TransactionRunner
 from convostore.transfer._format import CONTEXT_MESSAGES, MESSAGES, SESSIONS, THREADS, USERS
 
 __all__ = [
+    "AdkSessionRow",
     "AgentRow",
+    "BrowsedAdkEvent",
     "BrowsedContextMessage",
     "BrowsedMessage",
     "ProjectRow",
     "Unreadable",
     "UserRow",
+    "adk_events_page",
+    "adk_session",
     "context_page",
+    "list_adk_apps",
+    "list_adk_sessions",
     "list_agents",
     "list_projects",
     "list_users",
@@ -398,3 +421,145 @@ async def search_pending(engine: AsyncEngine) -> dict[str, int]:
         stmt = select(func.count()).select_from(table).where(table.c.search_text.is_(None))
         pending[str(table.name)] = int((await _fetch(engine, stmt))[0][0])
     return pending
+
+
+# --- Google ADK sessions (convostore.integrations.adk) -------------------------------------
+
+_ADK_SESSIONS: Table = AdkSessionRecord.__table__  # type: ignore[assignment]
+_ADK_EVENTS: Table = AdkEventRecord.__table__  # type: ignore[assignment]
+_ADK_APP_STATES: Table = AdkAppStateRecord.__table__  # type: ignore[assignment]
+_ADK_USER_STATES: Table = AdkUserStateRecord.__table__  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class AdkSessionRow:
+    """An ADK session in a listing: its key, event count and times."""
+
+    user_id: str
+    session_id: str
+    events: int
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class BrowsedAdkEvent:
+    """An ADK event as stored (the JSON ADK dumped), possibly :class:`Unreadable`."""
+
+    position: int
+    event_id: str
+    timestamp: datetime
+    event: Any
+
+
+async def list_adk_apps(
+    engine: AsyncEngine, *, after: str | None = None, limit: int = 50
+) -> list[str]:
+    """ADK app names with sessions, by name (one primary-key seek each)."""
+
+    async def work(executor: Executor) -> list[str]:
+        return await _distinct(executor, _ADK_SESSIONS.c.app_name, after, _check_limit(limit))
+
+    return await TransactionRunner(engine).run(work, read=True)
+
+
+async def list_adk_sessions(
+    engine: AsyncEngine,
+    *,
+    app: str,
+    before: tuple[datetime, str, str] | None = None,
+    limit: int = 50,
+) -> list[AdkSessionRow]:
+    """An app's sessions, latest activity first; ``before``: the (updated_at, user_id,
+    session_id) of the last session of the previous page. Reads the
+    (app_name, updated_at, user_id, session_id) index."""
+    c = _ADK_SESSIONS.c
+    stmt = select(c.user_id, c.session_id, c.next_position, c.created_at, c.updated_at).where(
+        c.app_name == app
+    )
+    if before is not None:
+        at = literal(before[0], c.updated_at.type)
+        # The redundant first bound lets every backend use it as the index range.
+        stmt = stmt.where(
+            c.updated_at <= at,
+            tuple_(c.updated_at, c.user_id, c.session_id) < tuple_(at, before[1], before[2]),
+        )
+    stmt = stmt.order_by(c.updated_at.desc(), c.user_id.desc(), c.session_id.desc())
+    rows = await _fetch(engine, stmt.limit(_check_limit(limit)))
+    return [
+        AdkSessionRow(r.user_id, r.session_id, r.next_position, r.created_at, r.updated_at)
+        for r in rows
+    ]
+
+
+async def adk_session(
+    engine: AsyncEngine, *, app: str, user: str, session_id: str
+) -> dict[str, Any] | None:
+    """An ADK session's row and the three state scopes (session, ``user:``, ``app:``),
+    each possibly :class:`Unreadable`; ``None`` if there is no such session."""
+    s, u, a = _ADK_SESSIONS.c, _ADK_USER_STATES.c, _ADK_APP_STATES.c
+    raw = LargeBinary
+
+    async def work(executor: Executor) -> dict[str, Any] | None:
+        row = (
+            await executor.execute(
+                select(
+                    type_coerce(s.state, raw).label("state"),
+                    s.next_position,
+                    s.created_at,
+                    s.updated_at,
+                ).where(s.app_name == app, s.user_id == user, s.session_id == session_id)
+            )
+        ).first()
+        if row is None:
+            return None
+        user_state = (
+            await executor.execute(
+                select(type_coerce(u.state, raw)).where(u.app_name == app, u.user_id == user)
+            )
+        ).scalar()
+        app_state = (
+            await executor.execute(select(type_coerce(a.state, raw)).where(a.app_name == app))
+        ).scalar()
+        keyring = encryption.keyring_of(engine)
+        return {
+            "state": decode_payload(row.state, keyring),
+            "user_state": decode_payload(user_state, keyring),
+            "app_state": decode_payload(app_state, keyring),
+            "events": row.next_position,
+            "created_at": row.created_at,
+            "updated_at": row.updated_at,
+        }
+
+    return await TransactionRunner(engine).run(work, read=True)
+
+
+async def adk_events_page(
+    engine: AsyncEngine,
+    *,
+    app: str,
+    user: str,
+    session_id: str,
+    after: int | None = None,
+    before: int | None = None,
+    limit: int = 50,
+) -> list[BrowsedAdkEvent]:
+    """One page of an ADK session's events in position order, as :func:`context_page`."""
+    e = _ADK_EVENTS.c
+    stmt = select(
+        e.position, e.event_id, e.timestamp, type_coerce(e.event, LargeBinary).label("event")
+    ).where(e.app_name == app, e.user_id == user, e.session_id == session_id)
+    if after is not None:
+        stmt = stmt.where(e.position > after)
+    if before is not None:
+        stmt = stmt.where(e.position < before)
+    backwards = before is not None and after is None
+    stmt = stmt.order_by(e.position.desc() if backwards else e.position)
+    rows = list(await _fetch(engine, stmt.limit(_check_limit(limit))))
+    if backwards:
+        rows.reverse()
+    keyring = encryption.keyring_of(engine)
+    return [
+        BrowsedAdkEvent(r.position, r.event_id, r.timestamp, decode_payload(r.event, keyring))
+        for r in rows
+    ]

@@ -74,7 +74,9 @@ def create_app(
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.globals.update(link=_link, when=_when, pretty=_pretty, image_src=_image_src)
+    env.globals.update(
+        link=_link, when=_when, pretty=_pretty, image_src=_image_src, adk_parts=_adk_parts
+    )
     env.globals["database"] = redact(engine.url)
     env.tests["unreadable"] = lambda value: isinstance(value, browse.Unreadable)
 
@@ -317,6 +319,65 @@ def create_app(
             pending=pending,
         )
 
+    async def adk_apps(request: Request) -> Response:
+        after = request.query_params.get("after")
+        apps = await browse.list_adk_apps(engine, after=after, limit=PAGE + 1)
+        return page(
+            "adk_apps.html",
+            title="ADK apps",
+            apps=apps[:PAGE],
+            more=apps[PAGE - 1] if len(apps) > PAGE else None,
+        )
+
+    async def adk_sessions(request: Request) -> Response:
+        app = _required(request, "app")
+        at, user, key = (
+            request.query_params.get(name) for name in ("before_at", "before_user", "before_id")
+        )
+        before = None
+        if at is not None and user is not None and key is not None:
+            before = (_parse_time(at), user, key)
+        rows = await browse.list_adk_sessions(engine, app=app, before=before, limit=PAGE + 1)
+        last = rows[PAGE - 1] if len(rows) > PAGE else None
+        return page(
+            "adk_sessions.html",
+            title=f"ADK app {app}",
+            app=app,
+            sessions=rows[:PAGE],
+            next=None
+            if last is None
+            else {"at": last.updated_at.isoformat(), "user": last.user_id, "id": last.session_id},
+        )
+
+    async def adk_session(request: Request) -> Response:
+        app = _required(request, "app")
+        user = _required(request, "user")
+        session_id = _required(request, "session")
+        summary = await browse.adk_session(engine, app=app, user=user, session_id=session_id)
+        if summary is None:
+            raise NotFoundError(f"no ADK session {session_id!r} of user {user!r} in {app!r}")
+        after, before = _window(request, summary["events"])
+        events = await browse.adk_events_page(
+            engine,
+            app=app,
+            user=user,
+            session_id=session_id,
+            after=after,
+            before=before,
+            limit=PAGE,
+        )
+        return page(
+            "adk_session.html",
+            title=session_id,
+            app=app,
+            user=user,
+            session_id=session_id,
+            summary=summary,
+            events=events,
+            pages=_pager(events, summary["events"], "position"),
+            target=_int(request, "at"),
+        )
+
     routes = [
         Route("/", handler(projects)),
         Route("/sessions", handler(sessions)),
@@ -328,6 +389,9 @@ def create_app(
         Route("/thread", handler(thread)),
         Route("/search", handler(search)),
         Route("/stats", handler(stats)),
+        Route("/adk", handler(adk_apps)),
+        Route("/adk/sessions", handler(adk_sessions)),
+        Route("/adk/session", handler(adk_session)),
         Mount("/static", StaticFiles(directory=_HERE / "static"), name="static"),
     ]
 
@@ -455,6 +519,13 @@ def _pretty(value: Any) -> str:
         return orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
     except TypeError:
         return repr(value)
+
+
+def _adk_parts(event: Any) -> list[dict[str, Any]]:
+    """The parts of an ADK event's content (text, function calls and responses), or []."""
+    content = event.get("content") if isinstance(event, dict) else None
+    parts = content.get("parts") if isinstance(content, dict) else None
+    return [p for p in parts if isinstance(p, dict)] if isinstance(parts, list) else []
 
 
 def _image_src(block: dict[str, Any]) -> str | None:
