@@ -961,6 +961,11 @@ def ui(
         _fail(
             f"the viewer needs the ui extra ({exc.name} is missing): pip install 'convostore[ui]'"
         )
+    if token is not None and not server.TOKEN.fullmatch(token):
+        raise typer.BadParameter(
+            "16 to 256 letters, digits, '-' or '_' (it goes into a URL and a cookie)",
+            param_hint="--token",
+        )
     if host is not None and token is None:
         token = server.new_token()
     listen = host or "127.0.0.1"

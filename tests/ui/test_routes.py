@@ -196,15 +196,21 @@ def test_security_headers_methods_and_hosts(client: TestClient) -> None:
 
 
 def test_token(seeded: URL) -> None:
-    with viewer(seeded, token="s3cr3t-token") as client:
+    with viewer(seeded, token="s3cr3t-token-0123") as client:
         assert client.get("/").status_code == 401
         assert client.get("/?token=wrong").status_code == 401
-        signed = client.get("/sessions?token=s3cr3t-token&project=/x", follow_redirects=False)
+        signed = client.get("/sessions?token=s3cr3t-token-0123&project=/x", follow_redirects=False)
         assert signed.status_code == 303
         assert signed.headers["location"] == "/sessions?project=%2Fx"
-        assert f"{COOKIE}=s3cr3t-token" in signed.headers["set-cookie"]
+        assert f"{COOKIE}=s3cr3t-token-0123" in signed.headers["set-cookie"]
         assert "HttpOnly" in signed.headers["set-cookie"]
         assert client.get("/").status_code == 200  # the cookie now
+        elsewhere = client.get(
+            "http://testserver//attacker.example/?token=s3cr3t-token-0123", follow_redirects=False
+        )
+        assert elsewhere.headers["location"] == "/attacker.example/"
+    with pytest.raises(ValueError, match="token"):
+        viewer(seeded, token="short; Path=/")
 
 
 def test_pages_of_a_long_session(db_url: URL) -> None:

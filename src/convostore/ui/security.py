@@ -7,6 +7,7 @@ through it.
 from __future__ import annotations
 
 import hmac
+import re
 import secrets
 from collections.abc import Iterable
 from http.cookies import SimpleCookie
@@ -15,7 +16,14 @@ from urllib.parse import parse_qsl, urlencode
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["CONTENT_SECURITY_POLICY", "COOKIE", "LOOPBACK_HOSTS", "Guard", "new_token"]
+__all__ = [
+    "CONTENT_SECURITY_POLICY",
+    "COOKIE",
+    "LOOPBACK_HOSTS",
+    "TOKEN",
+    "Guard",
+    "new_token",
+]
 
 LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "localhost", "[::1]", "::1"})
 
@@ -27,6 +35,9 @@ CONTENT_SECURITY_POLICY: Final = (
 ``data:`` URLs), forms only to the viewer, and no framing."""
 
 COOKIE: Final = "convostore_ui_token"
+
+TOKEN: Final = re.compile(r"[A-Za-z0-9_-]{16,256}")
+"""What a token may be: it travels in a URL and a cookie as it is."""
 
 _HEADERS: Final = [
     (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
@@ -58,6 +69,8 @@ class Guard:
     ) -> None:
         if hosts is None and token is None:
             raise ValueError("a viewer that accepts any Host header needs a token")
+        if token is not None and not TOKEN.fullmatch(token):
+            raise ValueError("a token is 16 to 256 letters, digits, '-' or '_'")
         self.app = app
         self.hosts = None if hosts is None else frozenset(h.lower() for h in hosts)
         self.token = token
@@ -78,7 +91,8 @@ class Guard:
             given = next((v for k, v in query if k == "token"), None)
             if given is not None and _same(given, self.token):
                 rest = urlencode([(k, v) for k, v in query if k != "token"])
-                where = scope["path"] + (f"?{rest}" if rest else "")
+                # One leading slash: "//host/..." would send the browser to another site.
+                where = "/" + scope["path"].lstrip("/") + (f"?{rest}" if rest else "")
                 cookie = f"{COOKIE}={self.token}; Path=/; HttpOnly; SameSite=Strict"
                 await _plain(
                     send,

@@ -11,9 +11,9 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore.ui.app import create_app
-from convostore.ui.security import LOOPBACK_HOSTS, new_token
+from convostore.ui.security import LOOPBACK_HOSTS, TOKEN, new_token
 
-__all__ = ["new_token", "read_only", "serve"]
+__all__ = ["TOKEN", "new_token", "read_only", "serve"]
 
 _ANY_ADDRESS = frozenset({"0.0.0.0", "::", ""})
 _READ_ONLY = {
