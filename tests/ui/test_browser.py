@@ -9,22 +9,17 @@ time.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
 import pytest
-from sqlalchemy import URL
 
-from convostore import migrate
 from convostore.encryption import KEYS_ENV, Keyring
 from tests.backends.encrypted import K1
-from tests.conftest import in_ci, run_sync
-from tests.ui.seed import OTHER_PROJECT, PROJECT, SESSION, XSS, long_session, seed
+from tests.conftest import in_ci
+from tests.ui.seed import OTHER_PROJECT, PROJECT, SESSION, XSS
+from tests.ui.viewer import LONG, Viewer, make_database
 
 pytestmark = pytest.mark.sqlite
 
@@ -38,7 +33,6 @@ CHROMIUM_ARGS: Final = [
     "--disable-sync",
     "--no-first-run",
 ]
-LONG: Final = 10_000
 
 
 def _keys_env() -> str:
@@ -75,62 +69,9 @@ def page(browser: Any) -> Iterator[Any]:
         context.close()
 
 
-def _database(path: Path, *, keyring: Keyring | None = None, long: bool = False) -> URL:
-    url = URL.create("sqlite+aiosqlite", database=str(path))
-    run_sync(migrate.upgrade(url))
-    run_sync(seed(url, keyring=keyring))
-    if long:
-        run_sync(long_session(url, LONG))
-    return url
-
-
-class Viewer:
-    """``convostore ui`` on a free port, until the test ends."""
-
-    def __init__(
-        self, url: URL, *, env: dict[str, str] | None = None, options: tuple[str, ...] = ()
-    ) -> None:
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("CONVOSTORE_ENCRYPTION")}
-        environ.update(env or {}, PYTHONUNBUFFERED="1")
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "convostore.cli",
-                "ui",
-                "--url",
-                url.render_as_string(hide_password=False),
-                "--port",
-                "0",
-                *options,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=environ,
-        )
-        assert self.process.stdout is not None
-        printed = []
-        # The command prints the URL once it listens: wait for that line.
-        for line in self.process.stdout:
-            printed.append(line)
-            if line.startswith("convostore ui: "):
-                self.base = line.split()[2].rstrip("/")
-                break
-        else:
-            raise AssertionError(f"convostore ui did not start: {''.join(printed)}")
-        self.printed = "".join(printed)
-
-    def close(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=30)
-        assert self.process.stdout is not None
-        self.process.stdout.close()
-
-
 @pytest.fixture(scope="module")
 def viewer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Viewer]:
-    url = _database(tmp_path_factory.mktemp("ui") / "demo.db", long=True)
+    url = make_database(tmp_path_factory.mktemp("ui") / "demo.db", long=True)
     server = Viewer(url)
     try:
         yield server
@@ -196,7 +137,7 @@ def test_an_xss_payload_does_not_run(viewer: Viewer, page: Any) -> None:
 
 
 def test_an_encrypted_store(tmp_path: Path, page: Any) -> None:
-    url = _database(tmp_path / "sealed.db", keyring=Keyring({"k1": K1}, current="k1"))
+    url = make_database(tmp_path / "sealed.db", keyring=Keyring({"k1": K1}, current="k1"))
     path = f"/transcript?project={PROJECT}&session={SESSION}"
     with_key = Viewer(url, env={KEYS_ENV: _keys_env()})
     try:
@@ -212,44 +153,3 @@ def test_an_encrypted_store(tmp_path: Path, page: Any) -> None:
         assert unreadable.first.inner_text() == "encrypted (key k1 not available)"
     finally:
         without.close()
-
-
-def _status(address: str) -> int:
-    try:
-        with urllib.request.urlopen(address, timeout=30) as response:
-            status: int = response.status
-            return status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-
-
-def test_host_needs_a_token_and_one_is_printed(tmp_path: Path) -> None:
-    url = _database(tmp_path / "hosted.db")
-    server = Viewer(url, options=("--host", "127.0.0.1"))
-    try:
-        base, _, token = server.base.partition("/?token=")
-        assert len(token) >= 24
-        assert _status(base + "/") == 401
-        # urllib follows the redirect without the cookie: the page itself then says 401,
-        # which shows the token was taken off the URL.
-        assert _status(f"{base}/stats?token=wrong") == 401
-    finally:
-        server.close()
-
-
-@pytest.mark.parametrize(
-    "backend", [pytest.param("postgresql", marks=pytest.mark.postgresql)], indirect=True
-)
-def test_the_password_is_never_printed(db_url: URL) -> None:
-    # The local server trusts 127.0.0.1, so any password connects.
-    url = db_url.set(password="pw-Zq81x")
-    run_sync(seed(url))
-    server = Viewer(url)
-    try:
-        with urllib.request.urlopen(server.base + "/", timeout=30) as response:
-            page = response.read().decode()
-        assert "pw-Zq81x" not in page
-        assert "***" in server.printed
-    finally:
-        server.close()
-    assert "pw-Zq81x" not in server.printed
