@@ -22,7 +22,6 @@ from convostore import ContextMessage, SQLAlchemyContextStore, SQLAlchemyDatabas
 PROJECT = "/home/ana/weather-bot"
 CHROMIUM = os.environ.get("CONVOSTORE_CHROMIUM", "/usr/bin/chromium")
 PAGES = {
-    "projects": "/",
     "sessions": f"/sessions?project={PROJECT}",
     "transcript": f"/transcript?project={PROJECT}&session=oslo-trip",
     "search": f"/search?project={PROJECT}&q=umbrella",
