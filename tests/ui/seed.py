@@ -28,6 +28,10 @@ XSS: Final = (
     '<a href="javascript:window.__pwned = 3" id="evil">click</a> " onmouseover="x" \''
 )
 """Message text that would run script if any of it reached the page unescaped."""
+HOSTILE_PROJECT: Final = '/h"><img src=x onerror="window.__pwned = 4">'
+HOSTILE_SESSION: Final = "s'><b onmouseover='window.__pwned = 5'>"
+HOSTILE_USER: Final = '"><script>window.__pwned = 6</script>'
+"""Ids are any text too: these go into links, attributes and headings."""
 # A 1x1 PNG, as an image block carries it.
 PIXEL: Final = base64.b64encode(
     bytes.fromhex(
@@ -83,7 +87,13 @@ async def _seed(engine: AsyncEngine) -> None:
     await store.fork(at=2)
     other = SQLAlchemyContextStore(engine, project=OTHER_PROJECT, session_id="s-2", migrate=False)
     await other.append(ContextMessage(role="user", content=[{"type": "text", "text": XSS}]))
+    hostile = SQLAlchemyContextStore(
+        engine, project=HOSTILE_PROJECT, session_id=HOSTILE_SESSION, migrate=False
+    )
+    await hostile.append(ContextMessage(role="user", content=[{"type": "text", "text": XSS}]))
     db = SQLAlchemyDatabase(engine=engine, agent_name=AGENT, migrate=False)
+    await db.credit(HOSTILE_USER, 7)
+    await db.add_message(HOSTILE_SESSION, HOSTILE_USER, "user", message=XSS)
     await db.credit("alice", 250)
     await db.set_current_thread_id("alice", "t-1")
     await db.add_message("t-1", "alice", "user", message="pay me for the forecast", content="hi")

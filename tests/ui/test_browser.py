@@ -18,7 +18,16 @@ import pytest
 from convostore.encryption import KEYS_ENV, Keyring
 from tests.backends.encrypted import K1
 from tests.conftest import in_ci
-from tests.ui.seed import OTHER_PROJECT, PROJECT, SESSION, XSS
+from tests.ui.seed import (
+    AGENT,
+    HOSTILE_PROJECT,
+    HOSTILE_SESSION,
+    HOSTILE_USER,
+    OTHER_PROJECT,
+    PROJECT,
+    SESSION,
+    XSS,
+)
 from tests.ui.viewer import LONG, Viewer, make_database
 
 pytestmark = pytest.mark.sqlite
@@ -132,6 +141,19 @@ def test_an_xss_payload_does_not_run(viewer: Viewer, page: Any) -> None:
     assert page.evaluate("typeof window.__pwned") == "undefined"
     assert page.locator("main script, main img[src=x], a#evil").count() == 0
     # The page itself has no script, so the CSP (script blocked) has nothing to refuse.
+    assert page.evaluate("document.scripts.length") == 0
+    assert violations == []
+    # Ids are shown too: a project, session and user named like markup.
+    page.goto(viewer.base + "/")
+    page.get_by_role("link", name=HOSTILE_PROJECT, exact=True).click()
+    page.locator("table.sessions td:first-child a").first.click()
+    page.wait_for_url("**/transcript?*")
+    assert page.locator("h1").inner_text() == f"Session {HOSTILE_SESSION}"
+    page.locator("article .text").first.hover()
+    page.goto(viewer.base + f"/users?agent={AGENT}")
+    page.get_by_role("link", name=HOSTILE_USER, exact=True).click()
+    page.wait_for_url("**/threads?*")
+    assert page.evaluate("typeof window.__pwned") == "undefined"
     assert page.evaluate("document.scripts.length") == 0
     assert violations == []
 

@@ -12,6 +12,7 @@ import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
 from sqlalchemy import URL, text
@@ -31,6 +32,9 @@ from tests.conftest import run_sync
 from tests.ui.seed import (
     ADK_APP,
     AGENT,
+    HOSTILE_PROJECT,
+    HOSTILE_SESSION,
+    HOSTILE_USER,
     OTHER_PROJECT,
     PROJECT,
     SESSION,
@@ -56,6 +60,10 @@ ALL_PAGES = (
     f"/adk/sessions?app={ADK_APP}",
     f"/adk/session?app={ADK_APP}&user=u-1&session=adk-1",
     f"/message.json?project={PROJECT}&session={SESSION}&position=3",
+    "/sessions?" + urlencode({"project": HOSTILE_PROJECT}),
+    "/transcript?" + urlencode({"project": HOSTILE_PROJECT, "session": HOSTILE_SESSION}),
+    "/threads?" + urlencode({"agent": AGENT, "user": HOSTILE_USER}),
+    "/thread?" + urlencode({"agent": AGENT, "thread": HOSTILE_SESSION}),
 )
 
 
@@ -177,6 +185,8 @@ def test_every_stored_string_is_escaped(client: TestClient) -> None:
         # As markup, not as text: the escaped forms (&lt;script, onerror=&#34;) are fine.
         for markup in ("<script", "<img src=x", 'onerror="', 'href="javascript:', 'onmouseover="'):
             assert markup not in body, (path, markup)
+    for path in ALL_PAGES[-4:]:
+        assert get(client, path).count("window.__pwned") >= 1, path  # shown, as text
     page = get(client, f"/transcript?project={OTHER_PROJECT}&session=s-2")
     assert "&lt;script&gt;window.__pwned = 1&lt;/script&gt;" in page
 
