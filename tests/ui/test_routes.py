@@ -129,6 +129,9 @@ def test_raw_json_of_a_message(client: TestClient) -> None:
     }
     missing = client.get(f"/message.json?project={PROJECT}&session={SESSION}&position=99")
     assert missing.status_code == 404
+    assert client.get("/sessions?project=" + "x" * 5000).status_code == 400
+    assert client.get("/transcript?project=x").status_code == 400  # no session
+    assert client.get(f"/transcript?project={PROJECT}&session=nope").status_code == 404
 
 
 def test_agent_database(client: TestClient) -> None:
@@ -263,6 +266,19 @@ def test_missing_key_shows_in_place(db_url: URL) -> None:
         page = get(client, f"/transcript?project={PROJECT}&session={SESSION}")
         assert "not available" not in page
         assert "4 °C, light rain" in page
+
+
+def test_sealed_message_text_shows_in_place(db_url: URL) -> None:
+    # clear_text=False: the agent messages' text is sealed too, previews are not stored.
+    run_sync(seed(db_url, keyring=Keyring({"k1": K1}, current="k1", clear_text=False)))
+    with viewer(db_url) as client:
+        thread = get(client, f"/thread?agent={AGENT}&thread=t-1")
+        # Two messages, each with its text, content and two extras sealed.
+        assert thread.count("encrypted (key k1 not available)") == 8
+        assert "pay me for the forecast" not in thread
+        assert "What is the weather" not in get(client, f"/sessions?project={PROJECT}")
+    with viewer(db_url, keyring=Keyring({"k1": K1}, current=None)) as client:
+        assert "pay me for the forecast" in get(client, f"/thread?agent={AGENT}&thread=t-1")
 
 
 def test_the_engine_refuses_writes(seeded: URL) -> None:

@@ -29,7 +29,7 @@ from starlette.staticfiles import StaticFiles
 from convostore import migrate, transfer
 from convostore.context import SQLAlchemyContextStore
 from convostore.database import SQLAlchemyDatabase
-from convostore.errors import ConvostoreError, EncryptionError, NotFoundError
+from convostore.errors import ConvostoreError, EncryptionError, NotFoundError, ValidationError
 from convostore.models import (
     ContextSearchHit,
     Message,
@@ -92,6 +92,9 @@ def create_app(
             except NotFoundError as exc:
                 response = page("error.html", title="Not found", message=str(exc))
                 response.status_code = 404
+            except ValidationError as exc:  # an id or a cursor no database could hold
+                response = page("error.html", title="Bad request", message=str(exc))
+                response.status_code = 400
             except ConvostoreError as exc:
                 response = page("error.html", title="Cannot show this", message=str(exc))
                 response.status_code = 500
