@@ -184,10 +184,10 @@ async def _distinct(executor: Executor, column: Any, after: str | None, limit: i
     # DISTINCT would read them all).
     found: list[str] = []
     while len(found) < limit:
-        stmt = select(func.min(column))
-        if after is not None:
-            stmt = stmt.where(column > after)
-        after = (await executor.execute(stmt)).scalar()
+        # The first seek from "" (the smallest key, and the default agent's name), so
+        # every seek is an index range, as the query-plan tests check.
+        bound = column >= "" if after is None else column > after
+        after = (await executor.execute(select(func.min(column)).where(bound))).scalar()
         if after is None:
             break
         found.append(after)
