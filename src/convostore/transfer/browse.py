@@ -53,6 +53,8 @@ __all__ = [
     "adk_events_page",
     "adk_session",
     "context_page",
+    "decode_payload",
+    "decode_text",
     "list_adk_apps",
     "list_adk_sessions",
     "list_agents",
