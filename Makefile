@@ -135,9 +135,10 @@ format: venv
 docs: venv
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
+# bench/ui.py: the viewer's server time (convostore ui) on SQLite at 100,000 sessions and
+# a 100,000-message session.
 bench: venv venv312
 	$(BIN312)/python bench/bench.py $(BENCH_ARGS)
-	# The viewer's server time (convostore ui) on SQLite at 100,000 sessions and messages.
 	$(BIN)/python bench/ui.py
 
 clean:
