@@ -18,14 +18,14 @@ PEERS ?= .peers
 PEER_SDISTS := axio-context-sqlite==0.12.2 agentstr-sdk==0.6.15
 PEERS_STAMP := $(PEERS)/.downloaded
 
-.PHONY: venv venv312 peers demo test pytest pytest312 compat unit contract lint format bench docs clean scale-servers
+.PHONY: venv venv312 peers demo test pytest pytest312 compat unit contract lint format bench docs clean scale-servers browser ui-screenshots
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,docs,postgresql,mysql,encryption]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,docs,postgresql,mysql,encryption,ui]'
 	touch $(STAMP)
 
 venv312: $(STAMP312)
@@ -97,6 +97,21 @@ scale-servers:
 		echo 'host replication all 127.0.0.1/32 trust' >> $(PG_HBA) && \
 		psql -h 127.0.0.1 -U postgres -Atqc 'SELECT pg_reload_conf()'; }
 
+# The browser the viewer's end-to-end tests drive (tests/ui/test_browser.py): Debian's
+# chromium, through Playwright with executable_path (Playwright's own download is never
+# used). Run as root by .ci/run; skipped when already installed.
+CHROMIUM ?= /usr/bin/chromium
+
+browser:
+	test -x $(CHROMIUM) || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+# The screenshots of docs/ui.md, taken in chromium from the demo database of
+# examples/ui_demo.py (written to a scratch file, then removed).
+ui-screenshots: venv browser
+	$(BIN)/python examples/ui_demo.py .ui-demo.db --screenshots docs/images/ui
+	rm -f .ui-demo.db .ui-demo.db-wal .ui-demo.db-shm
+
 # Quick loops while developing, on .venv alone (no Python 3.12 environment): the unit
 # tests, and the contract suites on the backends named by DB (e.g. DB=sqlite,postgresql).
 DB ?= memory,sqlite
@@ -120,8 +135,11 @@ format: venv
 docs: venv
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
-bench: venv312
+# bench/ui.py: the viewer's server time (convostore ui) on SQLite at 100,000 sessions and
+# a 100,000-message session.
+bench: venv venv312
 	$(BIN312)/python bench/bench.py $(BENCH_ARGS)
+	$(BIN)/python bench/ui.py
 
 clean:
 	rm -rf $(VENV) $(VENV312) $(VENV_SA20) dist build site .mypy_cache .ruff_cache .pytest_cache convostore.db*

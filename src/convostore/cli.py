@@ -931,6 +931,63 @@ def stats(url: UrlOption = None, json: JsonOption = False) -> None:
     )
 
 
+# --- ui -------------------------------------------------------------------------------------
+
+
+@app.command("ui")
+def ui(
+    url: UrlOption = None,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: any free port).")] = 8765,
+    host: Annotated[
+        str | None,
+        typer.Option(
+            help="Listen on this address instead of 127.0.0.1 (requires a token: --token, "
+            "or one is generated and printed).",
+            show_default=False,
+        ),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(help="Require this token on every request.", show_default=False),
+    ] = None,
+    open_browser: Annotated[
+        bool, typer.Option("--open", help="Open the viewer in the default browser.")
+    ] = False,
+) -> None:
+    """Browse the database in a local, read-only web viewer (needs convostore[ui])."""
+    try:
+        from convostore.ui import server
+    except ImportError as exc:
+        _fail(
+            f"the viewer needs the ui extra ({exc.name} is missing): pip install 'convostore[ui]'"
+        )
+    if token is not None and not server.TOKEN.fullmatch(token):
+        raise typer.BadParameter(
+            "16 to 256 letters, digits, '-' or '_' (it goes into a URL and a cookie)",
+            param_hint="--token",
+        )
+    if host is not None and token is None:
+        token = server.new_token()
+    listen = host or "127.0.0.1"
+
+    def announce(address: str) -> None:
+        _out().print(f"convostore ui: {address}  (read-only; Ctrl+C to stop)")
+
+    async def work() -> None:
+        async with _database(url, write=False) as engine:
+            _out().print(f"database: {redact(engine.url)}")
+            await server.serve(
+                server.read_only(engine),
+                host=listen,
+                port=port,
+                token=token,
+                open_browser=open_browser,
+                announce=announce,
+            )
+
+    _run(work())
+
+
 # --- rotate-keys ----------------------------------------------------------------------------
 
 

@@ -1,0 +1,567 @@
+"""Keyset-paged reads for browsing a database (what ``convostore ui`` shows).
+
+Every function reads one page in one transaction, bounded by a key range of an index whose
+leading columns are the scope (agent, project, session or thread), so a page costs the same
+on the first page as on the thousandth. Message payloads are decoded value by value: one
+encrypted under a key the engine does not have comes back as :class:`Unreadable` instead
+of failing the page, so a viewer can show the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from sqlalchemy import (
+    LargeBinary,
+    Row,
+    Select,
+    Table,
+    Text,
+    func,
+    literal,
+    select,
+    tuple_,
+    type_coerce,
+)
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from convostore import codec, encryption
+from convostore.dialects import Executor
+from convostore.errors import DecryptionError, EncryptionError, SerializationError
+from convostore.repositories import NO_PREVIEW
+from convostore.tables import (
+    AdkAppStateRecord,
+    AdkEventRecord,
+    AdkSessionRecord,
+    AdkUserStateRecord,
+)
+from convostore.transactions import TransactionRunner
+from convostore.transfer._format import CONTEXT_MESSAGES, MESSAGES, SESSIONS, THREADS, USERS
+
+__all__ = [
+    "AdkSessionRow",
+    "AgentRow",
+    "BrowsedAdkEvent",
+    "BrowsedContextMessage",
+    "BrowsedMessage",
+    "ProjectRow",
+    "Unreadable",
+    "UserRow",
+    "adk_events_page",
+    "adk_session",
+    "context_page",
+    "decode_payload",
+    "decode_text",
+    "list_adk_apps",
+    "list_adk_sessions",
+    "list_agents",
+    "list_projects",
+    "list_users",
+    "search_pending",
+    "session_summary",
+    "thread_page",
+    "thread_summary",
+]
+
+MAX_PAGE: Final = 1000
+"""The largest page any function here reads."""
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A stored value that cannot be shown: encrypted under a key the engine does not have,
+    failing authentication, or corrupt."""
+
+    key_id: str | None
+    reason: str
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+@dataclass(frozen=True)
+class ProjectRow:
+    """A project of the context store and when its latest session started."""
+
+    project: str
+    last_started: datetime | None
+
+
+@dataclass(frozen=True)
+class AgentRow:
+    """An agent of the agent database (``""``: the default agent)."""
+
+    agent: str
+
+
+@dataclass(frozen=True)
+class UserRow:
+    """A user of one agent: balance and current thread."""
+
+    user_id: str
+    available_balance: int
+    current_thread_id: str | None
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class BrowsedContextMessage:
+    """A context-store message as stored, its content possibly :class:`Unreadable`."""
+
+    position: int
+    role: str
+    content: list[dict[str, Any]] | Unreadable
+    created_at: datetime
+    client_id: str | None
+
+
+@dataclass(frozen=True)
+class BrowsedMessage:
+    """An agent-database message as stored; text and payloads possibly :class:`Unreadable`."""
+
+    idx: int
+    user_id: str
+    role: str
+    kind: str
+    message: str | Unreadable
+    content: Any
+    satoshis: int | None
+    extra_inputs: Any
+    extra_outputs: Any
+    created_at: datetime
+
+
+def decode_payload(data: bytes | None, keyring: encryption.Keyring | None) -> Any:
+    """A stored payload's JSON value, or :class:`Unreadable` (never raises)."""
+    if data is None:
+        return None
+    raw = bytes(data)
+    try:
+        return codec.decode(encryption.open_payload(raw, keyring))
+    except EncryptionError as exc:
+        return _unreadable(raw, exc)
+    except SerializationError:
+        return Unreadable(None, "corrupt stored value")
+
+
+def decode_text(value: str | None, keyring: encryption.Keyring | None) -> str | Unreadable:
+    """A sealable text column's text (``""`` for ``NULL``), or :class:`Unreadable`."""
+    if value is None:
+        return ""
+    try:
+        return encryption.open_text(value, keyring)
+    except EncryptionError as exc:
+        sealed = encryption.sealed_text_bytes(value)
+        return _unreadable(sealed or b"", exc)
+
+
+def _unreadable(data: bytes, exc: EncryptionError) -> Unreadable:
+    try:
+        key_id = encryption.key_id_of(data)
+    except SerializationError:
+        key_id = None
+    if isinstance(exc, DecryptionError) or key_id is None:
+        return Unreadable(key_id, "encrypted (failed authentication)")
+    return Unreadable(key_id, f"encrypted (key {key_id} not available)")
+
+
+def _check_limit(limit: int) -> int:
+    return max(1, min(int(limit), MAX_PAGE))
+
+
+async def _fetch(engine: AsyncEngine, stmt: Select[Any]) -> Sequence[Row[Any]]:
+    async def work(executor: Executor) -> Sequence[Row[Any]]:
+        rows: Sequence[Row[Any]] = (await executor.execute(stmt)).all()
+        return rows
+
+    return await TransactionRunner(engine).run(work, read=True)
+
+
+async def _distinct(executor: Executor, column: Any, after: str | None, limit: int) -> list[str]:
+    # A loose index scan: each value is one seek for the smallest key after the last one,
+    # so a page costs `limit` seeks however many rows each value has (a GROUP BY or
+    # DISTINCT would read them all).
+    found: list[str] = []
+    while len(found) < limit:
+        # The first seek from "" (the smallest key, and the default agent's name), so
+        # every seek is an index range, as the query-plan tests check.
+        bound = column >= "" if after is None else column > after
+        after = (await executor.execute(select(func.min(column)).where(bound))).scalar()
+        if after is None:
+            break
+        found.append(after)
+    return found
+
+
+async def list_projects(
+    engine: AsyncEngine, *, after: str | None = None, limit: int = 50
+) -> list[ProjectRow]:
+    """Projects of the context store by name; ``after``: the last of the previous page.
+
+    One seek of the session table's primary key per project, and one of the
+    (project, created_at) index for when its latest session started.
+    """
+    s = SESSIONS.c
+
+    async def work(executor: Executor) -> list[ProjectRow]:
+        rows = []
+        for project in await _distinct(executor, s.project, after, _check_limit(limit)):
+            latest = select(func.max(s.created_at)).where(s.project == project)
+            rows.append(
+                ProjectRow(project, _as_datetime((await executor.execute(latest)).scalar()))
+            )
+        return rows
+
+    return await TransactionRunner(engine).run(work, read=True)
+
+
+def _as_datetime(value: Any) -> datetime | None:
+    # An aggregate bypasses the column's type: read the value back through it.
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    assert isinstance(value, datetime)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+async def list_agents(
+    engine: AsyncEngine, *, after: str | None = None, limit: int = 50
+) -> list[AgentRow]:
+    """Agents with threads or users, by name (``""``: the default agent), as
+    :func:`list_projects` pages (seeks of the threads' and users' primary keys)."""
+
+    async def work(executor: Executor) -> list[AgentRow]:
+        limit_ = _check_limit(limit)
+        names = set(await _distinct(executor, THREADS.c.agent_name, after, limit_))
+        names.update(await _distinct(executor, USERS.c.agent_name, after, limit_))
+        return [AgentRow(name) for name in sorted(names)[:limit_]]
+
+    return await TransactionRunner(engine).run(work, read=True)
+
+
+async def list_users(
+    engine: AsyncEngine, *, agent: str, after: str | None = None, limit: int = 50
+) -> list[UserRow]:
+    """Users of ``agent`` by id (its primary key); ``after``: the last id of a page."""
+    u = USERS.c
+    stmt = select(u.user_id, u.available_balance, u.current_thread_id, u.updated_at).where(
+        u.agent_name == agent
+    )
+    if after is not None:
+        stmt = stmt.where(u.user_id > after)
+    stmt = stmt.order_by(u.user_id).limit(_check_limit(limit))
+    return [
+        UserRow(r.user_id, r.available_balance, r.current_thread_id, r.updated_at)
+        for r in await _fetch(engine, stmt)
+    ]
+
+
+async def session_summary(
+    engine: AsyncEngine, *, project: str, session_id: str
+) -> dict[str, Any] | None:
+    """A session's row (counts, tokens, times, fork parent), or ``None`` if there is none."""
+    s = SESSIONS.c
+    stmt = select(
+        s.next_position,
+        s.preview,
+        s.input_tokens,
+        s.output_tokens,
+        s.created_at,
+        s.updated_at,
+        s.parent_session_id,
+        s.forked_at,
+    ).where(s.project == project, s.session_id == session_id)
+    rows = await _fetch(engine, stmt)
+    if not rows:
+        return None
+    row = rows[0]
+    return {
+        "message_count": row.next_position,
+        "preview": NO_PREVIEW if row.preview is None else row.preview,
+        "input_tokens": row.input_tokens,
+        "output_tokens": row.output_tokens,
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+        "parent_session_id": row.parent_session_id,
+        "forked_at": row.forked_at,
+    }
+
+
+async def thread_summary(
+    engine: AsyncEngine, *, agent: str, thread_id: str
+) -> dict[str, Any] | None:
+    """A thread's row (message count, first user, times), or ``None`` if there is none."""
+    t = THREADS.c
+    stmt = select(t.next_idx, t.user_id, t.created_at, t.updated_at).where(
+        t.agent_name == agent, t.thread_id == thread_id
+    )
+    rows = await _fetch(engine, stmt)
+    if not rows:
+        return None
+    row = rows[0]
+    return {
+        "message_count": row.next_idx,
+        "user_id": row.user_id,
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+    }
+
+
+async def context_page(
+    engine: AsyncEngine,
+    *,
+    project: str,
+    session_id: str,
+    after: int | None = None,
+    before: int | None = None,
+    limit: int = 50,
+) -> list[BrowsedContextMessage]:
+    """One page of a session's messages in position order.
+
+    ``after`` / ``before`` are exclusive position bounds; with ``before`` (and no
+    ``after``) the page is the ``limit`` messages just before it, so paging back costs what
+    paging forward does. Reads the primary key (project, session_id, position).
+    """
+    m = CONTEXT_MESSAGES.c
+    stmt = select(
+        m.position,
+        m.role,
+        type_coerce(m.content, LargeBinary).label("content"),
+        m.created_at,
+        m.client_id,
+    ).where(m.project == project, m.session_id == session_id)
+    if after is not None:
+        stmt = stmt.where(m.position > after)
+    if before is not None:
+        stmt = stmt.where(m.position < before)
+    backwards = before is not None and after is None
+    stmt = stmt.order_by(m.position.desc() if backwards else m.position)
+    rows = list(await _fetch(engine, stmt.limit(_check_limit(limit))))
+    if backwards:
+        rows.reverse()
+    keyring = encryption.keyring_of(engine)
+    return [
+        BrowsedContextMessage(
+            position=r.position,
+            role=r.role,
+            content=_blocks(decode_payload(r.content, keyring)),
+            created_at=r.created_at,
+            client_id=r.client_id,
+        )
+        for r in rows
+    ]
+
+
+def _blocks(value: Any) -> list[dict[str, Any]] | Unreadable:
+    if isinstance(value, Unreadable):
+        return value
+    if not isinstance(value, list):
+        return []
+    return [b if isinstance(b, dict) else {"type": "json", "value": b} for b in value]
+
+
+async def thread_page(
+    engine: AsyncEngine,
+    *,
+    agent: str,
+    thread_id: str,
+    after: int | None = None,
+    before: int | None = None,
+    limit: int = 50,
+) -> list[BrowsedMessage]:
+    """One page of a thread's messages (every user's) in ``idx`` order, as
+    :func:`context_page` pages (primary key: agent_name, thread_id, idx)."""
+    m = MESSAGES.c
+    stmt = select(
+        m.idx,
+        m.user_id,
+        m.role,
+        m.kind,
+        type_coerce(m.message, Text).label("message"),
+        type_coerce(m.content, LargeBinary).label("content"),
+        m.satoshis,
+        type_coerce(m.extra_inputs, LargeBinary).label("extra_inputs"),
+        type_coerce(m.extra_outputs, LargeBinary).label("extra_outputs"),
+        m.created_at,
+    ).where(m.agent_name == agent, m.thread_id == thread_id)
+    if after is not None:
+        stmt = stmt.where(m.idx > after)
+    if before is not None:
+        stmt = stmt.where(m.idx < before)
+    backwards = before is not None and after is None
+    stmt = stmt.order_by(m.idx.desc() if backwards else m.idx)
+    rows = list(await _fetch(engine, stmt.limit(_check_limit(limit))))
+    if backwards:
+        rows.reverse()
+    keyring = encryption.keyring_of(engine)
+    return [
+        BrowsedMessage(
+            idx=r.idx,
+            user_id=r.user_id,
+            role=r.role,
+            kind=r.kind,
+            message=decode_text(r.message, keyring),
+            content=decode_payload(r.content, keyring),
+            satoshis=r.satoshis,
+            extra_inputs=decode_payload(r.extra_inputs, keyring),
+            extra_outputs=decode_payload(r.extra_outputs, keyring),
+            created_at=r.created_at,
+        )
+        for r in rows
+    ]
+
+
+async def search_pending(engine: AsyncEngine) -> dict[str, int]:
+    """Messages not in the search index yet (``search_text`` NULL), per table: what
+    ``convostore search --backfill`` would index."""
+    pending: dict[str, int] = {}
+    for table in (CONTEXT_MESSAGES, MESSAGES):
+        stmt = select(func.count()).select_from(table).where(table.c.search_text.is_(None))
+        pending[str(table.name)] = int((await _fetch(engine, stmt))[0][0])
+    return pending
+
+
+# --- Google ADK sessions (convostore.integrations.adk) -------------------------------------
+
+_ADK_SESSIONS: Table = AdkSessionRecord.__table__  # type: ignore[assignment]
+_ADK_EVENTS: Table = AdkEventRecord.__table__  # type: ignore[assignment]
+_ADK_APP_STATES: Table = AdkAppStateRecord.__table__  # type: ignore[assignment]
+_ADK_USER_STATES: Table = AdkUserStateRecord.__table__  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class AdkSessionRow:
+    """An ADK session in a listing: its key, event count and times."""
+
+    user_id: str
+    session_id: str
+    events: int
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class BrowsedAdkEvent:
+    """An ADK event as stored (the JSON ADK dumped), possibly :class:`Unreadable`."""
+
+    position: int
+    event_id: str
+    timestamp: datetime
+    event: Any
+
+
+async def list_adk_apps(
+    engine: AsyncEngine, *, after: str | None = None, limit: int = 50
+) -> list[str]:
+    """ADK app names with sessions, by name (one primary-key seek each)."""
+
+    async def work(executor: Executor) -> list[str]:
+        return await _distinct(executor, _ADK_SESSIONS.c.app_name, after, _check_limit(limit))
+
+    return await TransactionRunner(engine).run(work, read=True)
+
+
+async def list_adk_sessions(
+    engine: AsyncEngine,
+    *,
+    app: str,
+    before: tuple[datetime, str, str] | None = None,
+    limit: int = 50,
+) -> list[AdkSessionRow]:
+    """An app's sessions, latest activity first; ``before``: the (updated_at, user_id,
+    session_id) of the last session of the previous page. Reads the
+    (app_name, updated_at, user_id, session_id) index."""
+    c = _ADK_SESSIONS.c
+    stmt = select(c.user_id, c.session_id, c.next_position, c.created_at, c.updated_at).where(
+        c.app_name == app
+    )
+    if before is not None:
+        at = literal(before[0], c.updated_at.type)
+        # The redundant first bound lets every backend use it as the index range.
+        stmt = stmt.where(
+            c.updated_at <= at,
+            tuple_(c.updated_at, c.user_id, c.session_id) < tuple_(at, before[1], before[2]),
+        )
+    stmt = stmt.order_by(c.updated_at.desc(), c.user_id.desc(), c.session_id.desc())
+    rows = await _fetch(engine, stmt.limit(_check_limit(limit)))
+    return [
+        AdkSessionRow(r.user_id, r.session_id, r.next_position, r.created_at, r.updated_at)
+        for r in rows
+    ]
+
+
+async def adk_session(
+    engine: AsyncEngine, *, app: str, user: str, session_id: str
+) -> dict[str, Any] | None:
+    """An ADK session's row and the three state scopes (session, ``user:``, ``app:``),
+    each possibly :class:`Unreadable`; ``None`` if there is no such session."""
+    s, u, a = _ADK_SESSIONS.c, _ADK_USER_STATES.c, _ADK_APP_STATES.c
+    raw = LargeBinary
+
+    async def work(executor: Executor) -> dict[str, Any] | None:
+        row = (
+            await executor.execute(
+                select(
+                    type_coerce(s.state, raw).label("state"),
+                    s.next_position,
+                    s.created_at,
+                    s.updated_at,
+                ).where(s.app_name == app, s.user_id == user, s.session_id == session_id)
+            )
+        ).first()
+        if row is None:
+            return None
+        user_state = (
+            await executor.execute(
+                select(type_coerce(u.state, raw)).where(u.app_name == app, u.user_id == user)
+            )
+        ).scalar()
+        app_state = (
+            await executor.execute(select(type_coerce(a.state, raw)).where(a.app_name == app))
+        ).scalar()
+        keyring = encryption.keyring_of(engine)
+        return {
+            "state": decode_payload(row.state, keyring),
+            "user_state": decode_payload(user_state, keyring),
+            "app_state": decode_payload(app_state, keyring),
+            "events": row.next_position,
+            "created_at": row.created_at,
+            "updated_at": row.updated_at,
+        }
+
+    return await TransactionRunner(engine).run(work, read=True)
+
+
+async def adk_events_page(
+    engine: AsyncEngine,
+    *,
+    app: str,
+    user: str,
+    session_id: str,
+    after: int | None = None,
+    before: int | None = None,
+    limit: int = 50,
+) -> list[BrowsedAdkEvent]:
+    """One page of an ADK session's events in position order, as :func:`context_page`."""
+    e = _ADK_EVENTS.c
+    stmt = select(
+        e.position, e.event_id, e.timestamp, type_coerce(e.event, LargeBinary).label("event")
+    ).where(e.app_name == app, e.user_id == user, e.session_id == session_id)
+    if after is not None:
+        stmt = stmt.where(e.position > after)
+    if before is not None:
+        stmt = stmt.where(e.position < before)
+    backwards = before is not None and after is None
+    stmt = stmt.order_by(e.position.desc() if backwards else e.position)
+    rows = list(await _fetch(engine, stmt.limit(_check_limit(limit))))
+    if backwards:
+        rows.reverse()
+    keyring = encryption.keyring_of(engine)
+    return [
+        BrowsedAdkEvent(r.position, r.event_id, r.timestamp, decode_payload(r.event, keyring))
+        for r in rows
+    ]
