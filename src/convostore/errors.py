@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from sqlalchemy import exc as sa_exc
 
 __all__ = [
+    "CommitOutcomeUnknown",
     "ConfigurationError",
     "ConflictError",
     "ConvostoreError",
@@ -106,6 +107,17 @@ class DeadlineExceeded(DatabaseError, TimeoutError):  # noqa: N818 - named like 
     waits, retries and their pauses. As with any :class:`DatabaseError`, a write whose
     ``COMMIT`` was in flight when the deadline struck may have been applied. Also a
     ``TimeoutError``, so code that handles timeouts generically catches it.
+    """
+
+
+class CommitOutcomeUnknown(DatabaseError):  # noqa: N818 - says what the caller learns
+    """A write's ``COMMIT`` was sent but its answer never came: it may or may not be stored.
+
+    Raised to every caller of a group-committed write (concurrent ``append`` /
+    ``add_message``, see :mod:`convostore.group_commit`) whose batch lost its connection
+    or hit its deadline during ``COMMIT``. convostore never writes such a batch again (that
+    could store a message twice): read the state back, or retry with a ``client_id`` so a
+    repeat is stored once.
     """
 
 
