@@ -276,17 +276,43 @@ def _drop_closed_asyncpg(
 
 
 def _terminate_at_once(dbapi_connection: DBAPIConnection) -> None:
-    # Close the socket without a word to the server (which then rolls back whatever
-    # transaction was open): asyncpg's terminate(), asyncmy's synchronous close(). On the
-    # loop the connection belongs to, which may be another thread's.
+    # The caller never waits for a dead connection. asyncpg's is closed gracefully in the
+    # background on its own loop (which may be another thread's): its close lets the
+    # CancelRequest asyncpg sent for a statement cut off by a deadline reach the server,
+    # where terminate() would drop it and leave the statement waiting on its lock; it
+    # gives up after _GRACEFUL_CLOSE_S, as SQLAlchemy's does. asyncmy's synchronous close()
+    # just drops the socket (the server's lock-wait timeout is the deadline there).
     driver = dbapi_connection.driver_connection
-    terminate: Callable[[], None] = getattr(driver, "terminate", None) or driver.close
     owner = _loop_of(dbapi_connection)
-    with contextlib.suppress(RuntimeError):  # that loop is closed: so is the socket's use
-        if owner is None or owner is _running_loop():
-            terminate()
-        elif not owner.is_closed():
-            owner.call_soon_threadsafe(terminate)
+    if owner is None or owner.is_closed():
+        with contextlib.suppress(Exception):
+            (getattr(driver, "terminate", None) or driver.close)()
+        return
+    if getattr(driver, "terminate", None) is None:
+        if owner is _running_loop():
+            driver.close()
+        else:
+            with contextlib.suppress(RuntimeError):  # closed meanwhile
+                owner.call_soon_threadsafe(driver.close)
+        return
+
+    async def close() -> None:
+        # On failure (or cancellation at loop shutdown) asyncpg aborts the connection.
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await driver.close(timeout=_GRACEFUL_CLOSE_S)
+
+    if owner is _running_loop():
+        task = owner.create_task(close())
+        _closing.add(task)
+        task.add_done_callback(_closing.discard)
+    else:
+        with contextlib.suppress(RuntimeError):
+            asyncio.run_coroutine_threadsafe(close(), owner)
+
+
+_GRACEFUL_CLOSE_S = 2
+# Background closes in progress (the loop holds tasks only weakly).
+_closing: set[asyncio.Task[None]] = set()
 
 
 def _loop_of(dbapi_connection: DBAPIConnection) -> asyncio.AbstractEventLoop | None:

@@ -70,7 +70,7 @@ from convostore.errors import (
 )
 from convostore.transactions import TransactionRunner
 
-__all__ = ["MAX_BATCH", "GroupCommitter", "committer_for"]
+__all__ = ["MAX_BATCH", "GroupCommitter", "committer_for", "queued"]
 
 P = TypeVar("P")
 
@@ -179,6 +179,11 @@ class GroupCommitter(Generic[P]):
         return await self._runner.run(
             lambda s: self._write_one_in(s, item), autocommit=self._one_autocommit
         )
+
+    @property
+    def queued(self) -> int:
+        """Items waiting for a batch (not yet being written)."""
+        return len(self._queue)
 
     def _start_flushers(self) -> None:
         while self._queue and self._in_flight < self._concurrency:
@@ -343,3 +348,11 @@ def committer_for(
                 TransactionRunner(engine), write_batch, write_one, one_autocommit=one_autocommit
             )
     return committer
+
+
+def queued(engine: AsyncEngine) -> int:
+    """Items waiting for a batch in ``engine``'s committers on the running loop."""
+    with _registry_lock:
+        per_loop = _committers.get(engine)
+        per_kind = None if per_loop is None else per_loop.get(asyncio.get_running_loop())
+        return 0 if per_kind is None else sum(c.queued for c in per_kind.values())
