@@ -121,117 +121,149 @@ async def stored_texts(direct: AsyncEngine, session_id: str) -> list[tuple[int, 
     return [(m.position, m.content[0]["text"]) for m in await store.get_messages()]
 
 
-async def audit_appends(direct: AsyncEngine, calls: list[Call], sessions: list[str]) -> None:
+async def thread_texts(direct: AsyncEngine, thread_id: str) -> list[tuple[int, str]]:
+    db = SQLAlchemyDatabase(engine=direct, agent_name="faults")
+    return [(m.idx, m.message) for m in await db.get_messages(thread_id, "u")]
+
+
+@dataclass
+class Writes:
+    """One group-committed write: the ``i``-th caller writes ``m{i}`` to scope ``i % 4``."""
+
+    write: Callable[[AsyncEngine, int, str], Awaitable[Any]]
+    position: Callable[[Any], int]
+    stored: Callable[[AsyncEngine, str], Awaitable[list[tuple[int, str]]]]
+    table: str
+
+    def scope(self, i: int) -> str:
+        return f"s{i % SCOPES}"
+
+
+async def _append(engine: AsyncEngine, i: int, text_: str) -> Any:
+    store = SQLAlchemyContextStore(engine, session_id=f"s{i % SCOPES}", project=PROJECT)
+    return await store.append(message(text_))
+
+
+async def _add_message(engine: AsyncEngine, i: int, text_: str) -> Any:
+    db = SQLAlchemyDatabase(engine=engine, agent_name="faults")
+    return await db.add_message(f"s{i % SCOPES}", "u", "user", message=text_)
+
+
+SCOPES = 4
+WRITES = {
+    "append": Writes(_append, lambda r: r.position, stored_texts, "context_messages"),
+    "add_message": Writes(_add_message, lambda r: r.idx, thread_texts, "messages"),
+}
+
+
+@pytest.fixture(params=list(WRITES))
+def writes(request: pytest.FixtureRequest) -> Writes:
+    return WRITES[request.param]
+
+
+async def audit(direct: AsyncEngine, writes: Writes, calls: list[Call]) -> None:
     """Each message stored at most once, acknowledged ones exactly once where they were
     told; positions gap-free; every failure typed."""
-    rows = [row for session_id in sessions for row in await stored_texts(direct, session_id)]
+    rows = []
+    for scope in sorted({writes.scope(i) for i in range(len(calls))}):
+        mine = await writes.stored(direct, scope)
+        assert [p for p, _ in mine] == list(range(len(mine))), f"gap in {scope}"
+        rows.extend(mine)
     copies = Counter(text_ for _, text_ in rows)
     assert [t for t, n in copies.items() if n > 1] == [], "stored twice"
-    for session_id in sessions:
-        positions = [p for p, _ in await stored_texts(direct, session_id)]
-        assert positions == list(range(len(positions))), f"gap in {session_id}"
     where = {text_: position for position, text_ in rows}
     for call in calls:
         if call.error is None:
-            assert where.get(call.text) == call.result.position, call.text
+            assert where.get(call.text) == writes.position(call.result), call.text
         else:
             assert isinstance(call.error, DatabaseError), repr(call.error)
 
 
 async def wait_queued(engine: AsyncEngine, count: int) -> None:
-    """Let the event loop run until ``count`` appends wait in the engine's committer."""
+    """Let the event loop run until ``count`` writes wait in the engine's committers."""
     for _ in range(100_000):
         if queued(engine) >= count:
             return
         await asyncio.sleep(0)
-    pytest.fail(f"{count} appends never queued up")
+    pytest.fail(f"{count} writes never queued up")
 
 
 async def batch_under(
-    engine: AsyncEngine, proxy: FaultProxy, arm: Callable[[], Fault]
-) -> tuple[list[Call], list[str], Fault]:
-    """``CALLERS`` concurrent appends: the first alone, the others in one batch, whose
+    engine: AsyncEngine, proxy: FaultProxy, writes: Writes, arm: Callable[[], Fault]
+) -> tuple[list[Call], Fault]:
+    """``CALLERS`` concurrent writes: the first alone, the others in one batch, whose
     statements meet the fault ``arm`` sets up (armed once the lone write is done)."""
-    stores = [
-        SQLAlchemyContextStore(engine, session_id=f"s{i % 4}", project=PROJECT)
-        for i in range(CALLERS)
-    ]
-    await stores[0].append(message("warm-up"))  # the store is ready; a connection is pooled
+    await writes.write(engine, 0, "warm-up")  # the store is ready; a connection is pooled
     proxy.stall()
     tasks = [
-        asyncio.create_task(timed(f"m{i}", store.append(message(f"m{i}"))))
-        for i, store in enumerate(stores)
+        asyncio.create_task(timed(f"m{i}", writes.write(engine, i, f"m{i}")))
+        for i in range(CALLERS)
     ]
     await wait_queued(engine, CALLERS - 1)
     proxy.resume()
     await asyncio.wait(tasks[:1])  # the lone write, untouched by the fault
     fault = arm()
-    calls = [await task for task in tasks]
-    return calls, sorted({s.session_id for s in stores}), fault
+    return [await task for task in tasks], fault
 
 
 async def test_a_batch_whose_commit_answer_is_lost_is_stored_once(
-    engine: AsyncEngine, proxy: FaultProxy, direct: AsyncEngine
+    engine: AsyncEngine, proxy: FaultProxy, direct: AsyncEngine, writes: Writes
 ) -> None:
-    calls, sessions, fault = await batch_under(
-        engine, proxy, lambda: proxy.arm("drop", sql_starts("COMMIT"))
+    calls, fault = await batch_under(
+        engine, proxy, writes, lambda: proxy.arm("drop", sql_starts("COMMIT"))
     )
     assert fault.fired == 1
     assert calls[0].error is None
     for call in calls[1:]:
         assert isinstance(call.error, CommitOutcomeUnknown), repr(call.error)
-    await audit_appends(direct, calls, sessions)
-    # It was applied: the eleven are there once each.
-    stored = {t for s in sessions for _, t in await stored_texts(direct, s)}
+    await audit(direct, writes, calls)
+    # It was applied: the eleven are there, once each.
+    stored = {t for i in range(SCOPES) for _, t in await writes.stored(direct, writes.scope(i))}
     assert {c.text for c in calls} <= stored
 
 
 async def test_a_batch_whose_commit_answer_comes_too_late_is_stored_once(
-    engine: AsyncEngine, proxy: FaultProxy, direct: AsyncEngine
+    engine: AsyncEngine, proxy: FaultProxy, direct: AsyncEngine, writes: Writes
 ) -> None:
-    calls, sessions, fault = await batch_under(
-        engine, proxy, lambda: proxy.arm("hold", sql_starts("COMMIT"))
+    calls, fault = await batch_under(
+        engine, proxy, writes, lambda: proxy.arm("hold", sql_starts("COMMIT"))
     )
     assert fault.fired == 1
     for call in calls[1:]:
         assert isinstance(call.error, CommitOutcomeUnknown | DeadlineExceeded), repr(call.error)
         assert call.elapsed <= DEADLINE_S + SLACK_S
-    await audit_appends(direct, calls, sessions)
+    await audit(direct, writes, calls)
     proxy.release()
 
 
 async def test_a_batch_cut_before_its_commit_is_written_again_alone(
-    engine: AsyncEngine, proxy: FaultProxy, direct: AsyncEngine
+    engine: AsyncEngine, proxy: FaultProxy, direct: AsyncEngine, writes: Writes
 ) -> None:
-    calls, sessions, fault = await batch_under(
-        engine, proxy, lambda: proxy.arm("reset", sql_starts("INSERT INTO context_messages"))
+    calls, fault = await batch_under(
+        engine, proxy, writes, lambda: proxy.arm("reset", sql_starts(f"INSERT INTO {writes.table}"))
     )
     assert fault.fired == 1
     # Surely rolled back: every message was written again on its own, and stored once.
     assert [c.error for c in calls] == [None] * CALLERS
-    await audit_appends(direct, calls, sessions)
+    await audit(direct, writes, calls)
 
 
 async def test_a_stalled_server_ends_every_caller_by_its_deadline(
-    engine: AsyncEngine, proxy: FaultProxy, direct: AsyncEngine
+    engine: AsyncEngine, proxy: FaultProxy, direct: AsyncEngine, writes: Writes
 ) -> None:
-    stores = [
-        SQLAlchemyContextStore(engine, session_id=f"s{i % 4}", project=PROJECT)
-        for i in range(CALLERS)
-    ]
-    await stores[0].append(message("warm-up"))
+    await writes.write(engine, 0, "warm-up")
     proxy.stall()
     calls = await asyncio.gather(
-        *(timed(f"m{i}", s.append(message(f"m{i}"))) for i, s in enumerate(stores))
+        *(timed(f"m{i}", writes.write(engine, i, f"m{i}")) for i in range(CALLERS))
     )
     proxy.resume()
     for call in calls:
         assert isinstance(call.error, DeadlineExceeded | CommitOutcomeUnknown), repr(call.error)
         assert call.elapsed <= DEADLINE_S + SLACK_S
-    await audit_appends(direct, calls, sorted({s.session_id for s in stores}))
+    await audit(direct, writes, calls)
     # The engine recovers: the next call gets a fresh connection.
-    after = await stores[1].append(message("after"))
-    assert after.position == len(await stored_texts(direct, "s1")) - 1
+    after = await writes.write(engine, 1, "after")
+    assert writes.position(after) == len(await writes.stored(direct, writes.scope(1))) - 1
 
 
 # --- every other write, alone, through the runner -------------------------------------
