@@ -94,9 +94,10 @@ class SchemaVersionError(ConvostoreError):
 class DatabaseError(ConvostoreError):
     """The database failed to run an operation (lost connection, lock timeout, server error).
 
-    Usually nothing was applied, but a connection lost during ``COMMIT`` leaves that
-    unknown: retry writes that carry a ``client_id`` (a repeat is stored once), and check
-    before retrying those that do not.
+    Usually nothing was applied; a connection lost during ``COMMIT`` raises the subclass
+    :class:`CommitOutcomeUnknown` instead, and a :class:`DeadlineExceeded` that struck
+    during ``COMMIT`` leaves the outcome unknown too: retry writes that carry a
+    ``client_id`` (a repeat is stored once), and check before retrying those that do not.
     """
 
 
@@ -111,13 +112,15 @@ class DeadlineExceeded(DatabaseError, TimeoutError):  # noqa: N818 - named like 
 
 
 class CommitOutcomeUnknown(DatabaseError):  # noqa: N818 - says what the caller learns
-    """A write's ``COMMIT`` was sent but its answer never came: it may or may not be stored.
+    """A write's ``COMMIT`` was sent but its answer never came: it is applied once or not
+    at all, and convostore cannot tell which.
 
-    Raised to every caller of a group-committed write (concurrent ``append`` /
-    ``add_message``, see :mod:`convostore.group_commit`) whose batch lost its connection
-    or hit its deadline during ``COMMIT``. convostore never writes such a batch again (that
-    could store a message twice): read the state back, or retry with a ``client_id`` so a
-    repeat is stored once.
+    Raised when the connection is lost during a call's ``COMMIT`` (or during a statement
+    that commits by itself), and to every caller of a group-committed write (concurrent
+    ``append`` / ``add_message``, see :mod:`convostore.group_commit`) whose batch lost its
+    connection or hit its deadline during ``COMMIT``. convostore never runs such a write
+    again (that could store it twice): read the state back, or retry with a ``client_id``
+    so a repeat is stored once.
     """
 
 
