@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore import (
     ContextMessage,
+    DeadlineExceeded,
     SQLAlchemyContextStore,
     SQLAlchemyDatabase,
     ValidationError,
@@ -28,7 +31,7 @@ from convostore import (
     migrate,
 )
 from convostore.dialects import INT64_MAX
-from tests.conftest import WITH_PGBOUNCER, selected_backend
+from tests.conftest import WITH_PGBOUNCER, require_backend, selected_backend
 
 # Through PgBouncer too: batches are transactions like any other there.
 backend = pytest.fixture(params=WITH_PGBOUNCER)(selected_backend)
@@ -259,3 +262,42 @@ def test_one_engine_serves_several_event_loops_at_once(db_url: Any, backend: str
         await engine.dispose()
 
     asyncio.run(audit())
+
+
+@pytest.mark.sqlite
+async def test_queued_callers_end_by_their_deadline_behind_a_blocked_writer(
+    request: pytest.FixtureRequest, sqlite_file: Path
+) -> None:
+    """SQLite's single writer is taken by another process's transaction: the caller
+    writing alone and the eleven queued behind it all end by their deadline (the queue
+    wait counts), and nothing is stored."""
+    require_backend(request.config, "sqlite")
+    deadline, slack = 1.0, 1.5  # slack: scheduling on a loaded machine, see test_lost_replies
+    engine = create_engine(f"sqlite+aiosqlite:///{sqlite_file}", deadline=deadline)
+    stores = [
+        SQLAlchemyContextStore(engine, session_id=f"s{i}", project="/gc") for i in range(CALLERS)
+    ]
+    await prepared(engine)
+    await stores[0].append(message("before"))
+    blocker = sqlite3.connect(sqlite_file, isolation_level=None)
+    loop = asyncio.get_running_loop()
+
+    async def timed(store: SQLAlchemyContextStore) -> tuple[Exception | None, float]:
+        started = loop.time()
+        try:
+            await store.append(message("blocked"))
+        except Exception as exc:
+            return exc, loop.time() - started
+        return None, loop.time() - started
+
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        outcomes = await asyncio.gather(*(timed(s) for s in stores))
+        blocker.execute("ROLLBACK")
+        for error, elapsed in outcomes:
+            assert isinstance(error, DeadlineExceeded), repr(error)
+            assert elapsed <= deadline + slack, elapsed
+        assert [len(await s.get_history()) for s in stores] == [1] + [0] * (CALLERS - 1)
+    finally:
+        blocker.close()
+        await engine.dispose()
