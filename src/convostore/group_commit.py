@@ -23,13 +23,16 @@ What each caller sees does not change:
 
 When a batch fails, what happens depends on whether it can have been committed:
 
-* it certainly was not (a statement failed or was refused before ``COMMIT`` was sent,
-  or the server refused the batch): every message in it is written again on its own, so
-  each caller gets its own result or its own typed error, and a bad message never takes
-  another one down. Each of these writes is bounded by its caller's deadline;
-* nobody can tell (the connection was lost, or the deadline struck, while ``COMMIT`` was
-  in flight; on SQLite also while the last statement, which carries the ``COMMIT``, ran):
-  the batch is never written again, since that could store its messages twice. Every
+* it certainly was not: it failed before its ``COMMIT`` was sent, because a statement
+  was refused (a value out of range, a constraint), or, on the servers, because the
+  connection was lost or the deadline struck mid-statement (the open transaction dies
+  with the connection). Every message in it is written again on its own, so each caller
+  gets its own result or its own typed error, and a bad message never takes another one
+  down. Each of these writes is bounded by its caller's deadline;
+* nobody can tell: anything went wrong once ``COMMIT`` was sent (on SQLite, once the last
+  statement, which carries the ``COMMIT``, was under way; an error answer to ``COMMIT``
+  counts too, since PgBouncer answers a lost server connection with an error of its own).
+  The batch is never written again, since that could store its messages twice. Every
   caller raises :class:`~convostore.errors.CommitOutcomeUnknown`: each message is stored
   once or not at all, all of the batch alike.
 
