@@ -18,7 +18,7 @@ PEERS ?= .peers
 PEER_SDISTS := axio-context-sqlite==0.12.2 agentstr-sdk==0.6.15
 PEERS_STAMP := $(PEERS)/.downloaded
 
-.PHONY: venv venv312 peers demo test pytest pytest312 compat unit contract lint format bench docs clean scale-servers browser ui-screenshots
+.PHONY: venv venv312 peers demo test pytest pytest312 compat unit contract lint format bench docs clean scale-servers scale-servers-or-say browser ui-screenshots
 
 venv: $(STAMP)
 
@@ -62,7 +62,7 @@ demo: venv
 
 # The whole suite: lint and types, every test on every reachable backend (with CI=true,
 # every backend is required), then the Python 3.12 framework tests (tests/frameworks).
-test: lint pytest pytest312 compat
+test: lint scale-servers-or-say pytest pytest312 compat
 
 pytest: venv venv312
 	CONVOSTORE_TEST_PY312=$(abspath $(BIN312))/python $(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -96,6 +96,33 @@ scale-servers:
 	grep -Eq '^host[[:space:]]+replication[[:space:]]' $(PG_HBA) || { \
 		echo 'host replication all 127.0.0.1/32 trust' >> $(PG_HBA) && \
 		psql -h 127.0.0.1 -U postgres -Atqc 'SELECT pg_reload_conf()'; }
+
+# What `make test` does first, so a newcomer's run is CI's: as root (CI, a container) it
+# sets up the pgbouncer and replica backends' needs with scale-servers and the viewer's
+# browser with browser; otherwise, or if that fails outside CI, it says in one line what
+# the run will skip and how to enable it.
+REPLICATION_OK = psql -h 127.0.0.1 -U postgres -Atc \
+	"SELECT count(*) > 0 FROM pg_hba_file_rules WHERE 'replication' = ANY(database)" 2>/dev/null | grep -q t
+HAVE_PGBOUNCER = { command -v pgbouncer >/dev/null || test -x /usr/sbin/pgbouncer; }
+
+scale-servers-or-say:
+	@if [ "$$(id -u)" = 0 ]; then \
+		$(MAKE) --no-print-directory scale-servers >/dev/null || { \
+			case "$$CI" in true|1|yes) exit 1;; esac; \
+			echo "make test: could not set up PgBouncer / replication (see: make scale-servers);" \
+				"the pgbouncer and replica backends will be skipped"; }; \
+		$(MAKE) --no-print-directory browser >/dev/null || { \
+			case "$$CI" in true|1|yes) exit 1;; esac; \
+			echo "make test: could not install chromium (see: make browser);" \
+				"the viewer's browser tests will be skipped"; }; \
+	else \
+		if ! $(HAVE_PGBOUNCER) || ! $(REPLICATION_OK); then \
+			echo "make test: skipping the pgbouncer and replica backends (not set up here);" \
+				"enable them with: sudo make scale-servers"; \
+		fi; \
+		test -x $(CHROMIUM) || echo "make test: skipping the viewer's browser tests" \
+			"(no $(CHROMIUM)); enable them with: sudo make browser"; \
+	fi
 
 # The browser the viewer's end-to-end tests drive (tests/ui/test_browser.py): Debian's
 # chromium, through Playwright with executable_path (Playwright's own download is never

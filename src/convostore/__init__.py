@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from convostore.encryption import Keyring
     from convostore.engine import Engine, create_engine
     from convostore.errors import (
+        CommitOutcomeUnknown,
         ConfigurationError,
         ConflictError,
         ConvostoreError,
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
 # Where each public name lives (the lines above, for type checkers, say the same).
 _EXPORTS: dict[str, str] = {
     "AgentDatabase": "convostore.interfaces",
+    "CommitOutcomeUnknown": "convostore.errors",
     "CompressedJSON": "convostore.types",
     "ConfigurationError": "convostore.errors",
     "ConflictError": "convostore.errors",
@@ -91,6 +93,7 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = [
     "AgentDatabase",
+    "CommitOutcomeUnknown",
     "CompressedJSON",
     "ConfigurationError",
     "ConflictError",

@@ -6,8 +6,11 @@ This is one of the two places where backends differ (the other is
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Protocol, Self
@@ -205,6 +208,17 @@ def create_engine(
             event.listen(engine.sync_engine, "before_cursor_execute", sqlite_driver.hand_over)
     elif kind == "mysql" and deadline is not None:
         event.listen(engine.sync_engine, "connect", _mysql_lock_wait(deadline))
+    if kind != "sqlite":
+        # SQLAlchemy first tries a graceful close of a connection it invalidates, shielded
+        # from cancellation (2 s on asyncpg, unbounded on asyncmy): a call whose connection
+        # died, or whose deadline cut a statement off, would wait that long to end.
+        setattr(engine.sync_engine.dialect, "do_terminate", _terminate_at_once)  # noqa: B010
+        # An asyncio driver's connection belongs to the loop that opened it: one engine used
+        # from several loops (threads, a sync wrapper's background loop) must not hand it
+        # to another. The pre-ping (when on) runs before checkout handlers, so it checks too.
+        dialect = engine.sync_engine.dialect
+        setattr(dialect, "do_ping", _ping_on_own_loop(dialect.do_ping))  # noqa: B010
+        event.listen(engine.sync_engine, "checkout", _drop_other_loops)
     if not engine.sync_engine.pool._pre_ping and resolved.drivername == "postgresql+asyncpg":
         event.listen(engine.sync_engine, "checkout", _drop_closed_asyncpg)
     install(engine, encryption)
@@ -259,6 +273,80 @@ def _drop_closed_asyncpg(
     # checkout handler makes the pool discard this connection and hand out another.
     if dbapi_connection.driver_connection.is_closed():
         raise DisconnectionError("the server closed this connection")
+
+
+def _terminate_at_once(dbapi_connection: DBAPIConnection) -> None:
+    # The caller never waits for a dead connection. asyncpg's is closed gracefully in the
+    # background on its own loop (which may be another thread's): its close lets the
+    # CancelRequest asyncpg sent for a statement cut off by a deadline reach the server,
+    # where terminate() would drop it and leave the statement waiting on its lock; it
+    # gives up after _GRACEFUL_CLOSE_S, as SQLAlchemy's does. asyncmy's synchronous close()
+    # just drops the socket (the server's lock-wait timeout is the deadline there).
+    driver = dbapi_connection.driver_connection
+    owner = _loop_of(dbapi_connection)
+    if owner is None or owner.is_closed():
+        with contextlib.suppress(Exception):
+            (getattr(driver, "terminate", None) or driver.close)()
+        return
+    if getattr(driver, "terminate", None) is None:
+        if owner is _running_loop():
+            driver.close()
+        else:
+            with contextlib.suppress(RuntimeError):  # closed meanwhile
+                owner.call_soon_threadsafe(driver.close)
+        return
+
+    async def close() -> None:
+        # On failure (or cancellation at loop shutdown) asyncpg aborts the connection.
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await driver.close(timeout=_GRACEFUL_CLOSE_S)
+
+    if owner is _running_loop():
+        task = owner.create_task(close())
+        _closing.add(task)
+        task.add_done_callback(_closing.discard)
+    else:
+        with contextlib.suppress(RuntimeError):
+            asyncio.run_coroutine_threadsafe(close(), owner)
+
+
+_GRACEFUL_CLOSE_S = 2
+# Background closes in progress (the loop holds tasks only weakly).
+_closing: set[asyncio.Task[None]] = set()
+
+
+def _loop_of(dbapi_connection: DBAPIConnection) -> asyncio.AbstractEventLoop | None:
+    loop: asyncio.AbstractEventLoop | None = getattr(
+        dbapi_connection.driver_connection, "_loop", None
+    )
+    return loop
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _on_other_loop(dbapi_connection: DBAPIConnection) -> bool:
+    owner = _loop_of(dbapi_connection)
+    return owner is not None and owner is not _running_loop()
+
+
+def _ping_on_own_loop(ping: Callable[[DBAPIConnection], bool]) -> Callable[[DBAPIConnection], bool]:
+    def do_ping(dbapi_connection: DBAPIConnection) -> bool:
+        # False: the pool drops the connection and opens another, on this loop.
+        return not _on_other_loop(dbapi_connection) and ping(dbapi_connection)
+
+    return do_ping
+
+
+def _drop_other_loops(
+    dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry, _proxy: Any
+) -> None:
+    if _on_other_loop(dbapi_connection):
+        raise DisconnectionError("this connection belongs to another event loop")
 
 
 def _sqlite_configurer(deadline: float | None) -> Any:

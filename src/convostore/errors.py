@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from sqlalchemy import exc as sa_exc
 
 __all__ = [
+    "CommitOutcomeUnknown",
     "ConfigurationError",
     "ConflictError",
     "ConvostoreError",
@@ -93,9 +94,10 @@ class SchemaVersionError(ConvostoreError):
 class DatabaseError(ConvostoreError):
     """The database failed to run an operation (lost connection, lock timeout, server error).
 
-    Usually nothing was applied, but a connection lost during ``COMMIT`` leaves that
-    unknown: retry writes that carry a ``client_id`` (a repeat is stored once), and check
-    before retrying those that do not.
+    Usually nothing was applied; a connection lost during ``COMMIT`` raises the subclass
+    :class:`CommitOutcomeUnknown` instead, and a :class:`DeadlineExceeded` that struck
+    during ``COMMIT`` leaves the outcome unknown too: retry writes that carry a
+    ``client_id`` (a repeat is stored once), and check before retrying those that do not.
     """
 
 
@@ -106,6 +108,19 @@ class DeadlineExceeded(DatabaseError, TimeoutError):  # noqa: N818 - named like 
     waits, retries and their pauses. As with any :class:`DatabaseError`, a write whose
     ``COMMIT`` was in flight when the deadline struck may have been applied. Also a
     ``TimeoutError``, so code that handles timeouts generically catches it.
+    """
+
+
+class CommitOutcomeUnknown(DatabaseError):  # noqa: N818 - says what the caller learns
+    """A write's ``COMMIT`` was sent but its answer never came: it is applied once or not
+    at all, and convostore cannot tell which.
+
+    Raised when the connection is lost during a call's ``COMMIT`` (or during a statement
+    that commits by itself), and to every caller of a group-committed write (concurrent
+    ``append`` / ``add_message``, see :mod:`convostore.group_commit`) whose batch lost its
+    connection or hit its deadline during ``COMMIT``. convostore never runs such a write
+    again (that could store it twice): read the state back, or retry with a ``client_id``
+    so a repeat is stored once.
     """
 
 

@@ -19,8 +19,10 @@ transaction back, so :class:`TransactionRunner` runs it again. The retry is boun
 
 After the last attempt the error surfaces as :class:`~convostore.errors.DatabaseError`.
 A lost connection is never retried, since a ``COMMIT`` that was cut off may have been
-applied; it surfaces at once as :class:`~convostore.errors.DatabaseError`, and the next
-call gets a fresh connection from the pool. Hot counters do not need these retries on any
+applied; it surfaces at once as :class:`~convostore.errors.DatabaseError` (as
+:class:`~convostore.errors.CommitOutcomeUnknown` when it was lost during the ``COMMIT``,
+or during a statement that commits itself), and the next call gets a fresh connection
+from the pool. Hot counters do not need these retries on any
 backend (writers queue on the counter row's lock); they are there for the rare deadlock,
 such as two first inserts of the same key on MySQL/MariaDB.
 """
@@ -31,7 +33,7 @@ import asyncio
 import contextlib
 import copy
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import TypeVar
 
@@ -40,7 +42,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from convostore.deadlines import Deadline
 from convostore.dialects import Executor, is_retryable
-from convostore.errors import ConfigurationError, ConflictError, translate_errors
+from convostore.errors import (
+    CommitOutcomeUnknown,
+    ConfigurationError,
+    ConflictError,
+    translate_errors,
+)
 from convostore.options import deadline_of
 from convostore.pgbouncer import runs_in_transactions
 from convostore.replicas import REPLICAS_OPTION, ReadYourWrites, ReplicaSet
@@ -204,14 +211,18 @@ class TransactionRunner:
                 engine = self._autocommit
             else:
                 engine = self._owned
+            # Without BEGIN, work's one statement commits itself.
+            commits_alone = engine is self._autocommit
             attempt = 1
             while True:
                 try:
                     # Leaving the block without the commit (work raised) rolls back.
                     async with engine.connect() as connection:
                         await connection.begin()
-                        result = await work(connection)
-                        await connection.commit()
+                        with _unknown_if_cut(commits_alone):
+                            result = await work(connection)
+                        with _unknown_if_cut(True):
+                            await connection.commit()
                         return result
                 except sa_exc.DBAPIError as exc:
                     if attempt >= MAX_ATTEMPTS or not is_retryable(exc):
@@ -220,3 +231,19 @@ class TransactionRunner:
                 delay = min(_MAX_DELAY, _BASE_DELAY * 2**attempt)
                 await asyncio.sleep(random.uniform(0, delay))
                 attempt += 1
+
+
+@contextlib.contextmanager
+def _unknown_if_cut(committing: bool) -> Iterator[None]:
+    """Raise :class:`CommitOutcomeUnknown` if the connection is lost while ``committing``
+    (a ``COMMIT``, or a statement that commits itself): it may have been applied."""
+    try:
+        yield
+    except (sa_exc.DBAPIError, OSError) as exc:
+        lost = isinstance(exc, OSError) or exc.connection_invalidated
+        if not (committing and lost):
+            raise
+        raise CommitOutcomeUnknown(
+            f"the connection was lost before the database confirmed the commit "
+            f"({type(exc).__name__}); the write is applied once or not at all"
+        ) from exc

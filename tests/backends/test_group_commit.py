@@ -9,21 +9,32 @@ caller's message stored whatever happened to one of them.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore import (
     ContextMessage,
+    DeadlineExceeded,
     SQLAlchemyContextStore,
     SQLAlchemyDatabase,
     ValidationError,
+    create_engine,
     migrate,
 )
 from convostore.dialects import INT64_MAX
+from tests.conftest import WITH_PGBOUNCER, require_backend, selected_backend
+
+# Through PgBouncer too: batches are transactions like any other there.
+backend = pytest.fixture(params=WITH_PGBOUNCER)(selected_backend)
 
 # The first caller writes at once; the others wait in the queue, the last of them surely.
 CALLERS = 12
@@ -206,3 +217,87 @@ async def test_concurrent_add_message_shares_transactions(engine: AsyncEngine) -
         assert [m.message for m in stored] == [f"{index}-{r}" for r in range(8)]
         [thread] = await db.list_threads(f"u{index}")
         assert thread.message_count == 8
+
+
+def test_one_engine_serves_several_event_loops_at_once(db_url: Any, backend: str) -> None:
+    """Threads, each with its own event loop, append concurrently through one engine: each
+    loop gets its own committer, every append is stored once, and every thread ends."""
+    threads_n, sessions, rounds = 3, 4, 6
+    engine = create_engine(db_url)
+    asyncio.run(prepared(engine))
+    start = threading.Barrier(threads_n)
+
+    async def one_loop(index: int) -> list[list[int]]:
+        stores = [
+            SQLAlchemyContextStore(engine, session_id=f"t{index}-s{i}", project="/loops")
+            for i in range(sessions)
+        ]
+        db = SQLAlchemyDatabase(engine=engine, agent_name=f"loop-{index}")
+
+        async def writer(store: SQLAlchemyContextStore) -> list[int]:
+            positions = []
+            for r in range(rounds):
+                positions.append((await store.append(message(f"{r}"))).position)
+                await db.add_message(store.session_id, "u", "user", message=f"{r}")
+            return positions
+
+        start.wait()
+        return await asyncio.gather(*(writer(s) for s in stores))
+
+    with concurrent.futures.ThreadPoolExecutor(threads_n) as pool:
+        futures = [pool.submit(asyncio.run, one_loop(i)) for i in range(threads_n)]
+        results = [f.result(timeout=120) for f in futures]
+
+    async def audit() -> None:
+        for index, per_store in enumerate(results):
+            assert per_store == [list(range(rounds))] * sessions
+            for i in range(sessions):
+                store = SQLAlchemyContextStore(
+                    engine, session_id=f"t{index}-s{i}", project="/loops"
+                )
+                assert [m.position for m in await store.get_messages()] == list(range(rounds))
+                db = SQLAlchemyDatabase(engine=engine, agent_name=f"loop-{index}")
+                stored = await db.get_messages(f"t{index}-s{i}", "u")
+                assert [m.idx for m in stored] == list(range(rounds))
+        await engine.dispose()
+
+    asyncio.run(audit())
+
+
+@pytest.mark.sqlite
+async def test_queued_callers_end_by_their_deadline_behind_a_blocked_writer(
+    request: pytest.FixtureRequest, sqlite_file: Path
+) -> None:
+    """SQLite's single writer is taken by another process's transaction: the caller
+    writing alone and the eleven queued behind it all end by their deadline (the queue
+    wait counts), and nothing is stored."""
+    require_backend(request.config, "sqlite")
+    deadline, slack = 1.0, 1.5  # slack: scheduling on a loaded machine, see test_lost_replies
+    engine = create_engine(f"sqlite+aiosqlite:///{sqlite_file}", deadline=deadline)
+    stores = [
+        SQLAlchemyContextStore(engine, session_id=f"s{i}", project="/gc") for i in range(CALLERS)
+    ]
+    await prepared(engine)
+    await stores[0].append(message("before"))
+    blocker = sqlite3.connect(sqlite_file, isolation_level=None)
+    loop = asyncio.get_running_loop()
+
+    async def timed(store: SQLAlchemyContextStore) -> tuple[Exception | None, float]:
+        started = loop.time()
+        try:
+            await store.append(message("blocked"))
+        except Exception as exc:
+            return exc, loop.time() - started
+        return None, loop.time() - started
+
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        outcomes = await asyncio.gather(*(timed(s) for s in stores))
+        blocker.execute("ROLLBACK")
+        for error, elapsed in outcomes:
+            assert isinstance(error, DeadlineExceeded), repr(error)
+            assert elapsed <= deadline + slack, elapsed
+        assert [len(await s.get_history()) for s in stores] == [1] + [0] * (CALLERS - 1)
+    finally:
+        blocker.close()
+        await engine.dispose()
