@@ -154,6 +154,17 @@ async def test_items_round_trip_exactly(make_session: MakeSession) -> None:
     assert json.dumps(items) == json.dumps(ITEMS)  # key order too
 
 
+async def test_unknown_keys_of_an_item_are_kept_as_the_sdk_keeps_them(
+    make_session: MakeSession,
+) -> None:
+    """Lenient on purpose: an item is the SDK's, stored whole, so a key neither we nor the
+    SDK know (a newer API's field) comes back as given rather than being refused."""
+    session = make_session("s1")
+    item: Any = {"role": "user", "content": "hi", "x_future_field": {"kept": [1, 2]}}
+    await session.add_items([item])
+    assert await session.get_items() == [item]
+
+
 async def test_limit_returns_the_latest_items_in_order(make_session: MakeSession) -> None:
     session = make_session("s1")
     await session.add_items([said(f"m{i}") for i in range(5)])
