@@ -17,7 +17,6 @@ from sqlalchemy import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore import arguments
-from convostore import migrate as migrations
 from convostore.codec import Encoded
 from convostore.dialects import Executor, appends_in_one_statement
 from convostore.encryption import Keyring, install
@@ -82,6 +81,8 @@ async def connect(
     try:
         attach_replicas(engine, replica_set(read_url))
         install(engine, encryption)
+        from convostore import migrate as migrations  # Alembic loads on first use
+
         await migrations.prepare(engine, migrate=migrate)
     except BaseException:
         await engine.dispose()

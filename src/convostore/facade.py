@@ -21,7 +21,6 @@ from typing import Self
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from convostore import migrate as migrations
 from convostore.encryption import Keyring, install
 from convostore.replicas import ReplicaSet, ReplicaUrls, replica_set
 from convostore.transactions import TransactionRunner
@@ -67,6 +66,8 @@ class Facade:
         # or a first call did it): checking would need a second connection, which on SQLite
         # waits for the caller's own write lock.
         if self._runner.bound is None:
+            from convostore import migrate as migrations  # Alembic loads on first use
+
             await migrations.prepare(self.engine, migrate=self._migrate)
 
     async def _ensure_ready(self) -> None:
