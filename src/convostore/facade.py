@@ -22,6 +22,7 @@ from typing import Self
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from convostore.encryption import Keyring, install
+from convostore.errors import ConfigurationError
 from convostore.replicas import ReplicaSet, ReplicaUrls, replica_set
 from convostore.transactions import TransactionRunner
 
@@ -35,6 +36,7 @@ class Facade:
     _owns_engine: bool
     _replicas: ReplicaSet | None
     _migrate: bool | None
+    _closed = False
 
     def _start(
         self,
@@ -65,6 +67,13 @@ class Facade:
         # A view bound to a caller's session trusts that the engine was prepared (connect()
         # or a first call did it): checking would need a second connection, which on SQLite
         # waits for the caller's own write lock.
+        if self._closed:
+            # Without this, the engine would quietly open new connections: to an empty
+            # database for ":memory:" ("no such table"), to the file or server otherwise.
+            raise ConfigurationError(
+                f"this {type(self).__name__} is closed (close() disposed of the engine it "
+                "opened): make a new one"
+            )
         if self._runner.bound is None:
             from convostore import migrate as migrations  # Alembic loads on first use
 
@@ -109,8 +118,13 @@ class Facade:
         return self._with_runner(self._runner.bind(session))
 
     async def close(self) -> None:
-        """Dispose of the engine and read replicas if this object created them."""
+        """Dispose of the engine and read replicas if this object created them.
+
+        Calls on an object whose engine was disposed raise :class:`ConfigurationError`;
+        one given an engine leaves it open, and keeps working while it is.
+        """
         if self._owns_engine:
+            self._closed = True
             await self.engine.dispose()
         if self._replicas is not None:
             await self._replicas.dispose()
