@@ -108,7 +108,7 @@ def create_engine(
     No connection is opened until the engine is first used.
 
     * SQLite file: WAL journal, 5 s busy timeout, ``synchronous=NORMAL``, foreign keys on;
-      the parent directory is created.
+      its directory must exist (none is created).
     * SQLite ``:memory:``: one connection kept for the engine's lifetime, so the database
       survives across calls; concurrent callers queue for it.
     * PostgreSQL (asyncpg): a connection the server closed is replaced at checkout, from
@@ -146,7 +146,8 @@ def create_engine(
             the defaults and the URL's pool options.
 
     Raises:
-        ConfigurationError: The URL is invalid or its driver is not installed.
+        ConfigurationError: The URL is invalid, its driver is not installed, or an SQLite
+            file's directory does not exist.
     """
     resolved = resolve_url(url)
     from_url = url_options(resolved)
@@ -159,8 +160,13 @@ def create_engine(
             options.update(poolclass=AsyncAdaptedQueuePool, pool_size=1, max_overflow=0)
         else:
             path = sqlite_path(resolved)
-            if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
+            if path is not None and not path.parent.is_dir():
+                # Never made here: a typo in a path would quietly start a new database
+                # in a new directory (the default, ./convostore.db, needs none).
+                raise ConfigurationError(
+                    f"no directory {str(path.parent)!r} for the SQLite database "
+                    f"{str(path)!r}: create it first"
+                )
         if fast_sqlite is None:
             fast_sqlite = os.environ.get("CONVOSTORE_SQLITE_DRIVER", "fast") != "aiosqlite"
         if fast_sqlite and resolved.drivername == "sqlite+aiosqlite":

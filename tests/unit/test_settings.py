@@ -177,7 +177,7 @@ def test_empty_environment_variables_are_skipped(monkeypatch: pytest.MonkeyPatch
     [
         ("sqlite:///app.db", "app.db"),  # what every SQLAlchemy/Flask app means: ./app.db
         ("sqlite:///data/app.db", "data/app.db"),
-        ("sqlite:////var/data/app.db", "/var/data/app.db"),
+        ("sqlite:////tmp/app.db", "/tmp/app.db"),
         ("sqlite:///:memory:", ":memory:"),
         ("sqlite://:memory:", ":memory:"),  # two slashes: agentstr's, SQLAlchemy has no path
         ("sqlite://data/app.db", "data/app.db"),
@@ -189,6 +189,7 @@ async def test_database_url_is_read_with_sqlalchemys_rules(
     """DATABASE_URL=sqlite:///app.db once wrote /app.db at the file-system root."""
     monkeypatch.setenv("DATABASE_URL", value)
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
         assert resolve_url().database == database
