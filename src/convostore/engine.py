@@ -22,7 +22,7 @@ from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, QueuePool
 
-from convostore import pgbouncer, sqlite_driver
+from convostore import driver_logs, pgbouncer, sqlite_driver
 from convostore.encryption import Keyring, install
 from convostore.errors import ConfigurationError
 from convostore.options import (
@@ -180,6 +180,7 @@ def create_engine(
         # already marked closed: checking that on checkout (_drop_closed_asyncpg) replaces
         # it without the round trip pool_pre_ping would spend on every call.
         options["pool_pre_ping"] = False
+        driver_logs.quiet_asyncpg_handshakes()
     else:
         options["pool_pre_ping"] = True
         if kind == "mysql":
