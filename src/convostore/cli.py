@@ -158,7 +158,10 @@ async def _database(url: str | None, *, write: bool) -> AsyncIterator[AsyncEngin
     resolved = _resolve(url)
     if not write:
         _require_existing(resolved)
-    engine = create_engine(resolved, encryption=_env_keyring())
+    # Reads open an SQLite file read-only: they work on read-only storage (or someone
+    # else's file) and cannot change it, not even its journal mode.
+    read_only = not write and resolved.get_backend_name() == "sqlite"
+    engine = create_engine(resolved, encryption=_env_keyring(), read_only=read_only)
     try:
         try:
             await migrate.prepare(engine, migrate=None if write else False)

@@ -22,6 +22,7 @@ from typing import Self
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from convostore.encryption import Keyring, install
+from convostore.engine import is_read_only
 from convostore.errors import ConfigurationError
 from convostore.replicas import ReplicaSet, ReplicaUrls, replica_set
 from convostore.transactions import TransactionRunner
@@ -77,7 +78,9 @@ class Facade:
         if self._runner.bound is None:
             from convostore import migrate as migrations  # Alembic loads on first use
 
-            await migrations.prepare(self.engine, migrate=self._migrate)
+            # A read-only engine can only check the schema, never migrate it.
+            migrate = False if is_read_only(self.engine) else self._migrate
+            await migrations.prepare(self.engine, migrate=migrate)
 
     async def _ensure_ready(self) -> None:
         """What every call awaits first (subclasses may do more, never less)."""

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from urllib.parse import parse_qsl
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -81,8 +82,11 @@ def resolve_url(url: str | URL | None = None) -> URL:
         raise ConfigurationError("the database URL is empty")
     if text.startswith("sqlite://"):
         # agentstr's form: the remainder is a path, never SQLAlchemy's slash-counting rules.
-        path = text[len("sqlite://") :] or ":memory:"
-        return _sqlite_url(path)
+        path, _, query = text[len("sqlite://") :].partition("?")
+        # The query is options, as in any URL (?mode=ro, ?deadline=5), not part of the path.
+        return _sqlite_url(path or ":memory:").update_query_pairs(
+            parse_qsl(query, keep_blank_values=True)
+        )
     if "://" not in text:
         return _sqlite_url(text)
     try:
