@@ -1,9 +1,10 @@
 """Write a conversation through both interfaces, then read it back from another process.
 
-    python examples/quickstart.py write   # appends to the default database (convostore.db)
+    python examples/quickstart.py write   # writes to the default database (convostore.db)
     python examples/quickstart.py read    # a new process: reads what `write` stored
 
 The database comes from CONVOSTORE_DATABASE_URL, then DATABASE_URL, then ./convostore.db.
+Both steps can run any number of times: ``write`` leaves the same state each time.
 """
 
 from __future__ import annotations
@@ -21,11 +22,19 @@ async def write() -> None:
     db = await Database(agent_name="support-bot").async_init()
     await db.upsert_user(User(user_id="alice", available_balance=100))
     await db.set_current_thread_id("alice", "thread-1")
-    await db.add_message("thread-1", "alice", "user", message="What is 2 + 2?")
+    # A client id makes each write idempotent: run this twice and the thread still holds
+    # two messages (the second run gets the stored ones back).
+    await db.add_message("thread-1", "alice", "user", message="What is 2 + 2?", client_id="q1")
     await db.add_message(
-        "thread-1", "alice", "agent", message="4", kind="final_response", satoshis=5
+        "thread-1",
+        "alice",
+        "agent",
+        message="4",
+        kind="final_response",
+        satoshis=5,
+        client_id="a1",
     )
-    await db.debit("alice", 5)
+    await db.debit("alice", 5)  # from the 100 just set: 95 after every run
     await db.close()
 
     engine = await connect()

@@ -50,17 +50,33 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
+class _NamedPrimaryKeys(logging.Filter):
+    """MariaDB answers each named primary key with warning 1280 ("Name 'pk_...' ignored for
+    PRIMARY key": its primary key is always called PRIMARY), which asyncmy logs: ten lines
+    on stderr per migration, with nothing to act on. Every other warning passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("Name '") and message.endswith("ignored for PRIMARY key."))
+
+
 def do_run_migrations(connection: Connection) -> None:
-    with migration_lock(connection):
-        context.configure(
-            connection=connection,
-            target_metadata=target_metadata,
-            render_as_batch=connection.dialect.name == "sqlite",
-            compare_type=True,
-            include_object=_include_object,
-        )
-        with context.begin_transaction():
-            context.run_migrations()
+    driver_log = logging.getLogger("asyncmy")
+    quiet = _NamedPrimaryKeys()
+    driver_log.addFilter(quiet)
+    try:
+        with migration_lock(connection):
+            context.configure(
+                connection=connection,
+                target_metadata=target_metadata,
+                render_as_batch=connection.dialect.name == "sqlite",
+                compare_type=True,
+                include_object=_include_object,
+            )
+            with context.begin_transaction():
+                context.run_migrations()
+    finally:
+        driver_log.removeFilter(quiet)
 
 
 async def run_async_migrations() -> None:

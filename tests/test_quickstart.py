@@ -37,3 +37,12 @@ def test_demo_writes_in_one_process_and_reads_in_another(tmp_path: Path) -> None
     assert "assistant: Hi! How can I help?" in out
     assert "tokens (in, out): (12, 7)" in out
     assert "session demo-session: 2 messages, 'Hello'" in out
+
+
+def test_demo_twice_in_one_directory_reads_the_same(tmp_path: Path) -> None:
+    """``make demo`` run again in the same checkout (the usual second try)."""
+    run("write", tmp_path)
+    first = run("read", tmp_path)
+    run("write", tmp_path)
+    assert run("read", tmp_path) == first
+    assert "[2]" not in first

@@ -34,6 +34,7 @@ from rich.table import Table
 from rich.text import Text
 from sqlalchemy import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
+from typer.core import TyperGroup
 
 from convostore import __version__, encryption, migrate, transfer
 from convostore.engine import create_engine, sqlite_path
@@ -44,7 +45,22 @@ __all__ = ["app", "main"]
 
 T = TypeVar("T")
 
+
+class _OneLineErrors(TyperGroup):
+    """The top-level command group: an error outside :func:`_run` too (resolving ``--url``,
+    opening a file) is one red line and exit 1, never a traceback."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConvostoreError as exc:
+            _fail(str(exc))
+        except OSError as exc:
+            _fail(f"{exc.strerror or type(exc).__name__}: {exc.filename or exc}")
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     name="convostore",
     help="Inspect, migrate and move convostore databases.",
     no_args_is_help=True,
@@ -52,8 +68,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-db_app = typer.Typer(
-    help="Schema migrations (the packaged Alembic revisions).", no_args_is_help=True
+db_app = typer.Typer(  # also run alone, by python -m convostore.migrate
+    cls=_OneLineErrors,
+    help="Schema migrations (the packaged Alembic revisions).",
+    no_args_is_help=True,
 )
 sessions_app = typer.Typer(
     help="Context-store sessions (axio's ContextStore).", no_args_is_help=True
@@ -140,7 +158,10 @@ async def _database(url: str | None, *, write: bool) -> AsyncIterator[AsyncEngin
     resolved = _resolve(url)
     if not write:
         _require_existing(resolved)
-    engine = create_engine(resolved, encryption=_env_keyring())
+    # Reads open an SQLite file read-only: they work on read-only storage (or someone
+    # else's file) and cannot change it, not even its journal mode.
+    read_only = not write and resolved.get_backend_name() == "sqlite"
+    engine = create_engine(resolved, encryption=_env_keyring(), read_only=read_only)
     try:
         try:
             await migrate.prepare(engine, migrate=None if write else False)

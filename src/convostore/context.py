@@ -17,11 +17,10 @@ from sqlalchemy import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore import arguments
-from convostore import migrate as migrations
 from convostore.codec import Encoded
 from convostore.dialects import Executor, appends_in_one_statement
 from convostore.encryption import Keyring, install
-from convostore.engine import Engine, create_engine, family
+from convostore.engine import Engine, create_engine, family, is_read_only
 from convostore.errors import ConfigurationError
 from convostore.facade import Facade
 from convostore.group_commit import committer_for
@@ -56,6 +55,7 @@ async def connect(
     read_url: ReplicaUrls | None = None,
     encryption: Keyring | None = None,
     search_index: bool | None = None,
+    read_only: bool = False,
 ) -> Engine:
     """Open the database at ``url`` (a path or URL) with its schema at head.
 
@@ -75,14 +75,23 @@ async def connect(
 
     ``search_index``: ``False`` writes no search feed (see :func:`create_engine`).
 
+    ``read_only``: open an SQLite file read-only, as ``?mode=ro`` in the URL does (see
+    :func:`create_engine`): the schema is checked, never migrated.
+
     Raises:
         SchemaVersionError: The schema is not at head and may not be migrated here.
     """
-    engine = create_engine(str(url) if isinstance(url, Path) else url, search_index=search_index)
+    engine = create_engine(
+        str(url) if isinstance(url, Path) else url,
+        search_index=search_index,
+        read_only=read_only,
+    )
     try:
         attach_replicas(engine, replica_set(read_url))
         install(engine, encryption)
-        await migrations.prepare(engine, migrate=migrate)
+        from convostore import migrate as migrations  # Alembic loads on first use
+
+        await migrations.prepare(engine, migrate=False if is_read_only(engine) else migrate)
     except BaseException:
         await engine.dispose()
         raise

@@ -22,7 +22,7 @@ from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, QueuePool
 
-from convostore import pgbouncer, sqlite_driver
+from convostore import driver_logs, pgbouncer, sqlite_driver
 from convostore.encryption import Keyring, install
 from convostore.errors import ConfigurationError
 from convostore.options import (
@@ -37,7 +37,15 @@ from convostore.options import (
 from convostore.settings import is_memory_sqlite, redact, resolve_url
 from convostore.types import SEARCH_INDEX_ATTRIBUTE
 
-__all__ = ["Engine", "Family", "create_engine", "family", "family_from_name", "sqlite_path"]
+__all__ = [
+    "Engine",
+    "Family",
+    "create_engine",
+    "family",
+    "family_from_name",
+    "is_read_only",
+    "sqlite_path",
+]
 
 Family = Literal["sqlite", "postgresql", "mysql"]
 
@@ -101,6 +109,7 @@ def create_engine(
     deadline: float | None = _FROM_URL,
     encryption: Keyring | None = None,
     search_index: bool | None = None,
+    read_only: bool = False,
     **kwargs: Any,
 ) -> Engine:
     """Create an :class:`Engine` (an ``AsyncEngine``) with convostore's defaults.
@@ -108,7 +117,7 @@ def create_engine(
     No connection is opened until the engine is first used.
 
     * SQLite file: WAL journal, 5 s busy timeout, ``synchronous=NORMAL``, foreign keys on;
-      the parent directory is created.
+      its directory must exist (none is created).
     * SQLite ``:memory:``: one connection kept for the engine's lifetime, so the database
       survives across calls; concurrent callers queue for it.
     * PostgreSQL (asyncpg): a connection the server closed is replaced at checkout, from
@@ -138,6 +147,10 @@ def create_engine(
             ``deadline``, else :data:`convostore.options.DEFAULT_DEADLINE_S`.
         encryption: Encrypt payloads at rest with this keyring (see
             :mod:`convostore.encryption`).
+        read_only: Open an SQLite file read-only (as ``?mode=ro`` in the URL does): no
+            write, no migration, no journal change, so a database on read-only storage, or
+            one to inspect without touching it, can be read. Writes fail with a
+            ``DatabaseError``. SQLite only.
         search_index: ``False``: write no search feed, for write paths that never search
             (what it saves: docs/performance.md); ``search()`` then refuses on this engine,
             and ``convostore search --backfill`` indexes the messages later. Default: the
@@ -146,7 +159,8 @@ def create_engine(
             the defaults and the URL's pool options.
 
     Raises:
-        ConfigurationError: The URL is invalid or its driver is not installed.
+        ConfigurationError: The URL is invalid, its driver is not installed, or an SQLite
+            file's directory does not exist.
     """
     resolved = resolve_url(url)
     from_url = url_options(resolved)
@@ -154,13 +168,25 @@ def create_engine(
     options: dict[str, Any] = {}
     thin_driver = None
     kind = family_from_name(resolved.get_backend_name())
+    read_only = read_only or resolved.query.get("mode") == "ro"
+    if read_only and kind != "sqlite":
+        raise ConfigurationError(
+            "read_only applies to SQLite files; on a server, connect as a read-only role"
+        )
+    if read_only and not is_memory_sqlite(resolved):
+        resolved = _read_only_sqlite(resolved)
     if kind == "sqlite":
         if is_memory_sqlite(resolved) and "poolclass" not in kwargs:
             options.update(poolclass=AsyncAdaptedQueuePool, pool_size=1, max_overflow=0)
         else:
             path = sqlite_path(resolved)
-            if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
+            if path is not None and not path.parent.is_dir():
+                # Never made here: a typo in a path would quietly start a new database
+                # in a new directory (the default, ./convostore.db, needs none).
+                raise ConfigurationError(
+                    f"no directory {str(path.parent)!r} for the SQLite database "
+                    f"{str(path)!r}: create it first"
+                )
         if fast_sqlite is None:
             fast_sqlite = os.environ.get("CONVOSTORE_SQLITE_DRIVER", "fast") != "aiosqlite"
         if fast_sqlite and resolved.drivername == "sqlite+aiosqlite":
@@ -174,6 +200,7 @@ def create_engine(
         # already marked closed: checking that on checkout (_drop_closed_asyncpg) replaces
         # it without the round trip pool_pre_ping would spend on every call.
         options["pool_pre_ping"] = False
+        driver_logs.quiet_asyncpg_handshakes()
     else:
         options["pool_pre_ping"] = True
         if kind == "mysql":
@@ -203,7 +230,7 @@ def create_engine(
         ) from exc
     event.listen(engine.sync_engine, "do_connect", _connect_arguments(from_url))
     if kind == "sqlite":
-        event.listen(engine.sync_engine, "connect", _sqlite_configurer(deadline))
+        event.listen(engine.sync_engine, "connect", _sqlite_configurer(deadline, read_only))
         if thin_driver is not None and options["async_creator"] is thin_driver:
             event.listen(engine.sync_engine, "before_cursor_execute", sqlite_driver.hand_over)
     elif kind == "mysql" and deadline is not None:
@@ -222,6 +249,8 @@ def create_engine(
     if not engine.sync_engine.pool._pre_ping and resolved.drivername == "postgresql+asyncpg":
         event.listen(engine.sync_engine, "checkout", _drop_closed_asyncpg)
     install(engine, encryption)
+    if read_only:
+        setattr(engine.sync_engine.dialect, READ_ONLY_ATTRIBUTE, True)
     if not (from_url.search_index if search_index is None else search_index):
         setattr(engine.sync_engine.dialect, SEARCH_INDEX_ATTRIBUTE, False)
     return engine
@@ -349,12 +378,46 @@ def _drop_other_loops(
         raise DisconnectionError("this connection belongs to another event loop")
 
 
-def _sqlite_configurer(deadline: float | None) -> Any:
+READ_ONLY_ATTRIBUTE = "convostore_read_only"
+
+
+def is_read_only(engine: AsyncEngine) -> bool:
+    """Whether ``engine`` opens its SQLite file read-only (``read_only=True``, ``?mode=ro``)."""
+    return bool(getattr(engine.sync_engine.dialect, READ_ONLY_ATTRIBUTE, False))
+
+
+def _read_only_sqlite(url: URL) -> URL:
+    """An SQLite URL opened read-only: a ``file:`` URI with ``mode=ro``.
+
+    In a directory this process cannot write, SQLite cannot create the WAL index (``-shm``)
+    it needs to read a WAL database; a database without one was closed cleanly (nothing
+    is left in a WAL), so it is opened ``immutable``, which needs no index.
+    """
+    query = {"mode": "ro", "uri": "true"}
+    path = sqlite_path(url)
+    if (
+        path is not None
+        and not os.access(path.parent, os.W_OK)
+        and not Path(f"{path}-shm").exists()
+    ):
+        query["immutable"] = "1"
+    database = url.database or ""
+    if not database.startswith("file:"):
+        if database.startswith("//"):
+            database = "/" + database.lstrip("/")  # "file://x" would name a host x
+        database = f"file:{database}"  # SQLite reads URI parameters only in a file: URI
+    return url.set(database=database).update_query_dict(query)
+
+
+def _sqlite_configurer(deadline: float | None, read_only: bool = False) -> Any:
     pragmas: tuple[str, ...] = SQLITE_PRAGMAS
+    if read_only:
+        # Switching the journal writes the database; a read-only open keeps what it finds.
+        pragmas = tuple(p for p in pragmas if "journal_mode" not in p)
     if deadline is not None and deadline * 1000 < SQLITE_BUSY_TIMEOUT_MS:
         # A lock wait may not outlast the call's deadline.
         busy = f"PRAGMA busy_timeout={math.ceil(deadline * 1000)}"
-        pragmas = tuple(busy if "busy_timeout" in p else p for p in SQLITE_PRAGMAS)
+        pragmas = tuple(busy if "busy_timeout" in p else p for p in pragmas)
 
     def configure(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
         cursor = dbapi_connection.cursor()

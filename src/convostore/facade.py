@@ -21,8 +21,9 @@ from typing import Self
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from convostore import migrate as migrations
 from convostore.encryption import Keyring, install
+from convostore.engine import is_read_only
+from convostore.errors import ConfigurationError
 from convostore.replicas import ReplicaSet, ReplicaUrls, replica_set
 from convostore.transactions import TransactionRunner
 
@@ -36,6 +37,7 @@ class Facade:
     _owns_engine: bool
     _replicas: ReplicaSet | None
     _migrate: bool | None
+    _closed = False
 
     def _start(
         self,
@@ -66,8 +68,19 @@ class Facade:
         # A view bound to a caller's session trusts that the engine was prepared (connect()
         # or a first call did it): checking would need a second connection, which on SQLite
         # waits for the caller's own write lock.
+        if self._closed:
+            # Without this, the engine would quietly open new connections: to an empty
+            # database for ":memory:" ("no such table"), to the file or server otherwise.
+            raise ConfigurationError(
+                f"this {type(self).__name__} is closed (close() disposed of the engine it "
+                "opened): make a new one"
+            )
         if self._runner.bound is None:
-            await migrations.prepare(self.engine, migrate=self._migrate)
+            from convostore import migrate as migrations  # Alembic loads on first use
+
+            # A read-only engine can only check the schema, never migrate it.
+            migrate = False if is_read_only(self.engine) else self._migrate
+            await migrations.prepare(self.engine, migrate=migrate)
 
     async def _ensure_ready(self) -> None:
         """What every call awaits first (subclasses may do more, never less)."""
@@ -108,8 +121,13 @@ class Facade:
         return self._with_runner(self._runner.bind(session))
 
     async def close(self) -> None:
-        """Dispose of the engine and read replicas if this object created them."""
+        """Dispose of the engine and read replicas if this object created them.
+
+        Calls on an object whose engine was disposed raise :class:`ConfigurationError`;
+        one given an engine leaves it open, and keeps working while it is.
+        """
         if self._owns_engine:
+            self._closed = True
             await self.engine.dispose()
         if self._replicas is not None:
             await self._replicas.dispose()

@@ -30,6 +30,7 @@ __all__ = [
     "Kind",
     "Message",
     "MessageSearchHit",
+    "Model",
     "NewMessage",
     "Role",
     "SessionInfo",
@@ -48,6 +49,7 @@ __all__ = [
     "construct",
     "encoded_context_message",
     "encoded_context_messages",
+    "explained",
     "new_message",
     "new_message_batch",
     "scoped_project",
@@ -76,7 +78,25 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-class User(BaseModel):
+class Model(BaseModel):
+    """The base of convostore's models: an unknown field is refused, never dropped.
+
+    ``User(user_id="u", balance=5)`` raises :class:`~convostore.errors.ValidationError`
+    naming ``balance`` (pydantic's default would make a user with a zero balance), as does
+    any bad value given to a constructor; validating a mapping at an API boundary
+    (:func:`validated`) does the same.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    def __init__(self, /, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except pydantic.ValidationError as exc:
+            raise ValidationError(explained(type(self), exc)) from exc
+
+
+class User(Model):
     """A user of one agent (agentstr's ``User``)."""
 
     model_config = ConfigDict(validate_assignment=True)
@@ -87,7 +107,7 @@ class User(BaseModel):
     current_thread_id: str | None = None
 
 
-class Message(BaseModel):
+class Message(Model):
     """A stored message of an agent thread (agentstr's ``Message``).
 
     ``agent_name`` is the database's agent name as given, ``None`` included.
@@ -107,7 +127,7 @@ class Message(BaseModel):
     created_at: datetime = Field(default_factory=_now)
 
 
-class ContextMessage(BaseModel):
+class ContextMessage(Model):
     """One message of a conversation context: a role and a list of JSON content blocks.
 
     The blocks are stored exactly as given (see :mod:`convostore.codec` for what counts as
@@ -135,7 +155,7 @@ class ContextMessage(BaseModel):
         return NO_PREVIEW
 
 
-class ThreadInfo(BaseModel):
+class ThreadInfo(Model):
     """Summary of one agent thread, as ``list_threads`` returns it."""
 
     thread_id: str
@@ -157,7 +177,7 @@ class StoredContextMessage(ContextMessage):
         return ContextMessage.model_construct(role=self.role, content=self.content)
 
 
-class SessionInfo(BaseModel):
+class SessionInfo(Model):
     """Summary of one context-store session, as ``list_sessions`` returns it.
 
     ``updated_at`` is the last time a message was written; ``parent_session_id`` and
@@ -175,7 +195,7 @@ class SessionInfo(BaseModel):
     forked_at: int | None = None
 
 
-class SearchHit(BaseModel):
+class SearchHit(Model):
     """What a search hit has on both interfaces: the snippet and the rank.
 
     ``snippet`` is a piece of the message's text around its first match, ``…`` where it is
@@ -487,12 +507,34 @@ def validated(model: type[M], value: object) -> M:
     Raises:
         ValidationError: With pydantic's explanation.
     """
-    if isinstance(value, BaseModel):
+    if isinstance(value, model):
+        # A subclass's own fields (a StoredContextMessage's position and time) are what
+        # the subclass adds, not misspelt fields of ``model``: they are left out on purpose.
+        value = {name: getattr(value, name) for name in model.model_fields}
+    elif isinstance(value, BaseModel):
         value = value.model_dump()
     try:
         return model.model_validate(value, from_attributes=True)
     except pydantic.ValidationError as exc:
-        raise ValidationError(f"invalid {model.__name__}: {exc}") from exc
+        # Validation runs Model.__init__ (pydantic calls a custom __init__), whose own
+        # ValidationError arrives wrapped as a pydantic "value error": pass it on as it is.
+        for error in exc.errors(include_url=False):
+            cause = error.get("ctx", {}).get("error")
+            if isinstance(cause, ValidationError):
+                raise ValidationError(str(cause)) from cause.__cause__
+        raise ValidationError(explained(model, exc)) from exc
+
+
+def explained(model: type[BaseModel], exc: pydantic.ValidationError) -> str:
+    """One line naming each field pydantic refused: ``invalid User: unknown field 'balance'``."""
+    problems = []
+    for error in exc.errors(include_url=False):
+        where = ".".join(str(part) for part in error["loc"]) or "(the value)"
+        if error["type"] == "extra_forbidden":
+            problems.append(f"unknown field {where!r}")
+        else:
+            problems.append(f"{where}: {error['msg']}")
+    return f"invalid {model.__name__}: {'; '.join(problems)}"
 
 
 def check_client_ids(ids: object, count: int, max_length: int) -> list[str | None]:

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import pydantic
 from sqlalchemy import (
     BigInteger,
     Row,
@@ -43,7 +42,7 @@ from sqlalchemy.sql.functions import coalesce
 from convostore import dialects, search
 from convostore.codec import Encoded
 from convostore.dialects import Executor
-from convostore.errors import SerializationError
+from convostore.errors import SerializationError, ValidationError
 from convostore.models import (
     NO_PREVIEW,
     ContextMessage,
@@ -994,7 +993,7 @@ def message_from_row(row: Row[Any], agent_name: str | None) -> Message:
             extra_outputs=row.extra_outputs or {},
             created_at=row.created_at,
         )
-    except pydantic.ValidationError as exc:
+    except ValidationError as exc:
         raise SerializationError(
             f"stored message {row.idx} of thread {row.thread_id!r} is not a valid message: {exc}"
         ) from exc

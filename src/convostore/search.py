@@ -32,6 +32,7 @@ backend and show the original words, not the feed.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
@@ -80,16 +81,28 @@ SNIPPET_WORDS: Final = 24
 T = TypeVar("T")
 
 _WORD = re.compile(r"[^\W_]+")
-# Every non-spacing mark (Unicode category Mn): the accents NFKD splits from letters
-# (é = e + U+0301), and the vowel signs and voicing marks of other scripts, which would
-# otherwise cut a word in two (\w does not match them).
-_COMBINING = re.compile(
-    "["
-    + "".join(
-        re.escape(chr(c)) for c in range(0x300, 0x110000) if unicodedata.category(chr(c)) == "Mn"
+
+
+@functools.cache
+def _combining() -> re.Pattern[str]:
+    """Every non-spacing mark (Unicode category Mn): the accents NFKD splits from letters
+    (é = e + U+0301), and the vowel signs and voicing marks of other scripts, which would
+    otherwise cut a word in two (\\w does not match them).
+
+    Built on the first non-ASCII text, not at import: it reads the category of every code
+    point (100-250 ms), which ``import convostore`` should not pay.
+    """
+    return re.compile(
+        "["
+        + "".join(
+            re.escape(chr(c))
+            for c in range(0x300, 0x110000)
+            if unicodedata.category(chr(c)) == "Mn"
+        )
+        + "]"
     )
-    + "]"
-)
+
+
 _QUERY_WORD = re.compile(r"([^\W_]+)(\*?)")
 
 
@@ -99,7 +112,7 @@ def normalise(text: str) -> str:
     if folded.isascii():
         return folded
     # Folded again after NFKD: decomposition can make capitals (the trade mark sign: TM).
-    return _COMBINING.sub("", unicodedata.normalize("NFKD", folded).casefold())
+    return _combining().sub("", unicodedata.normalize("NFKD", folded).casefold())
 
 
 def _indexed(word: str) -> str:

@@ -3,6 +3,14 @@
 Precedence: an explicit argument, then ``CONVOSTORE_DATABASE_URL``, then ``DATABASE_URL``,
 then an SQLite file ``convostore.db`` in the working directory.
 
+``DATABASE_URL`` is shared with every other tool of an environment (SQLAlchemy, Flask,
+Alembic), so it is read with SQLAlchemy's rules: ``sqlite:///app.db`` is ``./app.db``.
+An argument and ``CONVOSTORE_DATABASE_URL`` keep agentstr's ``sqlite://PATH`` form (its
+``conn_str``), where ``sqlite:///app.db`` is ``/app.db``. Where the two readings of a
+``sqlite:///`` URL in either variable differ, an :class:`AmbiguousSQLiteURL` warning says
+which one was used (an argument is the caller's own code, written in the documented form:
+no warning).
+
 Accepted forms (see ``docs/backends.md``):
 
 * any SQLAlchemy URL with an async driver, e.g. ``sqlite+aiosqlite:///x.db`` or
@@ -18,6 +26,8 @@ Accepted forms (see ``docs/backends.md``):
 from __future__ import annotations
 
 import os
+import warnings
+from urllib.parse import parse_qsl
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -27,6 +37,7 @@ from convostore.errors import ConfigurationError
 __all__ = [
     "DEFAULT_SQLITE_PATH",
     "ENV_VARS",
+    "AmbiguousSQLiteURL",
     "configured_url",
     "is_memory_sqlite",
     "redact",
@@ -44,6 +55,10 @@ _ASYNC_DRIVERS = {
     "mariadb": "mariadb+asyncmy",
 }
 _SYNC_ONLY_DRIVERS = {"pysqlite", "psycopg2", "pymysql", "mysqldb", "mysqlconnector", "pg8000"}
+
+
+class AmbiguousSQLiteURL(UserWarning):
+    """A ``sqlite:///PATH`` URL that agentstr and SQLAlchemy read as different files."""
 
 
 def resolve_url(url: str | URL | None = None) -> URL:
@@ -67,7 +82,11 @@ def resolve_url(url: str | URL | None = None) -> URL:
         raise ConfigurationError("the database URL is empty")
     if text.startswith("sqlite://"):
         # agentstr's form: the remainder is a path, never SQLAlchemy's slash-counting rules.
-        return _sqlite_url(text[len("sqlite://") :] or ":memory:")
+        path, _, query = text[len("sqlite://") :].partition("?")
+        # The query is options, as in any URL (?mode=ro, ?deadline=5), not part of the path.
+        return _sqlite_url(path or ":memory:").update_query_pairs(
+            parse_qsl(query, keep_blank_values=True)
+        )
     if "://" not in text:
         return _sqlite_url(text)
     try:
@@ -85,8 +104,54 @@ def resolve_url(url: str | URL | None = None) -> URL:
 
 def configured_url() -> str | None:
     """The URL the environment configures (``CONVOSTORE_DATABASE_URL``, then
-    ``DATABASE_URL``), or ``None``."""
-    return next((os.environ[name] for name in ENV_VARS if os.environ.get(name)), None)
+    ``DATABASE_URL``), or ``None``.
+
+    A driverless ``sqlite:///`` URL from ``DATABASE_URL`` is returned with the driver named
+    (``sqlite+aiosqlite://``), so that it resolves with SQLAlchemy's rules as everything
+    else that reads ``DATABASE_URL`` does.
+    """
+    for name in ENV_VARS:
+        value = os.environ.get(name)
+        if not value:
+            continue
+        text = value.strip()
+        relative = _sqlalchemy_relative_path(text)
+        if name != "DATABASE_URL":
+            if relative is not None:
+                warnings.warn(
+                    f"{name}={text!r} is read in agentstr's form: the absolute path "
+                    f"'/{relative}' (SQLAlchemy would read the relative {relative!r}); write "
+                    f"'sqlite:////{relative}' for the absolute path, or "
+                    f"'sqlite+aiosqlite:///{relative}' for the relative one",
+                    AmbiguousSQLiteURL,
+                    stacklevel=2,
+                )
+            return value
+        if not text.startswith("sqlite:///"):
+            # Two slashes (sqlite://data/x.db, sqlite://:memory:) SQLAlchemy cannot read
+            # as a path at all (it takes "data" for a host): agentstr's reading stays.
+            return value
+        if relative is not None:
+            warnings.warn(
+                f"DATABASE_URL={text!r} is read with SQLAlchemy's rules: the relative path "
+                f"{relative!r} (agentstr would read the absolute '/{relative}'); write "
+                f"'sqlite:////{relative}' for the absolute path, or set "
+                "CONVOSTORE_DATABASE_URL, which is read in agentstr's form",
+                AmbiguousSQLiteURL,
+                stacklevel=2,
+            )
+        return "sqlite+aiosqlite://" + text[len("sqlite://") :]
+    return None
+
+
+def _sqlalchemy_relative_path(text: str) -> str | None:
+    """The relative path SQLAlchemy reads in ``sqlite:///PATH`` where agentstr's form reads
+    the absolute ``/PATH``; ``None`` where the two agree (``sqlite:////abs``, ``:memory:``)."""
+    rest = text[len("sqlite:///") :] if text.startswith("sqlite:///") else None
+    if not rest or rest.startswith("/"):
+        return None
+    path = rest.partition("?")[0]
+    return None if path in ("", ":memory:") else path
 
 
 def is_memory_sqlite(url: URL) -> bool:

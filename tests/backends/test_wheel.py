@@ -2,12 +2,15 @@
 
 Builds the wheel, checks what it contains, installs it (with its dependencies from the
 package index) into a new virtual environment, and from a directory outside the checkout
-migrates an SQLite file with ``convostore.migrate`` and uses both interfaces on it.
+runs the README's migration commands as written, migrates an SQLite file with
+``convostore.migrate`` and uses both interfaces on it.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import subprocess
 import sys
 import zipfile
@@ -67,6 +70,15 @@ def run(command: list[str], *, cwd: Path) -> subprocess.CompletedProcess[str]:
     return result
 
 
+def readme_wheel_commands() -> list[str]:
+    """The commands of README's block marked ``<!-- wheel-commands ... -->``, one a line."""
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    match = re.search(r"<!-- wheel-commands[^>]*-->\s*```bash\n(.*?)```", readme, re.S)
+    assert match, "README.md has no block marked <!-- wheel-commands -->"
+    lines = [line.split("#", 1)[0].strip() for line in match.group(1).splitlines()]
+    return [line for line in lines if line]
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     dist = tmp_path_factory.mktemp("dist")
@@ -102,6 +114,21 @@ def test_installed_wheel_migrates_and_works_outside_the_checkout(
         [str(python), "-m", "pip", "install", "--disable-pip-version-check", str(wheel)],
         cwd=tmp_path,
     )
+
+    # README's commands, as written, in a new directory (with the venv's bin first on PATH,
+    # as an activated venv has it).
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    commands = readme_wheel_commands()
+    assert any(c.startswith("convostore db upgrade") for c in commands)
+    assert any(c.startswith("python -m convostore.migrate") for c in commands)
+    for command in commands:
+        words = shlex.split(command)
+        run([str(venv / "bin" / words[0]), *words[1:]], cwd=fresh)
+    assert (fresh / "convostore.db").is_file()
+    current = run([str(venv / "bin" / "convostore"), "db", "current", "--short"], cwd=fresh)
+    head = run([str(venv / "bin" / "convostore"), "db", "head"], cwd=fresh)
+    assert current.stdout.strip() == head.stdout.strip()
 
     outside = tmp_path / "elsewhere"
     outside.mkdir()

@@ -134,6 +134,24 @@ async def test_upsert_accepts_look_alike_users(make_database: MakeDatabase) -> N
     )
 
 
+async def test_upsert_refuses_unknown_fields_by_name(make_database: MakeDatabase) -> None:
+    """A misspelt or extra field is refused, as ``add_messages`` refuses an unknown key."""
+    db = await make_database()
+    await db.upsert_user(User(user_id="alice", available_balance=7))
+    for extra in ({"tier": "gold"}, {"balance": 5}):
+        with pytest.raises(ValidationError, match=f"unknown field '{next(iter(extra))}'"):
+            await db.upsert_user({"user_id": "alice", "available_balance": 1} | extra)  # type: ignore[arg-type]
+    assert await db.get_user("alice") == User(user_id="alice", available_balance=7)
+
+
+def test_the_user_model_refuses_unknown_fields() -> None:
+    """``User(user_id="u", balance=5)`` once made a user with a zero balance."""
+    with pytest.raises(ValidationError, match="unknown field 'balance'"):
+        User(user_id="u", balance=5)  # type: ignore[call-arg]
+    with pytest.raises(ValidationError, match="available_balance"):
+        User(user_id="u", available_balance=-1)
+
+
 async def test_upsert_does_not_touch_other_users(make_database: MakeDatabase) -> None:
     db = await make_database()
     await db.upsert_user(User(user_id="alice", available_balance=1))

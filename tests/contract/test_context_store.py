@@ -682,6 +682,39 @@ async def test_bad_messages_are_refused_and_nothing_is_stored(
     assert len(await store.get_history()) == (2 if existing else 1)
 
 
+async def test_a_misspelt_field_is_refused_by_name_and_nothing_is_stored(
+    make_store: MakeStore,
+) -> None:
+    """``{"contents": ...}`` once stored an empty message; every entry point now refuses it."""
+    store = await make_store(session_id="s1")
+    await store.append(user("kept"))
+    before = await state(store)
+    misspelt: Any = {"role": "user", "contents": [{"type": "text", "text": "lost"}]}
+    calls: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+        ("append", lambda: store.append(misspelt)),
+        ("append_many", lambda: append_many(store, [user("good"), misspelt])),
+        ("replace_history", lambda: store.replace_history([misspelt])),
+    ]
+    for label, call in calls:
+        with pytest.raises(ValidationError, match="unknown field 'contents'"):
+            await call()
+        assert await state(store) == before, label
+
+
+async def test_a_stored_message_can_be_appended_again(make_store: MakeStore) -> None:
+    """A stored message's own fields (position, time) are not unknown fields of a message."""
+    store = await make_store(session_id="s1")
+    await store.append(user("again"))
+    [stored] = [m async for m in store.iter_history()]
+    await store.append(stored)
+    assert await store.get_history() == [user("again"), user("again")]
+
+
+def test_the_message_model_refuses_unknown_fields() -> None:
+    with pytest.raises(ValidationError, match="unknown field 'contents'"):
+        ContextMessage(role="user", contents=[])  # type: ignore[call-arg]
+
+
 # --- storage (SQL only) --------------------------------------------------------------------
 
 

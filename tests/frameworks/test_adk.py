@@ -194,6 +194,20 @@ async def test_events_round_trip_exactly_with_their_deltas(service: BaseSessionS
     assert theirs.state == {"app:hits": 2}
 
 
+async def test_the_callers_session_equals_the_stored_one_after_append(
+    service: BaseSessionService,
+) -> None:
+    """Storage keeps microseconds; the caller's session must agree with it, as ADK's own
+    service makes it agree (it takes ``last_update_time`` back from storage)."""
+    session = await service.create_session(app_name="app", user_id="u1")
+    now = time.time()  # increasing: ADK's service orders events by timestamp
+    for timestamp in (now, now + 1.1234567, now + 2.0000004):
+        event = said("hi")
+        event.timestamp = timestamp
+        await service.append_event(session, event)
+        assert await load(service, session) == session, timestamp
+
+
 async def test_num_recent_events_and_after_timestamp(service: BaseSessionService) -> None:
     session = await service.create_session(app_name="app", user_id="u1")
     start = time.time()

@@ -150,6 +150,19 @@ def test_user_and_message_have_agentstrs_fields(agentstr: tuple[Any, Any]) -> No
                 ), (model.__name__, name)
 
 
+def test_our_user_refuses_the_unknown_fields_agentstrs_ignores(
+    agentstr: tuple[Any, Any],
+) -> None:
+    """The one deliberate difference of the drop-in's models: agentstr's ``User`` drops a
+    misspelt field (a zero balance), ours refuses it; every valid use is unchanged."""
+    from convostore import ValidationError
+
+    _, models = agentstr
+    assert models.User(user_id="u", balance=5).available_balance == 0
+    with pytest.raises(ValidationError, match="unknown field 'balance'"):
+        User(user_id="u", balance=5)  # type: ignore[call-arg]
+
+
 async def test_models_convert_both_ways_through_a_database(
     agentstr: tuple[Any, Any], tmp_path: Path
 ) -> None:

@@ -468,3 +468,19 @@ def test_unusable_db_name_is_refused(db_name: object) -> None:
 
     with pytest.raises(ValidationError):
         AxioContextStore(None, "s1", "/p", db_name, url="sqlite://:memory:")  # type: ignore[arg-type]
+
+
+async def test_connect_creates_the_directory_as_axio_context_sqlite_does(tmp_path: Path) -> None:
+    """Lenient on purpose: axio-context-sqlite's connect() makes the file's directory, and
+    code written for it relies on that (convostore's own connect() refuses instead)."""
+    from convostore import ConfigurationError
+    from convostore import connect as convostore_connect
+
+    path = tmp_path / "new" / "dir" / "context.db"
+    with pytest.raises(ConfigurationError, match="create it first"):
+        await convostore_connect(path)
+    conn = await connect(path)
+    try:
+        assert path.is_file()
+    finally:
+        await conn.close()

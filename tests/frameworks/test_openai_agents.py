@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import warnings
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, cast
@@ -154,6 +155,17 @@ async def test_items_round_trip_exactly(make_session: MakeSession) -> None:
     assert json.dumps(items) == json.dumps(ITEMS)  # key order too
 
 
+async def test_unknown_keys_of_an_item_are_kept_as_the_sdk_keeps_them(
+    make_session: MakeSession,
+) -> None:
+    """Lenient on purpose: an item is the SDK's, stored whole, so a key neither we nor the
+    SDK know (a newer API's field) comes back as given rather than being refused."""
+    session = make_session("s1")
+    item: Any = {"role": "user", "content": "hi", "x_future_field": {"kept": [1, 2]}}
+    await session.add_items([item])
+    assert await session.get_items() == [item]
+
+
 async def test_limit_returns_the_latest_items_in_order(make_session: MakeSession) -> None:
     session = make_session("s1")
     await session.add_items([said(f"m{i}") for i in range(5)])
@@ -196,6 +208,53 @@ async def test_sessions_are_separate_and_clear_empties_one(make_session: MakeSes
 
 
 # --- ConvostoreSession specifics --------------------------------------------------------
+
+
+def engine_of(session: ConvostoreSession) -> AsyncEngine:
+    assert isinstance(session.store, SQLAlchemyContextStore)
+    return session.store.engine
+
+
+def pooled(pool: Any) -> int:
+    """How many connections the pool holds, unused (a file database's QueuePool)."""
+    count: int = pool.checkedin()
+    return count
+
+
+@pytest.mark.parametrize("awaited", [False, True], ids=["close()", "await close()"])
+def test_close_works_without_await_as_the_sdks_sessions(tmp_path: Path, awaited: bool) -> None:
+    """The SDK's ``SQLiteSession.close()`` is synchronous, so its users write
+    ``session.close()`` at the end of their main coroutine: that must close, too, even
+    though asyncio.run ends right after it (and awaiting it must keep working)."""
+    reference = SQLiteSession("s1", tmp_path / "sdk.db")
+    session = ConvostoreSession("s1", url=str(tmp_path / "ours.db"))
+    pools = []
+
+    async def main() -> None:
+        for each in (reference, session):
+            await each.add_items([said("hi")])
+        pools.append(engine_of(session).pool)
+        assert pooled(pools[0]) == 1
+        reference.close()
+        if awaited:
+            await session.close()
+        else:
+            session.close()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "coroutine ... was never awaited" included
+        asyncio.run(main())
+    assert pooled(pools[0]) == 0
+    assert engine_of(session).pool is not pools[0]
+
+
+def test_close_outside_an_event_loop(tmp_path: Path) -> None:
+    session = ConvostoreSession("s1", url=str(tmp_path / "ours.db"))
+    asyncio.run(session.add_items([said("hi")]))
+    pool = engine_of(session).pool
+    assert pooled(pool) == 1
+    session.close()
+    assert pooled(pool) == 0
 
 
 async def test_the_settings_limit_is_the_default(sql_engine: AsyncEngine) -> None:

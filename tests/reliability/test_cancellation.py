@@ -18,12 +18,14 @@ must succeed. SQLite's file must pass ``PRAGMA integrity_check`` at the end.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import URL, event, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore import ContextMessage, SQLAlchemyContextStore, codec
@@ -191,3 +193,45 @@ async def test_cancelled_calls_are_all_or_nothing(
     if backend == "sqlite":
         async with engine.connect() as conn:
             assert (await conn.execute(text("PRAGMA integrity_check"))).all() == [("ok",)]
+
+
+CANCEL_WHILE_CONNECTING = """
+import asyncio, gc, sys
+from sqlalchemy.pool import NullPool
+from convostore import ContextMessage, SQLAlchemyContextStore, create_engine
+
+async def main(url):
+    # NullPool: every call opens its connection, so cancelling after k turns of the loop
+    # lands in every step of the connect, the TLS negotiation included.
+    engine = create_engine(url, poolclass=NullPool)
+    store = SQLAlchemyContextStore(engine, project="/cancel", session_id="s")
+    await store.get_history()
+    for turns in range(60):
+        tasks = [
+            asyncio.create_task(store.append(ContextMessage(role="user")))
+            for _ in range(4)
+        ]
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    await engine.dispose()
+    gc.collect()
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+def test_cancelled_calls_write_nothing_to_stderr(db_url: URL) -> None:
+    """On PostgreSQL, a call cancelled while asyncpg opened its connection left a future
+    that asyncio reported at collection: "Future exception was never retrieved"."""
+    result = subprocess.run(
+        [sys.executable, "-c", CANCEL_WHILE_CONNECTING, db_url.render_as_string(False)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""

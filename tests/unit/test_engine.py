@@ -69,11 +69,18 @@ async def test_sqlite_file_gets_the_pragmas_on_every_connection(tmp_path: Path) 
     assert (tmp_path / "x.db").exists()
 
 
-async def test_parent_directories_are_created(tmp_path: Path) -> None:
+@pytest.mark.parametrize("form", ["sqlite://{}", "sqlite+aiosqlite:///{}", "{}"])
+async def test_no_directory_is_created(tmp_path: Path, form: str) -> None:
+    """A mistyped directory once became a new, empty database in a new directory."""
     path = tmp_path / "a" / "b" / "c.db"
-    engine = create_engine(f"sqlite://{path}")
+    with pytest.raises(ConfigurationError, match="create it first"):
+        create_engine(form.format(path))
+    with pytest.raises(ConfigurationError, match="create it first"):
+        await connect(path)
+    assert not (tmp_path / "a").exists()
+    path.parent.mkdir(parents=True)
+    engine = create_engine(form.format(path))
     try:
-        assert path.parent.is_dir()
         async with engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
         assert path.is_file()
@@ -199,9 +206,9 @@ async def test_engines_close_like_a_connection(tmp_path: Path) -> None:
 
 
 async def test_connect_takes_a_path_and_returns_a_closeable_engine(tmp_path: Path) -> None:
-    engine = await connect(tmp_path / "nested" / "chat.db")
+    engine = await connect(tmp_path / "chat.db")
     try:
         assert isinstance(engine, Engine)
-        assert (tmp_path / "nested" / "chat.db").exists()
+        assert (tmp_path / "chat.db").exists()
     finally:
         await engine.close()

@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy import URL
 
 from convostore import (
+    ConfigurationError,
     ContextMessage,
     DeadlineExceeded,
     SchemaVersionError,
@@ -34,6 +35,28 @@ async def test_async_with_opens_and_closes_what_the_store_created(db_url: URL) -
         assert await db.credit("alice", 5) == 5
     assert db.conn is None
     assert _pool_size(db) == 0
+
+
+async def test_a_closed_facade_says_so(db_url: URL) -> None:
+    """Used after close(), a façade once reconnected quietly: to a new, empty database for
+    ``:memory:`` ("no such table: threads"). Every call now says it is closed."""
+    url = db_url.render_as_string(hide_password=False)
+    for where in (url, "sqlite://:memory:"):
+        db = await SQLAlchemyDatabase(where).async_init()
+        await db.add_message("t", "u", "user", message="kept")
+        await db.close()
+        for call in (db.get_messages("t", "u"), db.credit("u", 1), db.async_init()):
+            with pytest.raises(ConfigurationError, match="SQLAlchemyDatabase is closed"):
+                await call
+        await db.close()  # closing again is fine
+    store = SQLAlchemyContextStore(url=":memory:", project="/p", session_id="s")
+    await store.append(ContextMessage(role="user"))
+    await store.close()
+    with pytest.raises(ConfigurationError, match="SQLAlchemyContextStore is closed"):
+        await store.get_history()
+    with pytest.raises(ConfigurationError, match="is closed"):
+        async with store:
+            pass
 
 
 async def test_a_given_engine_and_views_are_never_closed(db_url: URL) -> None:

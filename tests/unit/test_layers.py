@@ -30,6 +30,25 @@ def test_the_in_memory_twin_loads_no_sql() -> None:
     assert result.stdout.strip() == "[]"
 
 
+@pytest.mark.parametrize(
+    "statement",
+    ["from convostore import Database", "from convostore import connect, ContextMessage"],
+)
+def test_importing_the_public_api_does_no_heavy_work(statement: str) -> None:
+    """The import stays well under 300 ms by what it leaves out, counted rather than timed:
+    no Alembic (with Mako and Pygments: loaded on the first schema check) and no table of
+    every Unicode code point (built on the first non-ASCII text searched or stored)."""
+    result = _fresh(
+        f"import sys\n{statement}\n"
+        "import convostore.search as search\n"
+        "heavy = sorted({m.partition('.')[0] for m in sys.modules} & "
+        "{'alembic', 'mako', 'pygments'})\n"
+        "print(heavy, search._combining.cache_info().currsize)"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[] 0"
+
+
 def test_every_public_name_imports_from_the_package() -> None:
     result = _fresh(
         "import convostore\n"

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
+
 import pytest
 from sqlalchemy import URL, text
 
+from convostore import Database
 from convostore.engine import create_engine
 from convostore.errors import ConfigurationError
-from convostore.settings import ENV_VARS, is_memory_sqlite, redact, resolve_url
+from convostore.settings import (
+    ENV_VARS,
+    AmbiguousSQLiteURL,
+    is_memory_sqlite,
+    redact,
+    resolve_url,
+)
 from tests.conftest import require_backend, server_admin_url
 
 SECRET = "s3cr3t-pw"
@@ -160,6 +170,49 @@ def test_empty_environment_variables_are_skipped(monkeypatch: pytest.MonkeyPatch
     assert resolve_url().drivername == "mysql+asyncmy"
     monkeypatch.setenv("DATABASE_URL", "")
     assert resolve_url().database == "convostore.db"
+
+
+@pytest.mark.parametrize(
+    ("value", "database"),
+    [
+        ("sqlite:///app.db", "app.db"),  # what every SQLAlchemy/Flask app means: ./app.db
+        ("sqlite:///data/app.db", "data/app.db"),
+        ("sqlite:////tmp/app.db", "/tmp/app.db"),
+        ("sqlite:///:memory:", ":memory:"),
+        ("sqlite://:memory:", ":memory:"),  # two slashes: agentstr's, SQLAlchemy has no path
+        ("sqlite://data/app.db", "data/app.db"),
+    ],
+)
+async def test_database_url_is_read_with_sqlalchemys_rules(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, value: str, database: str
+) -> None:
+    """DATABASE_URL=sqlite:///app.db once wrote /app.db at the file-system root."""
+    monkeypatch.setenv("DATABASE_URL", value)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        assert resolve_url().database == database
+        db = Database(agent_name="a")  # agentstr's factory without conn_str reads it too
+    assert db.engine.url.database == database
+    await db.close()
+
+
+def test_the_two_readings_warn_where_they_differ(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "sqlite:///app.db")
+    with pytest.warns(AmbiguousSQLiteURL, match="SQLAlchemy's rules: the relative path 'app.db'"):
+        assert resolve_url().database == "app.db"
+    monkeypatch.setenv("CONVOSTORE_DATABASE_URL", "sqlite:///app.db")
+    with pytest.warns(AmbiguousSQLiteURL, match="agentstr's form: the absolute path '/app.db'"):
+        assert resolve_url().database == "/app.db"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        # An argument is the caller's code, in the documented (agentstr's) form.
+        assert resolve_url("sqlite:///app.db").database == "/app.db"
+        for same in ("sqlite:////abs/app.db", "sqlite://:memory:", "sqlite+aiosqlite:///a.db"):
+            resolve_url(same)
+        monkeypatch.setenv("CONVOSTORE_DATABASE_URL", "sqlite:////abs/app.db")
+        resolve_url()
 
 
 def test_environment_urls_are_checked_like_arguments(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -434,7 +434,9 @@ class ConvostoreSessionService(BaseSessionService):
         if any(known.id == event_id for known in session.events):
             return event
         appended = await super().append_event(session, event)
-        session.last_update_time = event.timestamp
+        # What storage keeps (microseconds), as ADK's own service takes it back from the
+        # row: the caller's session then equals the one get_session reads.
+        session.last_update_time = when.timestamp()
         return appended
 
     async def close(self) -> None:

@@ -36,6 +36,7 @@ Requires Python 3.12+ and ``axio`` (``pip install convostore[axio]``).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from datetime import UTC
 from pathlib import Path
@@ -50,10 +51,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore.context import SQLAlchemyContextStore
 from convostore.context import connect as _connect
-from convostore.engine import Engine
+from convostore.engine import Engine, sqlite_path
 from convostore.errors import ValidationError
 from convostore.models import ContextMessage
 from convostore.models import SessionInfo as ConvostoreSessionInfo
+from convostore.settings import resolve_url
 
 __all__ = [
     "CREATED_AT_FORMAT",
@@ -93,6 +95,12 @@ async def connect(
     Raises:
         SchemaVersionError: The schema is not at head and may not be migrated here.
     """
+    # axio-context-sqlite creates the file's directory, and code written for it relies on
+    # that: the drop-in does too (convostore's own connect() never creates directories).
+    if db_path is not None:
+        path = sqlite_path(resolve_url(str(db_path) if isinstance(db_path, Path) else db_path))
+        if path is not None:
+            await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
     return await _connect(db_path, migrate=migrate)
 
 

@@ -24,7 +24,8 @@ Requires ``openai-agents`` (``pip install convostore[openai-agents]``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+from collections.abc import Awaitable, Generator, Mapping
 from typing import Any, cast
 
 from agents.items import TResponseInputItem
@@ -169,9 +170,58 @@ class ConvostoreSession:
         """Remove every item of the session."""
         await self._store.clear()
 
-    async def close(self) -> None:
-        """Dispose of the engine if this session opened it (``url=``)."""
-        await self._store.close()
+    def close(self) -> Awaitable[None]:
+        """Dispose of the engine if this session opened it (``url=``).
+
+        The SDK's own ``SQLiteSession.close()`` is synchronous, and its users call it
+        without ``await``; here ``session.close()`` and ``await session.close()`` both
+        work. In a running event loop the disposal starts as a task, returned to be awaited
+        if you like; it completes even when ``asyncio.run`` ends right after the call.
+        Outside a loop it runs before ``close()`` returns. An engine you passed in is left
+        open, as before: you dispose of it.
+        """
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            _close_outside_a_loop(self._store)
+            return _Done()
+        task = _ClosingTask(self._store.close(), loop=loop)
+        # The loop keeps only a weak reference to a task: hold this one until it is done.
+        _closing.add(task)
+        task.add_done_callback(_closing.discard)
+        return task
+
+
+class _Done:
+    """What ``close()`` returns when it has already finished: awaiting it does nothing."""
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield
+
+
+class _ClosingTask(asyncio.Task[None]):
+    """A task that cannot be cancelled: ``asyncio.run`` cancels the tasks left when its
+    main coroutine returns, which is where an un-awaited ``close()`` usually is, and a
+    connection cancelled half-closed is logged with a traceback (or never closed)."""
+
+    def cancel(self, msg: Any = None) -> bool:
+        return False
+
+
+_closing: set[_ClosingTask] = set()
+
+
+def _close_outside_a_loop(store: ContextStore) -> None:
+    engine = store.engine if isinstance(store, SQLAlchemyContextStore) else None
+    if engine is not None and engine.dialect.name != "sqlite":
+        # A server driver's connections belong to the event loop that opened them, which
+        # has ended: they cannot be closed politely any more, only let go.
+        if getattr(store, "_owns_engine", False):
+            engine.sync_engine.dispose(close=False)
+        return
+    # aiosqlite's connections are threads of their own: a fresh loop can close them.
+    asyncio.run(store.close())
 
 
 def _item(message: ContextMessage) -> TResponseInputItem:
