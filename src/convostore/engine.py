@@ -33,6 +33,7 @@ from convostore.options import (
     parse_deadline,
     url_options,
 )
+from convostore.packet_limit import PacketLimit
 from convostore.settings import is_memory_sqlite, redact, resolve_url
 from convostore.types import SEARCH_INDEX_ATTRIBUTE
 
@@ -210,8 +211,12 @@ def create_engine(
         event.listen(engine.sync_engine, "connect", _sqlite_configurer(deadline))
         if thin_driver is not None and options["async_creator"] is thin_driver:
             event.listen(engine.sync_engine, "before_cursor_execute", sqlite_driver.hand_over)
-    elif kind == "mysql" and deadline is not None:
-        event.listen(engine.sync_engine, "connect", _mysql_lock_wait(deadline))
+    elif kind == "mysql":
+        if deadline is not None:
+            event.listen(engine.sync_engine, "connect", _mysql_lock_wait(deadline))
+        packets = PacketLimit()
+        event.listen(engine.sync_engine, "connect", packets.read)
+        event.listen(engine.sync_engine, "before_cursor_execute", packets.check)
     if not engine.sync_engine.pool._pre_ping and resolved.drivername == "postgresql+asyncpg":
         event.listen(engine.sync_engine, "checkout", _drop_closed_asyncpg)
     install(engine, encryption)
