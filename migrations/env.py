@@ -16,7 +16,7 @@ from sqlalchemy import Connection
 from sqlalchemy.pool import NullPool
 
 from convostore.engine import create_engine
-from convostore.migrate import migration_lock
+from convostore.migrate import DEADLINE_ATTRIBUTE, migration_lock
 from convostore.tables import Base, described_here
 
 config = context.config
@@ -65,7 +65,8 @@ def do_run_migrations(connection: Connection) -> None:
     quiet = _NamedPrimaryKeys()
     driver_log.addFilter(quiet)
     try:
-        with migration_lock(connection):
+        # The deadline convostore.migrate.prepare runs under bounds the wait for the lock.
+        with migration_lock(connection, config.attributes.get(DEADLINE_ATTRIBUTE)):
             context.configure(
                 connection=connection,
                 target_metadata=target_metadata,

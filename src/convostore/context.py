@@ -40,7 +40,7 @@ from convostore.repositories import (
     append_context_batch,
     search_context,
 )
-from convostore.rules import default_project
+from convostore.rules import check_client_key, default_project
 from convostore.settings import redact
 from convostore.telemetry import traced
 from convostore.types import require_search_index
@@ -230,6 +230,7 @@ class SQLAlchemyContextStore(Facade, ContextStore):
         """
         checked = encoded_context_messages(messages)
         ids = arguments.client_ids(client_ids, len(checked))
+        check_client_key(self._scope, self._session_id, ids)
         if not checked:
             return []
         preview = next((p for m, _ in checked if (p := m.preview()) is not None), None)

@@ -27,6 +27,11 @@ class Deadline:
 
     __slots__ = ("_seconds", "_timeout")
 
+    @property
+    def seconds(self) -> float | None:
+        """The deadline this object was made with (``None``: none)."""
+        return self._seconds
+
     def __init__(self, seconds: float | None) -> None:
         self._seconds = seconds
         self._timeout: asyncio.Timeout | None = None
@@ -35,6 +40,19 @@ class Deadline:
         if self._seconds is not None:
             self._timeout = asyncio.timeout(self._seconds)
             await self._timeout.__aenter__()
+
+    def remaining(self) -> float | None:
+        """Seconds left inside the block (``None``: no deadline, or it was lifted)."""
+        when = None if self._timeout is None else self._timeout.when()
+        if when is None:
+            return None
+        return max(0.0, when - asyncio.get_running_loop().time())
+
+    def lift(self) -> None:
+        """Let the rest of the block run to its end: what has started must not be cut off
+        (a migration holding its lock, whose DDL is not transactional on MySQL/MariaDB)."""
+        if self._timeout is not None and not self._timeout.expired():
+            self._timeout.reschedule(None)
 
     async def __aexit__(
         self,

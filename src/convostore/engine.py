@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Protocol, Self
@@ -34,6 +34,7 @@ from convostore.options import (
     parse_deadline,
     url_options,
 )
+from convostore.packet_limit import PacketLimit
 from convostore.settings import is_memory_sqlite, redact, resolve_url
 from convostore.types import SEARCH_INDEX_ATTRIBUTE
 
@@ -50,6 +51,11 @@ __all__ = [
 Family = Literal["sqlite", "postgresql", "mysql"]
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
+CONNECT_TIMEOUT_S = 30.0
+"""How long opening a server connection (TCP, TLS, the server's greeting, authentication)
+may take where no deadline ends it first (or the deadline, when longer). asyncpg's own
+default is 60 s, and asyncmy bounds only the TCP handshake, so a server that accepts and
+never answers would hold a MySQL/MariaDB connection attempt forever."""
 SQLITE_PRAGMAS = (
     "PRAGMA journal_mode=WAL",
     f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
@@ -228,13 +234,17 @@ def create_engine(
             f"the driver for {redact(resolved)!r} is not installed ({exc.name}); "
             "install convostore[postgresql] or convostore[mysql]"
         ) from exc
-    event.listen(engine.sync_engine, "do_connect", _connect_arguments(from_url))
+    event.listen(engine.sync_engine, "do_connect", _connect_arguments(from_url, deadline))
     if kind == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_configurer(deadline, read_only))
         if thin_driver is not None and options["async_creator"] is thin_driver:
             event.listen(engine.sync_engine, "before_cursor_execute", sqlite_driver.hand_over)
-    elif kind == "mysql" and deadline is not None:
-        event.listen(engine.sync_engine, "connect", _mysql_lock_wait(deadline))
+    elif kind == "mysql":
+        if deadline is not None:
+            event.listen(engine.sync_engine, "connect", _mysql_lock_wait(deadline))
+        packets = PacketLimit()
+        event.listen(engine.sync_engine, "connect", packets.read)
+        event.listen(engine.sync_engine, "before_cursor_execute", packets.check)
     if kind != "sqlite":
         # SQLAlchemy first tries a graceful close of a connection it invalidates, shielded
         # from cancellation (2 s on asyncpg, unbounded on asyncmy): a call whose connection
@@ -256,17 +266,47 @@ def create_engine(
     return engine
 
 
-def _connect_arguments(from_url: UrlOptions) -> Any:
+def _connect_arguments(from_url: UrlOptions, deadline: float | None) -> Any:
     """A ``do_connect`` hook: drop convostore's query parameters, add what the driver needs."""
+    # Where a deadline watches, it ends the attempt first; calls that deliberately run
+    # without one (an export reading the whole database) still get the full timeout.
+    connect_timeout = max(deadline or 0.0, CONNECT_TIMEOUT_S)
 
-    def hook(_dialect: Any, _record: Any, _cargs: Any, cparams: dict[str, Any]) -> None:
+    def hook(dialect: Any, _record: Any, _cargs: Any, cparams: dict[str, Any]) -> None:
         for key in QUERY_KEYS:
             cparams.pop(key, None)
         if from_url.pgbouncer == "transaction":
             for key, value in pgbouncer.DRIVER_ARGUMENTS.items():
                 cparams.setdefault(key, value)
+        # A connection attempt ends by itself even where no deadline is watching (a
+        # transaction() block, an engine used directly, deadline=0). The caller's own
+        # setting wins.
+        if dialect.driver == "asyncpg":
+            cparams.setdefault("timeout", connect_timeout)
+        elif dialect.driver == "asyncmy" and "async_creator_fn" not in cparams:
+            seconds = float(cparams.get("connect_timeout") or connect_timeout)
+            cparams["async_creator_fn"] = _bounded_connect(
+                dialect.loaded_dbapi.asyncmy.connect, seconds
+            )
 
     return hook
+
+
+def _bounded_connect(
+    connect: Callable[..., Awaitable[Any]], seconds: float
+) -> Callable[..., Awaitable[Any]]:
+    """``connect`` that gives up after ``seconds``, the server's greeting included."""
+
+    async def bounded(*args: Any, **kwargs: Any) -> Any:
+        try:
+            async with asyncio.timeout(seconds):
+                return await connect(*args, **kwargs)
+        except TimeoutError as exc:
+            raise TimeoutError(
+                f"the server did not complete the connection within {seconds:g} s"
+            ) from exc
+
+    return bounded
 
 
 def family(engine: AsyncEngine) -> Family:

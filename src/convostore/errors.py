@@ -157,6 +157,10 @@ def _translated(exc: Exception) -> ConvostoreError | None:
             return exc.orig
         if _out_of_range(exc.orig):
             return ValidationError(f"a value is out of range: {_short(exc)}")
+        if _beyond_server_limit(exc.orig):
+            # Sent again, the same statement fails the same way: not a DatabaseError, which
+            # transient failures raise too.
+            return ValidationError(f"beyond a limit of the database server: {_short(exc)}")
         if isinstance(exc, sa_exc.IntegrityError):
             return ConflictError(f"integrity constraint violated: {_short(exc)}")
         return DatabaseError(f"{type(exc).__name__}: {_short(exc)}")
@@ -194,6 +198,23 @@ def _out_of_range(orig: BaseException | None) -> bool:
         return True
     args: tuple[object, ...] = getattr(orig, "args", ())
     return bool(args) and args[0] == _MYSQL_OUT_OF_RANGE
+
+
+# PostgreSQL's class 54, program_limit_exceeded (an index row too large, too many columns
+# or arguments); MySQL/MariaDB's ER_NET_PACKET_TOO_LARGE (over max_allowed_packet, when the
+# server says so rather than closing the connection) and ER_TOO_LONG_KEY.
+_PG_LIMIT_CLASS = "54"
+_MYSQL_LIMIT_CODES = frozenset({1153, 1071})
+
+
+def _beyond_server_limit(orig: BaseException | None) -> bool:
+    if orig is None:
+        return False
+    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if isinstance(state, str) and state.startswith(_PG_LIMIT_CLASS):
+        return True
+    args: tuple[object, ...] = getattr(orig, "args", ())
+    return bool(args) and args[0] in _MYSQL_LIMIT_CODES
 
 
 def _short(exc: sa_exc.StatementError) -> str:

@@ -34,7 +34,7 @@ from convostore.models import (
     User,
     encoded_context_messages,
 )
-from convostore.rules import checked_counter
+from convostore.rules import check_client_key, checked_counter
 
 __all__ = ["InMemoryContextStore", "InMemoryDatabase", "MemoryStorage"]
 
@@ -364,6 +364,7 @@ class InMemoryContextStore(ContextStore):
         """Append messages at consecutive positions, all or none."""
         checked = encoded_context_messages(messages)
         ids = arguments.client_ids(client_ids, len(checked))
+        check_client_key(self._scope, self._session_id, ids)
         if not checked:
             return []
         now = datetime.now(UTC)

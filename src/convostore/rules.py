@@ -17,6 +17,7 @@ __all__ = [
     "ADK_KEY_LENGTH",
     "AGENT_NAME_LENGTH",
     "CLIENT_ID_LENGTH",
+    "CLIENT_KEY_BYTES",
     "DEFAULT_AGENT_KEY",
     "INT64_MAX",
     "PREVIEW_LENGTH",
@@ -24,6 +25,7 @@ __all__ = [
     "SESSION_ID_LENGTH",
     "THREAD_ID_LENGTH",
     "USER_ID_LENGTH",
+    "check_client_key",
     "checked_counter",
     "default_project",
 ]
@@ -37,6 +39,12 @@ PROJECT_LENGTH: Final = 512
 SESSION_ID_LENGTH: Final = 128
 PREVIEW_LENGTH: Final = 100
 CLIENT_ID_LENGTH: Final = 128
+CLIENT_KEY_BYTES: Final = 2600
+"""The most UTF-8 bytes a context message's project (with its namespace), session id and
+client id may take together. They are one key of a unique index, and PostgreSQL's B-tree
+holds at most 2704 bytes per key, overhead included: at four bytes a character the
+column lengths alone (512 + 128 + 128) would allow 3072. Checked before any SQL, on every
+backend alike."""
 # ADK's own key columns are 128 characters (app name, user id, session id, event id).
 ADK_KEY_LENGTH: Final = 128
 
@@ -45,6 +53,24 @@ DEFAULT_AGENT_KEY: Final = ""
 never empty (:func:`convostore.models.check_id` refuses it), so the two cannot collide."""
 
 INT64_MAX: Final = 2**63 - 1
+
+
+def check_client_key(project: str, session_id: str, client_ids: list[str | None]) -> None:
+    """Refuse client ids whose index key would exceed :data:`CLIENT_KEY_BYTES`.
+
+    Raises:
+        ValidationError: Naming the limit and the bytes the key would take.
+    """
+    longest = max((len(i.encode()) for i in client_ids if i is not None), default=None)
+    if longest is None:
+        return
+    size = len(project.encode()) + len(session_id.encode()) + longest
+    if size > CLIENT_KEY_BYTES:
+        raise ValidationError(
+            f"project, session_id and client_id take {size} bytes of UTF-8 together; the "
+            f"limit is {CLIENT_KEY_BYTES} (CLIENT_KEY_BYTES: they form one index key, and "
+            "PostgreSQL's index keys hold at most 2704 bytes): use a shorter client_id"
+        )
 
 
 def checked_counter(value: Any, table: str, counter: str) -> int:

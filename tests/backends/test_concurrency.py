@@ -148,11 +148,22 @@ async def test_thirty_two_connections_append_to_one_session(db_url: URL, backend
     if not is_postgresql(backend):
         pytest.skip("the 32-connection run is the PostgreSQL requirement")
     async with own_engines(db_url, 1, pool_size=32, max_overflow=0) as (engine,):
-        await gather_all([writers.append_to_session(engine, "wide", w, 50) for w in range(32)])
+        # With client ids every append runs its own transaction (plain appends are group
+        # committed, and share a connection). Schema preparation no longer opens a
+        # connection per writer, so the writes alone must make the pool grow.
+        await gather_all([identified_appends(engine, "wide", w, 50) for w in range(32)])
         # The pool opens a connection only when every open one is checked out, so 32
         # pooled connections mean 32 writers really held a connection at the same time.
         assert engine.pool.checkedin() == 32  # type: ignore[attr-defined]
     assert_complete(await session_rows(db_url, "wide"), writers=32, each=50)
+
+
+async def identified_appends(engine: AsyncEngine, session_id: str, writer: int, count: int) -> None:
+    """:func:`writers.append_to_session`, each append with a client id of its own."""
+    store = SQLAlchemyContextStore(engine, project=PROJECT, session_id=session_id)
+    for seq in range(count):
+        message = ContextMessage(role="assistant", content=[writers.marker(writer, seq)])
+        await store.append(message, client_id=f"{writer}:{seq}")
 
 
 async def run_writer_processes(url: URL, kind: str, scope: str, processes: int, each: int) -> None:

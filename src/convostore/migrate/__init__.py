@@ -10,18 +10,23 @@ or, from a shell, ``convostore db upgrade --url URL`` (``python -m convostore.mi
 upgrade --url URL`` is the same command).
 
 Every run holds a database-wide lock (:func:`migration_lock`), so several processes starting
-at once migrate the database once and the others find it at head.
+at once migrate the database once and the others find it at head. Within one process,
+Alembic commands take turns (Alembic keeps the running command in module globals), and
+:func:`prepare` runs once per database at a time, however many tasks or threads start it.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import functools
 import io
+import math
+import threading
 import warnings
 import weakref
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,6 +41,7 @@ from sqlalchemy import URL, Connection, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import NullPool
 
+from convostore.deadlines import Deadline
 from convostore.engine import create_engine, family, family_from_name
 from convostore.errors import (
     ConfigurationError,
@@ -43,9 +49,11 @@ from convostore.errors import (
     SchemaVersionError,
     translate_errors,
 )
+from convostore.options import deadline_of
 from convostore.settings import redact
 
 __all__ = [
+    "DEADLINE_ATTRIBUTE",
     "SchemaCheck",
     "alembic_config",
     "assert_at_head",
@@ -68,6 +76,25 @@ T = TypeVar("T")
 
 # Engines already known to be at head, so façades check once per engine, not per call.
 _prepared: weakref.WeakSet[AsyncEngine] = weakref.WeakSet()
+
+# Alembic keeps the command it runs in module globals (alembic.context, alembic.op, the
+# env.py it loads): two commands at once in one process, from tasks or from threads, break
+# each other (KeyError('config'), KeyError('script'), "'NoneType' object has no attribute
+# 'configure'"). Every command of this process takes its turn under _ALEMBIC; within an
+# event loop the tasks queue on an asyncio lock first, so at most one thread per loop
+# blocks on _ALEMBIC.
+_ALEMBIC = threading.Lock()
+_turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+    weakref.WeakKeyDictionary()
+)
+# One preparation of a database at a time per event loop (the key is the database's URL),
+# so the tasks that open a new database together wait for the first one's migration and
+# then find the database at head.
+_preparing: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = (
+    weakref.WeakKeyDictionary()
+)
+# Where convostore hands its start-up deadline to env.py's migration_lock.
+DEADLINE_ATTRIBUTE = "convostore_deadline"
 
 
 def migrations_dir() -> Path:
@@ -155,7 +182,7 @@ async def check(target: Target = None) -> SchemaCheck:
         drift = _drift(connection) if revision == expected else None
         return SchemaCheck(redact(connection.engine.url), revision, expected, drift)
 
-    return await _on_connection(target, inspect)
+    return await _on_connection(target, inspect, alembic=True)
 
 
 def _drift(connection: Connection) -> str | None:
@@ -190,29 +217,74 @@ async def prepare(engine: AsyncEngine, *, migrate: bool | None = None) -> None:
     to a deployment step. A database at a revision this code does not know (newer code has
     migrated it) is refused either way.
 
+    The engine's deadline (see :mod:`convostore.options`) bounds connecting, the check and
+    the wait for the migration lock; a migration that holds the lock runs to its end,
+    since DDL cut off halfway (not transactional on MySQL/MariaDB) helps nobody.
+
+    Safe under any concurrency: tasks and threads of one process preparing the same
+    database take turns (the first migrates, the others find it at head), and processes
+    queue on :func:`migration_lock`.
+
     Raises:
         SchemaVersionError: The database is not at head and may not be migrated here.
+        DeadlineExceeded: The server did not answer within the engine's deadline.
     """
     if engine in _prepared:
         return
     if migrate is None:
         migrate = family(engine) == "sqlite"
-    revision = await current(engine)
-    expected = head()
-    if revision == expected:
+    deadline = Deadline(deadline_of(engine.get_execution_options()))
+    async with deadline, _preparing_lock(engine):
+        if engine in _prepared:  # another task prepared it while this one waited
+            return
+        revision = await current(engine)
+        expected = head()
+        if revision != expected:
+            if revision is not None and not _is_known(revision):
+                raise _version_error(engine.url, revision, expected)
+            if not migrate:
+                raise _version_error(engine.url, revision, expected)
+            await _on_connection(engine, _run_command, "upgrade", "head", deadline, alembic=True)
         _prepared.add(engine)
-        return
-    if revision is not None and not _is_known(revision):
-        raise _version_error(engine.url, revision, expected)
-    if not migrate:
-        raise _version_error(engine.url, revision, expected)
-    await upgrade(engine)
-    _prepared.add(engine)
+
+
+@asynccontextmanager
+async def _preparing_lock(engine: AsyncEngine) -> AsyncIterator[None]:
+    locks = _preparing.setdefault(asyncio.get_running_loop(), {})
+    key = engine.url.render_as_string(hide_password=False)
+    lock = locks.setdefault(key, asyncio.Lock())
+    async with lock:
+        yield
+
+
+@asynccontextmanager
+async def _alembic_turn() -> AsyncIterator[None]:
+    """Hold this process's turn to run an Alembic command (see ``_ALEMBIC``)."""
+    turn = _turns.setdefault(asyncio.get_running_loop(), asyncio.Lock())
+    async with turn:
+        if not _ALEMBIC.acquire(blocking=False):
+            # Another thread's command runs: wait for it in a worker thread, so that this
+            # loop's other tasks (that thread's command may be serving them) keep running.
+            waiter = asyncio.ensure_future(asyncio.to_thread(_ALEMBIC.acquire))
+            try:
+                await asyncio.shield(waiter)
+            except BaseException:
+                # Cancelled (a deadline) while the worker waits: give the turn back as soon
+                # as the worker gets it.
+                waiter.add_done_callback(lambda _: _ALEMBIC.release())
+                raise
+        try:
+            yield
+        finally:
+            _ALEMBIC.release()
 
 
 @contextmanager
-def migration_lock(connection: Connection) -> Iterator[None]:
+def migration_lock(connection: Connection, deadline: Deadline | None = None) -> Iterator[None]:
     """Hold the database-wide migration lock, and commit what ran under it.
+
+    ``deadline`` (the one :func:`prepare` runs under) bounds the wait for the lock, and is
+    lifted once the lock is held: the migration then runs to its end.
 
     * SQLite: ``BEGIN IMMEDIATE`` takes the write lock, and the migrations run in that one
       transaction (SQLite has transactional DDL), with foreign keys off so that table
@@ -224,9 +296,11 @@ def migration_lock(connection: Connection) -> Iterator[None]:
     and leaves committing to this function.
     """
     kind = family_from_name(connection.dialect.name)
+    locked = deadline.lift if deadline is not None else _nothing
     if kind == "sqlite":
         connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+        locked()
         try:
             yield
             problems = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
@@ -241,6 +315,7 @@ def migration_lock(connection: Connection) -> Iterator[None]:
             connection.commit()
     elif kind == "postgresql":
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
+        locked()
         try:
             yield
             connection.commit()
@@ -248,12 +323,15 @@ def migration_lock(connection: Connection) -> Iterator[None]:
             connection.rollback()
             raise
     else:
+        # The driver cannot cancel a statement: the server must give up by the deadline.
+        remaining = deadline.remaining() if deadline is not None else None
+        timeout = _MYSQL_LOCK_TIMEOUT_S if remaining is None else max(1, math.ceil(remaining))
         got = connection.execute(
-            text("SELECT GET_LOCK(:name, :timeout)"),
-            {"name": _LOCK_NAME, "timeout": _MYSQL_LOCK_TIMEOUT_S},
+            text("SELECT GET_LOCK(:name, :timeout)"), {"name": _LOCK_NAME, "timeout": timeout}
         ).scalar()
         if got != 1:
             raise DatabaseError("timed out waiting for the migration lock (GET_LOCK)")
+        locked()
         try:
             yield
             connection.commit()
@@ -266,29 +344,42 @@ def migration_lock(connection: Connection) -> Iterator[None]:
 
 
 async def _run(target: Target, name: str, revision: str) -> None:
-    await _on_connection(target, _run_command, name, revision)
+    await _on_connection(target, _run_command, name, revision, None, alembic=True)
 
 
-async def _on_connection(target: Target, fn: Callable[..., T], *args: Any) -> T:
+def _nothing() -> None:
+    pass
+
+
+async def _on_connection(
+    target: Target, fn: Callable[..., T], *args: Any, alembic: bool = False
+) -> T:
     """Run Alembic's synchronous ``fn(connection, *args)`` on a connection of its own.
 
     Not :class:`~convostore.transactions.TransactionRunner`: migrations manage their own
     transaction under :func:`migration_lock` (DDL commits implicitly on MySQL/MariaDB), and
-    are never retried.
+    are never retried. ``alembic``: ``fn`` runs an Alembic command, which takes its turn
+    (see ``_ALEMBIC``) once the connection is open.
     """
     engine, owned = _engine_for(target)
     try:
         with translate_errors():
             async with engine.connect() as conn:
-                return await conn.run_sync(fn, *args)
+                if not alembic:
+                    return await conn.run_sync(fn, *args)
+                async with _alembic_turn():
+                    return await conn.run_sync(fn, *args)
     finally:
         if owned:
             await engine.dispose()
 
 
-def _run_command(connection: Connection, name: str, revision: str) -> None:
+def _run_command(
+    connection: Connection, name: str, revision: str, deadline: Deadline | None
+) -> None:
     config = alembic_config()
     config.attributes["connection"] = connection
+    config.attributes[DEADLINE_ATTRIBUTE] = deadline
     try:
         getattr(command, name)(config, revision)
     except CommandError as exc:
