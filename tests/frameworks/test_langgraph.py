@@ -24,9 +24,10 @@ from langgraph.types import Command
 from sqlalchemy import func, make_url, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from convostore.encryption import Keyring, install
+from convostore.encryption import Keyring, install, key_id_of
 from convostore.errors import ConflictError, ValidationError
 from convostore.integrations.langgraph import ConvostoreSaver
+from convostore.rotation import rotate, sealed_columns
 from convostore.tables import LangGraphBlobRecord
 from tests.conftest import WITH_PGBOUNCER, _servers, empty_tables, require_backend, run_sync
 from tests.frameworks.conftest import SQL_BACKENDS, open_engine
@@ -40,6 +41,11 @@ from tests.frameworks.langgraph_graphs import (
 )
 
 JOIN_TIMEOUT_S = 120
+PAYLOAD_COLUMNS = {
+    "langgraph_checkpoints": ("checkpoint", "checkpoint_metadata"),
+    "langgraph_checkpoint_blobs": ("value",),
+    "langgraph_checkpoint_writes": ("value",),
+}
 
 
 def _url_of(backend: str, tmp_path: Path) -> str:
@@ -241,13 +247,8 @@ async def test_every_payload_is_encrypted_on_an_engine_with_a_keyring(
     install(engine, Keyring({"k1": os.urandom(32)}, current="k1"))
     graph = approval_graph(ConvostoreSaver(engine))
     await graph.ainvoke({"messages": [first_message()]}, _config("sealed"))
-    columns = {
-        "langgraph_checkpoints": ("checkpoint", "checkpoint_metadata"),
-        "langgraph_checkpoint_blobs": ("value",),
-        "langgraph_checkpoint_writes": ("value",),
-    }
     async with engine.connect() as conn:
-        for table, names in columns.items():
+        for table, names in PAYLOAD_COLUMNS.items():
             for name in names:
                 stored = (await conn.execute(text(f"SELECT {name} FROM {table}"))).scalars().all()
                 assert stored, table
@@ -294,3 +295,24 @@ async def test_refusals(engine: AsyncEngine) -> None:
     found = await saver.aget_tuple(_config("7"))
     assert found is not None
     assert found.checkpoint["channel_values"]["count"] == 1
+
+
+async def test_rotate_keys_covers_the_checkpoint_tables(engine: AsyncEngine) -> None:
+    old, new = os.urandom(32), os.urandom(32)
+    install(engine, Keyring({"old": old}, current="old"))
+    graph = approval_graph(ConvostoreSaver(engine))
+    await graph.ainvoke({"messages": [first_message()]}, _config("rotated"))
+
+    report = await rotate(engine, Keyring({"old": old, "new": new}, current="new"))
+
+    for table in PAYLOAD_COLUMNS:
+        assert table in sealed_columns()
+        assert any(name.startswith(f"{table}.") for name in report.rewritten), table
+    async with engine.connect() as conn:
+        for table, names in PAYLOAD_COLUMNS.items():
+            for name in names:
+                stored = (await conn.execute(text(f"SELECT {name} FROM {table}"))).scalars()
+                assert {key_id_of(bytes(value)) for value in stored} == {"new"}, (table, name)
+    install(engine, Keyring({"new": new}, current="new"), replace=True)
+    state = await approval_graph(ConvostoreSaver(engine)).aget_state(_config("rotated"))
+    assert state.values["messages"][0].content == "I was charged twice."
