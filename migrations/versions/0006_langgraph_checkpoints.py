@@ -3,7 +3,8 @@
 langgraph_checkpoints holds one row per checkpoint of a (thread_id, checkpoint_ns), keyed
 by LangGraph's own checkpoint id (a UUIDv6, which sorts in creation order: LangGraph's
 savers order by it, and copies keep it); ``run_id`` is the metadata's run id in its own
-column, for ``delete_for_runs``. langgraph_checkpoint_blobs holds each channel's value once
+column, for ``delete_for_runs``, and ``created_at`` when it was stored (for retention:
+``convostore prune``). langgraph_checkpoint_blobs holds each channel's value once
 per version (a checkpoint names the versions it reads in its ``channel_versions``), so a
 step stores only the channels it changed. langgraph_checkpoint_writes holds the pending
 writes of a checkpoint's tasks. Payloads are LangGraph's serializer output inside
@@ -24,7 +25,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from convostore.types import CompressedJSON, key_string
+from convostore.types import CompressedJSON, UTCDateTime, key_string
 
 revision: str = "0006"
 down_revision: str | Sequence[str] | None = "0005"
@@ -42,6 +43,7 @@ def upgrade() -> None:
         sa.Column("run_id", key_string(128), nullable=True),
         sa.Column("checkpoint", CompressedJSON(), nullable=False),
         sa.Column("checkpoint_metadata", CompressedJSON(), nullable=False),
+        sa.Column("created_at", UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint(
             "thread_id", "checkpoint_ns", "checkpoint_id", name=op.f("pk_langgraph_checkpoints")
         ),

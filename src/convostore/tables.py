@@ -368,7 +368,8 @@ class LangGraphCheckpointRecord(Base):
 
     LangGraph orders a thread's checkpoints by ``checkpoint_id`` (a UUIDv6: its order is
     creation order, and a copied thread keeps it), so this table has no position of its own.
-    ``run_id`` is the metadata's ``run_id``, kept in a column for ``delete_for_runs``.
+    ``run_id`` is the metadata's ``run_id``, kept in a column for ``delete_for_runs``;
+    ``created_at`` is when the checkpoint was stored, for retention (``convostore prune``).
     """
 
     __tablename__ = "langgraph_checkpoints"
@@ -384,6 +385,7 @@ class LangGraphCheckpointRecord(Base):
     run_id: Mapped[str | None] = mapped_column(key_string(LANGGRAPH_THREAD_ID_LENGTH))
     checkpoint: Mapped[Any] = mapped_column(CompressedJSON())
     checkpoint_metadata: Mapped[Any] = mapped_column(CompressedJSON())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class LangGraphBlobRecord(Base):

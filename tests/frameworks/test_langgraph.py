@@ -7,10 +7,12 @@ every stored payload, and the saver's own refusals.
 
 from __future__ import annotations
 
+import io
 import multiprocessing
 import os
 import queue
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +23,15 @@ pytest.importorskip("langgraph")
 import itertools
 
 from langgraph.types import Command
-from sqlalchemy import func, make_url, select, text
+from sqlalchemy import Table, func, make_url, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from convostore import connect, transfer
 from convostore.encryption import Keyring, install, key_id_of
 from convostore.errors import ConflictError, ValidationError
 from convostore.integrations.langgraph import ConvostoreSaver
 from convostore.rotation import rotate, sealed_columns
-from convostore.tables import LangGraphBlobRecord
+from convostore.tables import LangGraphBlobRecord, LangGraphCheckpointRecord
 from tests.conftest import WITH_PGBOUNCER, _servers, empty_tables, require_backend, run_sync
 from tests.frameworks.conftest import SQL_BACKENDS, open_engine
 from tests.frameworks.langgraph_graphs import (
@@ -41,6 +44,7 @@ from tests.frameworks.langgraph_graphs import (
 )
 
 JOIN_TIMEOUT_S = 120
+LANGGRAPH_RECORDS = ("langgraph_checkpoint", "langgraph_blob", "langgraph_write")
 PAYLOAD_COLUMNS = {
     "langgraph_checkpoints": ("checkpoint", "checkpoint_metadata"),
     "langgraph_checkpoint_blobs": ("value",),
@@ -316,3 +320,68 @@ async def test_rotate_keys_covers_the_checkpoint_tables(engine: AsyncEngine) -> 
     install(engine, Keyring({"new": new}, current="new"), replace=True)
     state = await approval_graph(ConvostoreSaver(engine)).aget_state(_config("rotated"))
     assert state.values["messages"][0].content == "I was charged twice."
+
+
+async def test_export_and_import_carry_checkpoints_across_backends(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    source = await connect(str(tmp_path / "source.db"))
+    try:
+        saver = ConvostoreSaver(source)
+        graph = nested_graph(saver)
+        config = _config("exported")
+        await graph.ainvoke({"messages": [first_message()]}, config)  # paused in a subgraph
+        first = io.BytesIO()
+        report = await transfer.export_jsonl(source, first)
+        assert all(report.counts[name]["source"] for name in LANGGRAPH_RECORDS)
+    finally:
+        await source.dispose()
+
+    imported = await transfer.import_jsonl(engine, first.getvalue().splitlines())
+    assert imported.verified
+    assert {name: imported.counts[name]["inserted"] for name in LANGGRAPH_RECORDS} == {
+        name: report.counts[name]["source"] for name in LANGGRAPH_RECORDS
+    }
+    again = await transfer.import_jsonl(engine, first.getvalue().splitlines())
+    assert all(again.counts[name]["inserted"] == 0 for name in LANGGRAPH_RECORDS)
+    second = io.BytesIO()
+    await transfer.export_jsonl(engine, second)
+    assert first.getvalue().splitlines()[1:] == second.getvalue().splitlines()[1:]
+
+    # The imported thread resumes where the exported one paused.
+    done = await nested_graph(ConvostoreSaver(engine)).ainvoke(Command(resume="ok"), config)
+    assert [m.content for m in done["messages"]][-2:] == ["answer: ok", "Done."]
+
+
+async def test_retention_prunes_threads_whose_newest_checkpoint_is_old(
+    engine: AsyncEngine,
+) -> None:
+    saver = ConvostoreSaver(engine)
+    graph = counter_graph(saver)
+    for thread_id in ("stale", "fresh"):
+        await graph.ainvoke({"count": 0, "target": 2, "log": []}, _config(thread_id))
+    checkpoints: Table = LangGraphCheckpointRecord.__table__  # type: ignore[assignment]
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(checkpoints)
+            .where(checkpoints.c.thread_id == "stale")
+            .values(created_at=datetime.now(UTC) - timedelta(days=10))
+        )
+
+    dry = await transfer.prune(engine, older_than=timedelta(days=1), dry_run=True)
+    assert (dry.langgraph_threads, dry.langgraph_checkpoints) == (1, 4)
+    scoped = await transfer.prune(engine, older_than=timedelta(days=1), project="/elsewhere")
+    assert scoped.langgraph_threads == 0
+    report = await transfer.prune(engine, older_than=timedelta(days=1))
+    assert (report.langgraph_threads, report.langgraph_checkpoints) == (1, 4)
+
+    assert await saver.aget_tuple(_config("stale")) is None
+    async with engine.connect() as conn:
+        for table in PAYLOAD_COLUMNS:
+            threads = (
+                await conn.execute(text(f"SELECT DISTINCT thread_id FROM {table}"))
+            ).scalars()
+            assert set(threads) == {"fresh"}, table
+    fresh = await saver.aget_tuple(_config("fresh"))
+    assert fresh is not None
+    assert fresh.checkpoint["channel_values"]["count"] == 2

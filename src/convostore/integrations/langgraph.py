@@ -59,6 +59,7 @@ import weakref
 from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -318,6 +319,7 @@ class ConvostoreSaver(BaseCheckpointSaver[str]):
             ),
             "checkpoint": self._dump(stored),
             "checkpoint_metadata": self._dump(full_metadata),
+            "created_at": datetime.now(UTC),
         }
         blobs = [
             {
@@ -346,6 +348,7 @@ class ConvostoreSaver(BaseCheckpointSaver[str]):
                             "run_id",
                             "checkpoint",
                             "checkpoint_metadata",
+                            "created_at",
                         )
                     },
                 )
