@@ -353,14 +353,14 @@ class ConvostoreSaver(BaseCheckpointSaver[str]):
                     },
                 )
             )
-            for blob in blobs:
+            if blobs:
+                # One executemany: a value already stored at that version stays (the same
+                # version is the same value).
                 await db.execute(
                     insert_ignore(
-                        kind,
-                        _blobs,
-                        blob,
-                        key=["thread_id", "checkpoint_ns", "channel", "version"],
-                    )
+                        kind, _blobs, {}, key=["thread_id", "checkpoint_ns", "channel", "version"]
+                    ),
+                    blobs,
                 )
 
         await self._runner.run(work)
@@ -409,20 +409,22 @@ class ConvostoreSaver(BaseCheckpointSaver[str]):
         await self._ready()
         key = ["thread_id", "checkpoint_ns", "checkpoint_id", "task_id", "idx"]
 
+        regular = [row for row in rows if row["idx"] >= 0]
+        special = [row for row in rows if row["idx"] < 0]
+
         async def work(db: Executor) -> None:
             kind = family_of(db)
-            for row in rows:
-                if row["idx"] < 0:
-                    stmt = upsert(
-                        kind,
-                        _writes,
-                        row,
-                        key=key,
-                        update=lambda new: {n: new[n] for n in ("channel", "task_path", "value")},
-                    )
-                else:
-                    stmt = insert_ignore(kind, _writes, row, key=key)
-                await db.execute(stmt)
+            if regular:
+                await db.execute(insert_ignore(kind, _writes, {}, key=key), regular)
+            if special:
+                replace = upsert(
+                    kind,
+                    _writes,
+                    {},
+                    key=key,
+                    update=lambda new: {n: new[n] for n in ("channel", "task_path", "value")},
+                )
+                await db.execute(replace, special)
 
         await self._runner.run(work)
 
