@@ -122,6 +122,7 @@ docs: venv
 
 bench: venv312
 	$(BIN312)/python bench/bench.py $(BENCH_ARGS)
+	$(BIN312)/python bench/langgraph_saver.py $(LANGGRAPH_BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(VENV312) $(VENV_SA20) dist build site .mypy_cache .ruff_cache .pytest_cache convostore.db*

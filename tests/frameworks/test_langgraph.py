@@ -11,6 +11,8 @@ import io
 import multiprocessing
 import os
 import queue
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -385,3 +387,19 @@ async def test_retention_prunes_threads_whose_newest_checkpoint_is_old(
     fresh = await saver.aget_tuple(_config("fresh"))
     assert fresh is not None
     assert fresh.checkpoint["channel_values"]["count"] == 2
+
+
+def test_the_saver_benchmark_runs(tmp_path: Path) -> None:
+    """``bench/langgraph_saver.py --quick`` on SQLite: it runs and prints its table (no
+    timing is checked)."""
+    root = Path(__file__).resolve().parents[2]
+    completed = subprocess.run(
+        [sys.executable, str(root / "bench" / "langgraph_saver.py"), "--quick"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "| bytes on disk per checkpoint |" in completed.stdout

@@ -77,13 +77,31 @@ from langgraph.checkpoint.base import (
     get_checkpoint_metadata,
     writes_sort_key,
 )
-from sqlalchemy import URL, Row, Table, delete, func, insert, literal, select, tuple_
+from sqlalchemy import (
+    URL,
+    Row,
+    Table,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+    tuple_,
+)
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore import migrate as migrations
-from convostore.dialects import Executor, family_of, insert_ignore, upsert
+from convostore.dialects import (
+    Executor,
+    cached,
+    family_of,
+    insert_ignore,
+    params_for,
+    upsert,
+)
 from convostore.encryption import keyring_of
-from convostore.engine import create_engine
+from convostore.engine import Family, create_engine
 from convostore.errors import ConfigurationError, ConflictError, SerializationError, ValidationError
 from convostore.rules import (
     LANGGRAPH_CHANNEL_LENGTH,
@@ -206,13 +224,12 @@ class ConvostoreSaver(BaseCheckpointSaver[str]):
         checkpoint_id = get_checkpoint_id(config)
         await self._ready()
 
+        params = {"thread_id": scope.thread_id, "checkpoint_ns": scope.checkpoint_ns}
+        if checkpoint_id:
+            params["checkpoint_id"] = checkpoint_id
+
         async def work(db: Executor) -> CheckpointTuple | None:
-            stmt = select(_checkpoints).where(*_in_scope(_checkpoints, scope))
-            if checkpoint_id:
-                stmt = stmt.where(_checkpoints.c.checkpoint_id == checkpoint_id)
-            else:
-                stmt = stmt.order_by(_checkpoints.c.checkpoint_id.desc()).limit(1)
-            row = (await db.execute(stmt)).one_or_none()
+            row = (await db.execute(_get_checkpoint(bool(checkpoint_id)), params)).one_or_none()
             if row is None:
                 return None
             return (await self._tuples(db, [row]))[0]
@@ -335,33 +352,11 @@ class ConvostoreSaver(BaseCheckpointSaver[str]):
 
         async def work(db: Executor) -> None:
             kind = family_of(db)
-            await db.execute(
-                upsert(
-                    kind,
-                    _checkpoints,
-                    row,
-                    key=["thread_id", "checkpoint_ns", "checkpoint_id"],
-                    update=lambda new: {
-                        name: new[name]
-                        for name in (
-                            "parent_checkpoint_id",
-                            "run_id",
-                            "checkpoint",
-                            "checkpoint_metadata",
-                            "created_at",
-                        )
-                    },
-                )
-            )
+            await db.execute(_put_checkpoint(kind), row)
             if blobs:
                 # One executemany: a value already stored at that version stays (the same
                 # version is the same value).
-                await db.execute(
-                    insert_ignore(
-                        kind, _blobs, {}, key=["thread_id", "checkpoint_ns", "channel", "version"]
-                    ),
-                    blobs,
-                )
+                await db.execute(_put_blobs(kind), blobs)
 
         await self._runner.run(work)
         return {
@@ -654,41 +649,28 @@ class ConvostoreSaver(BaseCheckpointSaver[str]):
         checkpoints = [self._load(row.checkpoint) for row in rows]
         keys = [(row.thread_id, row.checkpoint_ns, row.checkpoint_id) for row in rows]
         writes: dict[tuple[str, str, str], builtins.list[Any]] = {key: [] for key in keys}
-        write_rows = (
-            await db.execute(
-                select(_writes).where(
-                    tuple_(
-                        _writes.c.thread_id, _writes.c.checkpoint_ns, _writes.c.checkpoint_id
-                    ).in_(keys)
-                )
-            )
-        ).all()
-        for write in write_rows:
-            writes[(write.thread_id, write.checkpoint_ns, write.checkpoint_id)].append(write)
-        wanted = sorted(
-            {
-                (row.thread_id, row.checkpoint_ns, channel, _version(version))
-                for row, checkpoint in zip(rows, checkpoints, strict=True)
-                for channel, version in checkpoint.get("channel_versions", {}).items()
-            }
-        )
         blobs: dict[tuple[str, str, str, str], Any] = {}
-        for start in range(0, len(wanted), _PAGE):
-            chunk = wanted[start : start + _PAGE]
-            found = (
-                await db.execute(
-                    select(_blobs).where(
-                        tuple_(
-                            _blobs.c.thread_id,
-                            _blobs.c.checkpoint_ns,
-                            _blobs.c.channel,
-                            _blobs.c.version,
-                        ).in_(chunk)
-                    )
-                )
-            ).all()
-            for blob in found:
-                blobs[(blob.thread_id, blob.checkpoint_ns, blob.channel, blob.version)] = blob.value
+        # One scope at a time (a page of list(None) may span threads), by cached statements.
+        scopes: dict[tuple[str, str], builtins.list[int]] = {}
+        for index, key in enumerate(keys):
+            scopes.setdefault(key[:2], []).append(index)
+        for (thread, ns), indexes in scopes.items():
+            scope = {"thread_id": thread, "checkpoint_ns": ns}
+            ids = [keys[i][2] for i in indexes]
+            for write in (await db.execute(_get_writes(), {**scope, "ids": ids})).all():
+                writes[(thread, ns, write.checkpoint_id)].append(write)
+            wanted = sorted(
+                {
+                    (channel, _version(version))
+                    for i in indexes
+                    for channel, version in checkpoints[i].get("channel_versions", {}).items()
+                }
+            )
+            for first in range(0, len(wanted), _PAGE):
+                chunk = wanted[first : first + _PAGE]
+                found = await db.execute(_get_blobs(), {**scope, "pairs": chunk})
+                for channel, version, value in found.all():
+                    blobs[(thread, ns, channel, version)] = value
         return [
             self._tuple(row, checkpoint, blobs, writes[key])
             for row, checkpoint, key in zip(rows, checkpoints, keys, strict=True)
@@ -760,6 +742,71 @@ class ConvostoreSaver(BaseCheckpointSaver[str]):
                         _blobs.c.version == version,
                     )
                 )
+
+
+_CHECKPOINT_KEY = ["thread_id", "checkpoint_ns", "checkpoint_id"]
+_REPLACED = ("parent_checkpoint_id", "run_id", "checkpoint", "checkpoint_metadata", "created_at")
+
+
+# The statements of every put and get_tuple are built once per dialect family (building a
+# statement costs SQLAlchemy more than running a small one: see dialects.cached).
+def _put_checkpoint(kind: Family) -> Any:
+    def build() -> Any:
+        values = params_for(_checkpoints, [*_CHECKPOINT_KEY, *_REPLACED])
+        return upsert(
+            kind,
+            _checkpoints,
+            values,
+            key=_CHECKPOINT_KEY,
+            update=lambda new: {name: new[name] for name in _REPLACED},
+        )
+
+    return cached(("langgraph", "put", kind), build)
+
+
+def _put_blobs(kind: Family) -> Any:
+    def build() -> Any:
+        key = ["thread_id", "checkpoint_ns", "channel", "version"]
+        return insert_ignore(kind, _blobs, params_for(_blobs, [*key, "value"]), key=key)
+
+    return cached(("langgraph", "blobs", kind), build)
+
+
+def _get_checkpoint(by_id: bool) -> Any:
+    def build() -> Any:
+        c = _checkpoints.c
+        stmt = select(_checkpoints).where(
+            c.thread_id == bindparam("thread_id"), c.checkpoint_ns == bindparam("checkpoint_ns")
+        )
+        if by_id:
+            return stmt.where(c.checkpoint_id == bindparam("checkpoint_id"))
+        return stmt.order_by(c.checkpoint_id.desc()).limit(1)
+
+    return cached(("langgraph", "get", by_id), build)
+
+
+def _get_writes() -> Any:
+    def build() -> Any:
+        c = _writes.c
+        return select(_writes).where(
+            c.thread_id == bindparam("thread_id"),
+            c.checkpoint_ns == bindparam("checkpoint_ns"),
+            c.checkpoint_id.in_(bindparam("ids", expanding=True)),
+        )
+
+    return cached(("langgraph", "writes"), build)
+
+
+def _get_blobs() -> Any:
+    def build() -> Any:
+        c = _blobs.c
+        return select(c.channel, c.version, c.value).where(
+            c.thread_id == bindparam("thread_id"),
+            c.checkpoint_ns == bindparam("checkpoint_ns"),
+            tuple_(c.channel, c.version).in_(bindparam("pairs", expanding=True)),
+        )
+
+    return cached(("langgraph", "blobs"), build)
 
 
 class SaverOpening:
