@@ -34,8 +34,8 @@ $(STAMP312): pyproject.toml
 	@test -n "$(PYTHON312)" || { echo "Python 3.12 not found: set PYTHON312=/path/to/python3.12"; exit 1; }
 	$(PYTHON312) -m venv $(VENV312)
 	$(BIN312)/python -m pip install --quiet --upgrade pip
-	$(BIN312)/python -m pip install --quiet -e '.[dev,postgresql,mysql,encryption,axio,openai-agents,langchain,adk,pydantic-ai]' \
-		axio-context-sqlite
+	$(BIN312)/python -m pip install --quiet -e '.[dev,postgresql,mysql,encryption,axio,openai-agents,langchain,langgraph,adk,pydantic-ai]' \
+		axio-context-sqlite 'langgraph-checkpoint-conformance==0.0.2'
 	# agentstr-sdk's own dependencies are dozens of heavy packages; its database module needs
 	# none of them, so the tests load it from a side directory (CONVOSTORE_AGENTSTR_PATH).
 	$(BIN312)/python -m pip install --quiet --no-deps --target $(VENV312)/agentstr \
@@ -167,6 +167,7 @@ docs: venv
 bench: venv venv312
 	$(BIN312)/python bench/bench.py $(BENCH_ARGS)
 	$(BIN)/python bench/ui.py
+	$(BIN312)/python bench/langgraph_saver.py $(LANGGRAPH_BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(VENV312) $(VENV_SA20) dist build site .mypy_cache .ruff_cache .pytest_cache convostore.db*

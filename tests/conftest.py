@@ -65,6 +65,9 @@ TABLES = (
     "adk_sessions",
     "adk_app_states",
     "adk_user_states",
+    "langgraph_checkpoint_writes",
+    "langgraph_checkpoint_blobs",
+    "langgraph_checkpoints",
 )
 
 

@@ -915,9 +915,10 @@ def prune(
         return
     verb = "would delete" if dry_run else "deleted"
     _out().print(
-        f"{verb} {report.sessions} sessions ({report.context_messages} messages) and "
-        f"{report.threads} threads ({report.messages} messages) last active before "
-        f"{_when(report.cutoff)} UTC"
+        f"{verb} {report.sessions} sessions ({report.context_messages} messages), "
+        f"{report.threads} threads ({report.messages} messages) and "
+        f"{report.langgraph_threads} LangGraph threads ({report.langgraph_checkpoints} "
+        f"checkpoints) last active before {_when(report.cutoff)} UTC"
     )
 
 

@@ -16,7 +16,7 @@ from uuid import uuid4
 from sqlalchemy import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from convostore import arguments
+from convostore import arguments, pairs
 from convostore.codec import Encoded
 from convostore.dialects import Executor, appends_in_one_statement
 from convostore.encryption import Keyring, install
@@ -46,6 +46,9 @@ from convostore.telemetry import traced
 from convostore.types import require_search_index
 
 __all__ = ["SQLAlchemyContextStore", "connect", "default_project"]
+
+_WIDEN_PAGE = 50
+"""Older messages read per step when ``get_last`` widens its window to a tool call."""
 
 
 async def connect(
@@ -266,13 +269,49 @@ class SQLAlchemyContextStore(Facade, ContextStore):
         return await self._runner.run(lambda s: self._repo(s).history(), read=True)
 
     @traced()
-    async def get_last(self, count: int) -> list[ContextMessage]:
-        """The last ``count`` messages in insertion order (fewer if the session is shorter)."""
+    async def get_last(self, count: int, *, exact: bool = False) -> list[ContextMessage]:
+        """The last ``count`` messages in insertion order (fewer if the session is shorter).
+
+        The window is widened back to the call of every tool result it holds
+        (:mod:`convostore.pairs`), so it never starts with a result whose call was cut
+        off; ``exact=True`` returns exactly the last ``count``. All in one read.
+        """
         arguments.count(count)
+        pairs.check_exact(exact)
         if count == 0:
             return []
         await self._ensure_ready()
-        return await self._runner.run(lambda s: self._repo(s).last(count), read=True)
+        if exact:
+            return await self._runner.run(lambda s: self._repo(s).last(count), read=True)
+
+        async def work(session: Executor) -> list[ContextMessage]:
+            repo = self._repo(session)
+            newest_first = await repo.window(
+                after=None, before=None, limit=count, newest_first=True
+            )
+            pairing = pairs.Pairing()
+            for message in newest_first:
+                pairing.add(message.content)
+            more = len(newest_first) == count
+            # Older pages only while a result's call is still missing (rarely more than one).
+            while more and not pairing.complete:
+                older = await repo.window(
+                    after=None,
+                    before=newest_first[-1].position,
+                    limit=_WIDEN_PAGE,
+                    newest_first=True,
+                )
+                for message in older:
+                    newest_first.append(message)
+                    pairing.add(message.content)
+                    if pairing.complete:
+                        break
+                more = len(older) == _WIDEN_PAGE
+            window = newest_first[::-1]
+            start = pairs.widened_start([m.content for m in window], count)
+            return [m.message() for m in window[start:]]
+
+        return await self._runner.run(work, read=True)
 
     @traced()
     async def replace_history(self, messages: Iterable[ContextMessage]) -> None:

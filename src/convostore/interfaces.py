@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any, Self
 
+from convostore import pairs
 from convostore.errors import ValidationError
 from convostore.models import (
     ContextMessage,
@@ -188,10 +189,18 @@ class ContextStore(ABC):
     async def get_history(self) -> list[ContextMessage]:
         """All messages in insertion order."""
 
-    async def get_last(self, count: int) -> list[ContextMessage]:
-        """The last ``count`` messages in insertion order (fewer if the session is shorter)."""
+    async def get_last(self, count: int, *, exact: bool = False) -> list[ContextMessage]:
+        """The last ``count`` messages in insertion order (fewer if the session is shorter),
+        widened back to the call of every tool result among them (:mod:`convostore.pairs`),
+        so a window never starts with a result whose call was cut off; ``exact=True``
+        returns exactly the last ``count``."""
+        pairs.check_exact(exact)
         history = await self.get_history()
-        return history[-count:] if count > 0 else []
+        if count <= 0:
+            return []
+        if exact:
+            return history[-count:]
+        return history[pairs.widened_start([m.content for m in history], count) :]
 
     async def iter_history(self, *, batch_size: int = 500) -> AsyncIterator[StoredContextMessage]:
         """Stream the whole history in position order, ``batch_size`` messages per read.

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, Self
 from uuid import uuid4
 
-from convostore import arguments, codec, search
+from convostore import arguments, codec, pairs, search
 from convostore.errors import ConflictError, InsufficientBalance
 from convostore.interfaces import AgentDatabase, ContextStore
 from convostore.models import (
@@ -412,9 +412,15 @@ class InMemoryContextStore(ContextStore):
             for entry in state.messages
         ]
 
-    async def get_last(self, count: int) -> list[ContextMessage]:
+    async def get_last(self, count: int, *, exact: bool = False) -> list[ContextMessage]:
         arguments.count(count)
-        return (await self.get_history())[-count:] if count else []
+        pairs.check_exact(exact)
+        if not count:
+            return []
+        history = await self.get_history()
+        if exact:
+            return history[-count:]
+        return history[pairs.widened_start([m.content for m in history], count) :]
 
     async def get_messages(
         self,

@@ -20,6 +20,12 @@ __all__ = [
     "CLIENT_KEY_BYTES",
     "DEFAULT_AGENT_KEY",
     "INT64_MAX",
+    "LANGGRAPH_CHANNEL_LENGTH",
+    "LANGGRAPH_CHECKPOINT_ID_LENGTH",
+    "LANGGRAPH_NS_LENGTH",
+    "LANGGRAPH_TASK_ID_LENGTH",
+    "LANGGRAPH_TASK_PATH_LENGTH",
+    "LANGGRAPH_THREAD_ID_LENGTH",
     "PREVIEW_LENGTH",
     "PROJECT_LENGTH",
     "SESSION_ID_LENGTH",
@@ -47,6 +53,15 @@ column lengths alone (512 + 128 + 128) would allow 3072. Checked before any SQL,
 backend alike."""
 # ADK's own key columns are 128 characters (app name, user id, session id, event id).
 ADK_KEY_LENGTH: Final = 128
+# LangGraph's keys: thread ids and task ids (UUIDs in practice), checkpoint namespaces
+# ("node:task_id|node:task_id" for nested subgraphs), channel names, checkpoint ids and
+# channel versions (UUIDv6 and "<32 digits>.<16 digits>" at most).
+LANGGRAPH_THREAD_ID_LENGTH: Final = 128
+LANGGRAPH_NS_LENGTH: Final = 255
+LANGGRAPH_CHECKPOINT_ID_LENGTH: Final = 64
+LANGGRAPH_CHANNEL_LENGTH: Final = 200
+LANGGRAPH_TASK_ID_LENGTH: Final = 128
+LANGGRAPH_TASK_PATH_LENGTH: Final = 1024
 
 DEFAULT_AGENT_KEY: Final = ""
 """How ``agent_name=None`` is stored: key columns cannot be NULL, and an agent's name is

@@ -2,7 +2,8 @@
 
 The five core tables serve both interfaces; the four ``adk_*`` tables hold Google ADK
 sessions (:mod:`convostore.integrations.adk`), whose three-part key and three state scopes
-the context store does not have.
+the context store does not have; the three ``langgraph_*`` tables hold LangGraph
+checkpoints (:mod:`convostore.integrations.langgraph`).
 
 The schema itself is owned by the Alembic migrations in ``migrations/``; these classes
 describe it for queries, and ``alembic check`` proves the two agree.
@@ -24,6 +25,7 @@ from sqlalchemy import (
     Column,
     ForeignKeyConstraint,
     Index,
+    Integer,
     MetaData,
     String,
     Table,
@@ -35,6 +37,12 @@ from convostore.rules import (
     ADK_KEY_LENGTH,
     AGENT_NAME_LENGTH,
     CLIENT_ID_LENGTH,
+    LANGGRAPH_CHANNEL_LENGTH,
+    LANGGRAPH_CHECKPOINT_ID_LENGTH,
+    LANGGRAPH_NS_LENGTH,
+    LANGGRAPH_TASK_ID_LENGTH,
+    LANGGRAPH_TASK_PATH_LENGTH,
+    LANGGRAPH_THREAD_ID_LENGTH,
     PREVIEW_LENGTH,
     PROJECT_LENGTH,
     SESSION_ID_LENGTH,
@@ -67,6 +75,9 @@ __all__ = [
     "ContextMessageRecord",
     "ContextSessionRecord",
     "ContextTokensRecord",
+    "LangGraphBlobRecord",
+    "LangGraphCheckpointRecord",
+    "LangGraphWriteRecord",
     "MessageRecord",
     "ThreadRecord",
     "UserRecord",
@@ -350,3 +361,60 @@ class AdkUserStateRecord(Base):
     user_id: Mapped[str] = mapped_column(key_string(ADK_KEY_LENGTH), primary_key=True)
     state: Mapped[Any] = mapped_column(CompressedJSON())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class LangGraphCheckpointRecord(Base):
+    """A LangGraph checkpoint of one (thread, namespace), without its channel values.
+
+    LangGraph orders a thread's checkpoints by ``checkpoint_id`` (a UUIDv6: its order is
+    creation order, and a copied thread keeps it), so this table has no position of its own.
+    ``run_id`` is the metadata's ``run_id``, kept in a column for ``delete_for_runs``;
+    ``created_at`` is when the checkpoint was stored, for retention (``convostore prune``).
+    """
+
+    __tablename__ = "langgraph_checkpoints"
+
+    thread_id: Mapped[str] = mapped_column(key_string(LANGGRAPH_THREAD_ID_LENGTH), primary_key=True)
+    checkpoint_ns: Mapped[str] = mapped_column(key_string(LANGGRAPH_NS_LENGTH), primary_key=True)
+    checkpoint_id: Mapped[str] = mapped_column(
+        key_string(LANGGRAPH_CHECKPOINT_ID_LENGTH), primary_key=True
+    )
+    parent_checkpoint_id: Mapped[str | None] = mapped_column(
+        key_string(LANGGRAPH_CHECKPOINT_ID_LENGTH)
+    )
+    run_id: Mapped[str | None] = mapped_column(key_string(LANGGRAPH_THREAD_ID_LENGTH))
+    checkpoint: Mapped[Any] = mapped_column(CompressedJSON())
+    checkpoint_metadata: Mapped[Any] = mapped_column(CompressedJSON())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class LangGraphBlobRecord(Base):
+    """The value of one channel at one version, shared by every checkpoint reading it."""
+
+    __tablename__ = "langgraph_checkpoint_blobs"
+
+    thread_id: Mapped[str] = mapped_column(key_string(LANGGRAPH_THREAD_ID_LENGTH), primary_key=True)
+    checkpoint_ns: Mapped[str] = mapped_column(key_string(LANGGRAPH_NS_LENGTH), primary_key=True)
+    channel: Mapped[str] = mapped_column(key_string(LANGGRAPH_CHANNEL_LENGTH), primary_key=True)
+    version: Mapped[str] = mapped_column(
+        key_string(LANGGRAPH_CHECKPOINT_ID_LENGTH), primary_key=True
+    )
+    value: Mapped[Any] = mapped_column(CompressedJSON())
+
+
+class LangGraphWriteRecord(Base):
+    """A pending write of one task of a checkpoint (``idx`` < 0: LangGraph's special
+    writes, such as errors and interrupts, which a later write replaces)."""
+
+    __tablename__ = "langgraph_checkpoint_writes"
+
+    thread_id: Mapped[str] = mapped_column(key_string(LANGGRAPH_THREAD_ID_LENGTH), primary_key=True)
+    checkpoint_ns: Mapped[str] = mapped_column(key_string(LANGGRAPH_NS_LENGTH), primary_key=True)
+    checkpoint_id: Mapped[str] = mapped_column(
+        key_string(LANGGRAPH_CHECKPOINT_ID_LENGTH), primary_key=True
+    )
+    task_id: Mapped[str] = mapped_column(key_string(LANGGRAPH_TASK_ID_LENGTH), primary_key=True)
+    idx: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    channel: Mapped[str] = mapped_column(key_string(LANGGRAPH_CHANNEL_LENGTH))
+    task_path: Mapped[str] = mapped_column(key_string(LANGGRAPH_TASK_PATH_LENGTH))
+    value: Mapped[Any] = mapped_column(CompressedJSON())

@@ -26,19 +26,23 @@ def test_round_trip_through_backend(seeded: str, db_url: URL, tmp_path: Path) ->
         "message": 4,
         "session": 2,
         "context_message": 3,
+        "langgraph_checkpoint": 0,
+        "langgraph_blob": 0,
+        "langgraph_write": 0,
     }
 
     target = url_arg(db_url)
     report = json_out("import", str(first), "--url", target)
     assert report["verified"] is True
-    assert {k: v["inserted"] for k, v in report["counts"].items()} == header["counts"]
+    present = {name: count for name, count in header["counts"].items() if count}
+    assert {k: v["inserted"] for k, v in report["counts"].items()} == present
 
     ok("export", "--url", target, "--output", str(second))
     assert first.read_bytes().splitlines()[1:] == second.read_bytes().splitlines()[1:]
 
     again = json_out("import", str(first), "--url", target)
     assert all(c["inserted"] == 0 for c in again["counts"].values())
-    assert {k: v["skipped"] for k, v in again["counts"].items()} == header["counts"]
+    assert {k: v["skipped"] for k, v in again["counts"].items()} == present
 
     async def continues() -> None:
         # Counters were restored: new writes land after the imported positions.
@@ -64,7 +68,10 @@ def test_export_to_stdout_and_import_from_stdin(seeded: str, tmp_path: Path) -> 
     exported = ok("export", "--url", seeded)
     lines = exported.stdout_bytes.splitlines()
     assert orjson.loads(lines[0])["format"] == EXPORT_FORMAT
-    assert {orjson.loads(line)["type"] for line in lines[1:]} == set(RECORD_TYPES)
+    # The seeded database holds no LangGraph checkpoints (tests/frameworks/test_langgraph.py
+    # exports and imports those).
+    core = {name for name in RECORD_TYPES if not name.startswith("langgraph_")}
+    assert {orjson.loads(line)["type"] for line in lines[1:]} == core
     assert "verified" in exported.stderr  # the summary stays off the data stream
 
     target = str(tmp_path / "copy.db")

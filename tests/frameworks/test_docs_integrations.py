@@ -17,6 +17,7 @@ import pytest
 pytest.importorskip("axio", reason="axio is not installed (it needs Python 3.12+)")
 pytest.importorskip("agents", reason="openai-agents is not installed")
 pytest.importorskip("langchain_core", reason="langchain-core is not installed")
+pytest.importorskip("langgraph", reason="langgraph is not installed")
 pytest.importorskip("google.adk", reason="google-adk is not installed")
 pytest.importorskip("pydantic_ai", reason="pydantic-ai-slim is not installed")
 
@@ -34,7 +35,15 @@ def python_blocks(page: Path) -> list[str]:
 
 def test_the_page_has_an_example_per_framework() -> None:
     text = "\n".join(python_blocks(PAGE))
-    for module in ("axio", "agentstr", "openai_agents", "langchain", "adk", "pydantic_ai"):
+    for module in (
+        "axio",
+        "agentstr",
+        "openai_agents",
+        "langchain",
+        "langgraph",
+        "adk",
+        "pydantic_ai",
+    ):
         assert f"convostore.integrations.{module} import" in text
 
 
@@ -45,13 +54,20 @@ async def test_the_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.delenv("DATABASE_URL", raising=False)
     namespace: dict[str, Any] = {"__name__": "docs_integrations"}
     for number, source in enumerate(python_blocks(PAGE), 1):
+        # dont_inherit: the blocks run as a reader's module would, without this module's
+        # `from __future__ import annotations` (which would leave LangGraph's TypedDict
+        # state annotations as strings naming this namespace's imports).
         code = compile(
-            source, f"integrations.md#block{number}", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+            source,
+            f"integrations.md#block{number}",
+            "exec",
+            flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT,
+            dont_inherit=True,
         )
         result = eval(code, namespace)
         if result is not None:
             await result
     assert (tmp_path / "chat.db").exists()
     assert (tmp_path / "conversations.db").exists()
-    for name in ("langchain.db", "sessions.db", "pydantic-ai.db"):
+    for name in ("langchain.db", "langgraph.db", "sessions.db", "pydantic-ai.db"):
         assert (tmp_path / name).exists()

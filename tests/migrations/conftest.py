@@ -34,6 +34,9 @@ SCHEMA_TABLES = frozenset(
         "adk_events",
         "adk_app_states",
         "adk_user_states",
+        "langgraph_checkpoints",
+        "langgraph_checkpoint_blobs",
+        "langgraph_checkpoint_writes",
     }
 )
 URL_ENV_VARS = ("CONVOSTORE_DATABASE_URL", "DATABASE_URL")

@@ -8,6 +8,8 @@
   (``pip install convostore[openai-agents]``);
 * :mod:`convostore.integrations.langchain`: LangChain's ``BaseChatMessageHistory``
   (``pip install convostore[langchain]``);
+* :mod:`convostore.integrations.langgraph`: LangGraph's checkpointer, a
+  ``BaseCheckpointSaver`` (``pip install convostore[langgraph]``);
 * :mod:`convostore.integrations.adk`: Google ADK's ``BaseSessionService``
   (``pip install convostore[adk]``);
 * :mod:`convostore.integrations.pydantic_ai`: pydantic-ai ``ModelMessage`` histories

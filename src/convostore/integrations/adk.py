@@ -65,6 +65,7 @@ from convostore.errors import (
     ValidationError,
 )
 from convostore.models import check_id, check_optional_int
+from convostore.pairs import Pairing, check_exact, widened_start
 from convostore.settings import redact
 from convostore.tables import (
     ADK_KEY_LENGTH,
@@ -115,6 +116,9 @@ class ConvostoreSessionService(BaseSessionService):
             ``engine`` resolves the environment, then ``./convostore.db``); :meth:`close`
             disposes of it.
         migrate: As for :func:`convostore.connect`, when the service first uses the engine.
+        exact_recent_events: ``num_recent_events`` returns exactly that many events, even
+            when that cuts a function call off from its response (default: widen to the
+            call).
 
     Raises:
         ConfigurationError: Both ``engine`` and ``url`` were given.
@@ -126,12 +130,15 @@ class ConvostoreSessionService(BaseSessionService):
         *,
         url: str | URL | None = None,
         migrate: bool | None = None,
+        exact_recent_events: bool = False,
     ) -> None:
         if engine is not None and url is not None:
             raise ConfigurationError("give engine or url, not both")
+        check_exact(exact_recent_events)
         self._owns_engine = engine is None
         self._runner = TransactionRunner(engine if engine is not None else create_engine(url))
         self._migrate = migrate
+        self._exact_recent_events = exact_recent_events
 
     @property
     def engine(self) -> AsyncEngine:
@@ -206,8 +213,9 @@ class ConvostoreSessionService(BaseSessionService):
         """The session with its merged state and events (``None`` if there is none).
 
         With ``config.after_timestamp``, only events whose own timestamp is at least that;
-        with ``config.num_recent_events``, only the latest that many of those; in append
-        order either way.
+        with ``config.num_recent_events``, only the latest that many of those, widened back
+        to the function call of every function response among them (unless the service
+        was made with ``exact_recent_events=True``); in append order either way.
 
         Raises:
             ValidationError: An id is not usable.
@@ -228,16 +236,16 @@ class ConvostoreSessionService(BaseSessionService):
             events: list[Any] = []
             if recent != 0:
                 stmt = (
-                    select(_events.c.event)
+                    select(_events.c.position, _events.c.event)
                     .where(*_session_key(_events, app_name, user_id, session_id))
                     .order_by(_events.c.position.desc())
                 )
                 if after is not None:
                     stmt = stmt.where(_events.c.timestamp >= _from_timestamp(after))
-                if recent is not None:
-                    stmt = stmt.limit(recent)
-                events = list((await session.execute(stmt)).scalars())
-                events.reverse()
+                rows = list((await session.execute(stmt.limit(recent))).all())
+                if recent is not None and not self._exact_recent_events:
+                    rows = await _widened(session, stmt, rows, recent)
+                events = [row.event for row in reversed(rows)]
             app_state, user_state = await _scope_states(session, app_name, [user_id])
             return Session(
                 id=session_id,
@@ -446,6 +454,36 @@ class ConvostoreSessionService(BaseSessionService):
 
     async def _ready(self) -> None:
         await migrations.prepare(self.engine, migrate=self._migrate)
+
+
+_WIDEN_PAGE = 50
+"""Older events read per step when ``num_recent_events`` widens to a function call."""
+
+
+async def _widened(session: Executor, stmt: Any, rows: list[Any], recent: int) -> list[Any]:
+    """``rows`` (the latest ``recent`` events, newest first), with the older events back to
+    the call of every function response among them (:mod:`convostore.pairs`)."""
+    pairing = Pairing()
+    for row in rows:
+        pairing.add([row.event])
+    more = len(rows) == recent
+    while more and not pairing.complete:
+        older = list(
+            (
+                await session.execute(
+                    stmt.where(_events.c.position < rows[-1].position).limit(_WIDEN_PAGE)
+                )
+            ).all()
+        )
+        for row in older:
+            rows.append(row)
+            pairing.add([row.event])
+            if pairing.complete:
+                break
+        more = len(older) == _WIDEN_PAGE
+    oldest_first = rows[::-1]
+    start = widened_start([[row.event] for row in oldest_first], recent)
+    return oldest_first[start:][::-1]
 
 
 def _checked(name: str, value: object) -> str:

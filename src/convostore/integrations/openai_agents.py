@@ -42,6 +42,7 @@ from convostore.errors import ValidationError
 from convostore.interfaces import ContextStore
 from convostore.memory import InMemoryContextStore
 from convostore.models import ContextMessage, ContextRole
+from convostore.pairs import check_exact
 
 __all__ = ["DEFAULT_PROJECT", "ConvostoreSession", "item_role"]
 
@@ -75,6 +76,8 @@ class ConvostoreSession:
         project: The context-store project holding the session.
         session_settings: The SDK's settings; ``limit`` is the default of :meth:`get_items`.
         migrate: As for :func:`convostore.connect`, when the session first uses the engine.
+        exact_limit: :meth:`get_items` returns exactly ``limit`` items, even when that cuts
+            a function call off from its output (default: widen to the call).
 
     Raises:
         ConfigurationError: Both ``engine`` and ``url`` were given.
@@ -92,11 +95,12 @@ class ConvostoreSession:
         project: str = DEFAULT_PROJECT,
         session_settings: SessionSettings | dict[str, Any] | None = None,
         migrate: bool | None = None,
+        exact_limit: bool = False,
     ) -> None:
         store = SQLAlchemyContextStore(
             engine, url=url, session_id=session_id, project=project, migrate=migrate
         )
-        self._init(store, session_settings)
+        self._init(store, session_settings, exact_limit)
 
     @classmethod
     def from_store(
@@ -104,13 +108,21 @@ class ConvostoreSession:
         store: ContextStore,
         *,
         session_settings: SessionSettings | dict[str, Any] | None = None,
+        exact_limit: bool = False,
     ) -> ConvostoreSession:
         """A session over an existing context store (its session id), SQL or in-memory."""
         session = cls.__new__(cls)
-        session._init(store, session_settings)
+        session._init(store, session_settings, exact_limit)
         return session
 
-    def _init(self, store: ContextStore, settings: SessionSettings | dict[str, Any] | None) -> None:
+    def _init(
+        self,
+        store: ContextStore,
+        settings: SessionSettings | dict[str, Any] | None,
+        exact_limit: bool,
+    ) -> None:
+        check_exact(exact_limit)
+        self._exact_limit = exact_limit
         self._store = store
         self.session_id: str = store.session_id
         self.session_settings = (
@@ -126,7 +138,10 @@ class ConvostoreSession:
         return f"{type(self).__name__}({self._store!r})"
 
     async def get_items(self, limit: int | None = None) -> list[TResponseInputItem]:
-        """The conversation's items in order; with ``limit``, the latest ``limit`` of them.
+        """The conversation's items in order; with ``limit``, the latest ``limit`` of them,
+        widened back to the call of every ``function_call_output`` (or other ``*_output``)
+        among them, so the model never sees an output whose call was cut off (unless the
+        session was made with ``exact_limit=True``).
 
         ``limit=None`` falls back to ``session_settings.limit``; ``0`` gives ``[]``.
 
@@ -137,7 +152,11 @@ class ConvostoreSession:
         if resolved is None:
             messages = await self._store.get_history()
         else:
-            messages = await self._store.get_last(resolved)
+            messages = await (
+                self._store.get_last(resolved, exact=True)
+                if self._exact_limit
+                else self._store.get_last(resolved)
+            )
         return [_item(message) for message in messages]
 
     async def add_items(self, items: list[TResponseInputItem]) -> None:

@@ -23,6 +23,12 @@ from convostore.models import (
 from convostore.rules import (
     AGENT_NAME_LENGTH,
     DEFAULT_AGENT_KEY,
+    LANGGRAPH_CHANNEL_LENGTH,
+    LANGGRAPH_CHECKPOINT_ID_LENGTH,
+    LANGGRAPH_NS_LENGTH,
+    LANGGRAPH_TASK_ID_LENGTH,
+    LANGGRAPH_TASK_PATH_LENGTH,
+    LANGGRAPH_THREAD_ID_LENGTH,
     PREVIEW_LENGTH,
     PROJECT_LENGTH,
     SESSION_ID_LENGTH,
@@ -32,6 +38,9 @@ from convostore.rules import (
 from convostore.tables import (
     ContextMessageRecord,
     ContextSessionRecord,
+    LangGraphBlobRecord,
+    LangGraphCheckpointRecord,
+    LangGraphWriteRecord,
     MessageRecord,
     ThreadRecord,
     UserRecord,
@@ -46,6 +55,9 @@ THREADS: Table = ThreadRecord.__table__  # type: ignore[assignment]
 MESSAGES: Table = MessageRecord.__table__  # type: ignore[assignment]
 SESSIONS: Table = ContextSessionRecord.__table__  # type: ignore[assignment]
 CONTEXT_MESSAGES: Table = ContextMessageRecord.__table__  # type: ignore[assignment]
+LANGGRAPH_CHECKPOINTS: Table = LangGraphCheckpointRecord.__table__  # type: ignore[assignment]
+LANGGRAPH_BLOBS: Table = LangGraphBlobRecord.__table__  # type: ignore[assignment]
+LANGGRAPH_WRITES: Table = LangGraphWriteRecord.__table__  # type: ignore[assignment]
 
 
 # --- per-field checks, one table per record type ------------------------------------------
@@ -87,6 +99,32 @@ def _json_object(value: Any, name: str) -> object:
 def _blocks(value: Any, name: str) -> object:
     if not isinstance(value, list) or not all(isinstance(b, dict) for b in value):
         raise ValidationError(f"{name} must be a list of JSON objects")
+    return value
+
+
+def _langgraph_key(length: int, *, empty: bool = False) -> FieldCheck:
+    # What convostore.integrations.langgraph accepts: LangGraph's keys are its own (a
+    # namespace may be empty), so only the column's limits apply.
+    def check(value: Any, name: str) -> object:
+        if type(value) is not str or (not value and not empty):
+            raise ValidationError(f"{name} must be a{'' if empty else ' non-empty'} string")
+        if len(value) > length:
+            raise ValidationError(f"{name} is {len(value)} characters long; the limit is {length}")
+        return check_text(value, name) if value else value
+
+    return check
+
+
+def _langgraph_payload(value: Any, name: str) -> object:
+    # A LangGraph serializer's output as the saver stores it: [type, base64 of the bytes].
+    if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value)):
+        raise ValidationError(f"{name} must be a [type, base64] pair of strings")
+    return value
+
+
+def _int(value: Any, name: str) -> object:
+    if type(value) is not int or not -(2**31) <= value < 2**31:
+        raise ValidationError(f"{name} must be a 32-bit int")
     return value
 
 
@@ -136,6 +174,32 @@ CHECKS: Final[dict[str, tuple[tuple[str, FieldCheck], ...]]] = {
         ("position", check_amount),
         ("role", _choice(CONTEXT_ROLES)),
         ("content", _blocks),
+    ),
+    "langgraph_checkpoint": (
+        ("thread_id", _langgraph_key(LANGGRAPH_THREAD_ID_LENGTH)),
+        ("checkpoint_ns", _langgraph_key(LANGGRAPH_NS_LENGTH, empty=True)),
+        ("checkpoint_id", _langgraph_key(LANGGRAPH_CHECKPOINT_ID_LENGTH)),
+        ("parent_checkpoint_id", _optional(_langgraph_key(LANGGRAPH_CHECKPOINT_ID_LENGTH))),
+        ("run_id", _optional(_langgraph_key(LANGGRAPH_THREAD_ID_LENGTH))),
+        ("checkpoint", _langgraph_payload),
+        ("checkpoint_metadata", _langgraph_payload),
+    ),
+    "langgraph_blob": (
+        ("thread_id", _langgraph_key(LANGGRAPH_THREAD_ID_LENGTH)),
+        ("checkpoint_ns", _langgraph_key(LANGGRAPH_NS_LENGTH, empty=True)),
+        ("channel", _langgraph_key(LANGGRAPH_CHANNEL_LENGTH)),
+        ("version", _langgraph_key(LANGGRAPH_CHECKPOINT_ID_LENGTH)),
+        ("value", _langgraph_payload),
+    ),
+    "langgraph_write": (
+        ("thread_id", _langgraph_key(LANGGRAPH_THREAD_ID_LENGTH)),
+        ("checkpoint_ns", _langgraph_key(LANGGRAPH_NS_LENGTH, empty=True)),
+        ("checkpoint_id", _langgraph_key(LANGGRAPH_CHECKPOINT_ID_LENGTH)),
+        ("task_id", _langgraph_key(LANGGRAPH_TASK_ID_LENGTH)),
+        ("idx", _int),
+        ("channel", _langgraph_key(LANGGRAPH_CHANNEL_LENGTH)),
+        ("task_path", _langgraph_key(LANGGRAPH_TASK_PATH_LENGTH, empty=True)),
+        ("value", _langgraph_payload),
     ),
 }
 
@@ -237,6 +301,46 @@ KINDS_IN_ORDER: Final = (
         ("project", "session_id", "position"),
         ("created_at",),
         ("client_id",),
+    ),
+    # LangGraph checkpoints (convostore.integrations.langgraph), after every core record.
+    Kind(
+        "langgraph_checkpoint",
+        LANGGRAPH_CHECKPOINTS,
+        (
+            "thread_id",
+            "checkpoint_ns",
+            "checkpoint_id",
+            "parent_checkpoint_id",
+            "run_id",
+            "checkpoint",
+            "checkpoint_metadata",
+            "created_at",
+        ),
+        ("thread_id", "checkpoint_ns", "checkpoint_id"),
+        ("created_at",),
+    ),
+    Kind(
+        "langgraph_blob",
+        LANGGRAPH_BLOBS,
+        ("thread_id", "checkpoint_ns", "channel", "version", "value"),
+        ("thread_id", "checkpoint_ns", "channel", "version"),
+        (),
+    ),
+    Kind(
+        "langgraph_write",
+        LANGGRAPH_WRITES,
+        (
+            "thread_id",
+            "checkpoint_ns",
+            "checkpoint_id",
+            "task_id",
+            "idx",
+            "channel",
+            "task_path",
+            "value",
+        ),
+        ("thread_id", "checkpoint_ns", "checkpoint_id", "task_id", "idx"),
+        (),
     ),
 )
 BY_NAME: Final = {kind.name: kind for kind in KINDS_IN_ORDER}

@@ -35,6 +35,9 @@ from convostore.transfer._format import (
     BATCH_SIZE,
     CONTEXT_MESSAGES,
     KINDS_IN_ORDER,
+    LANGGRAPH_BLOBS,
+    LANGGRAPH_CHECKPOINTS,
+    LANGGRAPH_WRITES,
     MESSAGES,
     SESSIONS,
     THREADS,
@@ -207,6 +210,37 @@ class TransferRepository:
         result = await self.executor.execute(select(func.count()).select_from(table).where(in_keys))
         return int(result.scalar() or 0)
 
+    async def count_langgraph_checkpoints(self, threads: Sequence[str]) -> int:
+        """Checkpoints of the LangGraph ``threads``."""
+        c = LANGGRAPH_CHECKPOINTS.c
+        stmt = select(func.count()).where(c.thread_id.in_(threads))
+        return int((await self.executor.execute(stmt)).scalar() or 0)
+
+    async def delete_stale_langgraph(self, threads: Sequence[str], cutoff: datetime) -> int:
+        """Delete the checkpoints of ``threads`` stored before ``cutoff``, and the writes and
+        channel values of each thread left with none; how many checkpoints went.
+
+        A checkpoint stored since the listing (the thread came back to life) is kept with
+        what it reads; the writes of its deleted ancestors stay until the thread goes.
+        """
+        c = LANGGRAPH_CHECKPOINTS.c
+        before = type_coerce(cutoff, c.created_at.type)
+        result = await self.executor.execute(
+            delete(LANGGRAPH_CHECKPOINTS).where(c.thread_id.in_(threads), c.created_at < before)
+        )
+        alive = set(
+            (
+                await self.executor.execute(
+                    select(c.thread_id).where(c.thread_id.in_(threads)).distinct()
+                )
+            ).scalars()
+        )
+        gone = [thread for thread in threads if thread not in alive]
+        if gone:
+            for table in (LANGGRAPH_WRITES, LANGGRAPH_BLOBS):
+                await self.executor.execute(delete(table).where(table.c.thread_id.in_(gone)))
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
     async def delete_keys(self, table: Table, columns: tuple[str, str], keys: list[Key]) -> int:
         """Delete the rows of ``table`` whose ``columns`` are one of ``keys``; how many went."""
         in_keys = tuple_(*(table.c[name] for name in columns)).in_(keys)
@@ -228,6 +262,19 @@ def stale_sessions(cutoff: datetime, project: str | None) -> Select[Any]:
     if project is not None:
         stmt = stmt.where(s.project == project)
     return stmt
+
+
+def stale_langgraph_threads(cutoff: datetime) -> Select[Any]:
+    """LangGraph threads whose newest checkpoint was stored before ``cutoff``.
+
+    No index serves it (every index starts with the thread): retention reads every thread.
+    """
+    c = LANGGRAPH_CHECKPOINTS.c
+    return (
+        select(c.thread_id)
+        .group_by(c.thread_id)
+        .having(func.max(c.created_at) < type_coerce(cutoff, c.created_at.type))
+    )
 
 
 def stale_threads(cutoff: datetime, agent: str | None) -> Select[Any]:

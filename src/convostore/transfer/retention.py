@@ -23,7 +23,13 @@ from convostore.transfer._format import (
     Progress,
     iso,
 )
-from convostore.transfer._repository import Key, TransferRepository, stale_sessions, stale_threads
+from convostore.transfer._repository import (
+    Key,
+    TransferRepository,
+    stale_langgraph_threads,
+    stale_sessions,
+    stale_threads,
+)
 
 _AGE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -51,6 +57,8 @@ class PruneReport:
     context_messages: int = 0
     threads: int = 0
     messages: int = 0
+    langgraph_threads: int = 0
+    langgraph_checkpoints: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready form (``--json`` output)."""
@@ -61,6 +69,8 @@ class PruneReport:
             "context_messages": self.context_messages,
             "threads": self.threads,
             "messages": self.messages,
+            "langgraph_threads": self.langgraph_threads,
+            "langgraph_checkpoints": self.langgraph_checkpoints,
         }
 
 
@@ -92,10 +102,12 @@ async def prune(
     """Delete sessions and threads whose last activity is older than ``older_than``.
 
     A session's last activity is its newest message (or its creation, if it has none); a
-    thread's is its ``updated_at``, which every new message moves. With ``project`` only
-    that project's sessions are considered, with ``agent`` only that agent's threads
-    (``""``: the default agent), with neither everything. Users are kept, with their
-    balances. Each batch of ``batch_size`` sessions or threads is its own transaction.
+    thread's is its ``updated_at``, which every new message moves; a LangGraph thread's
+    (:mod:`convostore.integrations.langgraph`) is its newest checkpoint. With ``project``
+    only that project's sessions are considered, with ``agent`` only that agent's threads
+    (``""``: the default agent), with neither everything, LangGraph threads included.
+    Users are kept, with their balances. Each batch of ``batch_size`` sessions or threads
+    is its own transaction.
     """
     progress = progress or NoProgress()
     cutoff = (now or datetime.now(UTC)) - older_than
@@ -113,7 +125,43 @@ async def prune(
         )
         report.threads += parents
         report.messages += children
+    if project is None and agent is None:
+        threads, checkpoints = await _prune_langgraph(runner, cutoff, dry_run, batch_size, progress)
+        report.langgraph_threads += threads
+        report.langgraph_checkpoints += checkpoints
     return report
+
+
+async def _prune_langgraph(
+    runner: TransactionRunner,
+    cutoff: datetime,
+    dry_run: bool,
+    batch_size: int,
+    progress: Progress,
+) -> tuple[int, int]:
+    """(LangGraph threads, checkpoints) removed, or that would be with ``dry_run``."""
+
+    async def listing(executor: Executor) -> list[str]:
+        return [
+            key[0]
+            for key in await TransferRepository(executor).keys(stale_langgraph_threads(cutoff))
+        ]
+
+    threads = await runner.run(listing)
+    progress.start("pruning LangGraph threads", len(threads))
+    checkpoints = 0
+    for start in range(0, len(threads), batch_size):
+        batch = threads[start : start + batch_size]
+
+        async def work(executor: Executor, batch: list[str] = batch) -> int:
+            repo = TransferRepository(executor)
+            if dry_run:
+                return await repo.count_langgraph_checkpoints(batch)
+            return await repo.delete_stale_langgraph(batch, cutoff)
+
+        checkpoints += await runner.run(work)
+        progress.advance(len(batch))
+    return len(threads), checkpoints
 
 
 async def _prune(
