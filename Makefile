@@ -35,7 +35,8 @@ $(STAMP312): pyproject.toml
 	$(PYTHON312) -m venv $(VENV312)
 	$(BIN312)/python -m pip install --quiet --upgrade pip
 	$(BIN312)/python -m pip install --quiet -e '.[dev,postgresql,mysql,encryption,axio,openai-agents,langchain,langgraph,adk,pydantic-ai]' \
-		axio-context-sqlite 'langgraph-checkpoint-conformance==0.0.2'
+		axio-context-sqlite 'langgraph-checkpoint-conformance==0.0.2' \
+		'langgraph-checkpoint-sqlite==3.1.2' 'langgraph-checkpoint-postgres==3.2.0'
 	# agentstr-sdk's own dependencies are dozens of heavy packages; its database module needs
 	# none of them, so the tests load it from a side directory (CONVOSTORE_AGENTSTR_PATH).
 	$(BIN312)/python -m pip install --quiet --no-deps --target $(VENV312)/agentstr \

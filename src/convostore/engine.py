@@ -57,8 +57,10 @@ may take where no deadline ends it first (or the deadline, when longer). asyncpg
 default is 60 s, and asyncmy bounds only the TCP handshake, so a server that accepts and
 never answers would hold a MySQL/MariaDB connection attempt forever."""
 SQLITE_PRAGMAS = (
-    "PRAGMA journal_mode=WAL",
+    # The busy timeout first: switching a new file to WAL takes its write lock, which
+    # another connection opening the same new file at the same moment may hold.
     f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
+    "PRAGMA journal_mode=WAL",
     "PRAGMA synchronous=NORMAL",
     "PRAGMA foreign_keys=ON",
 )
