@@ -34,6 +34,9 @@ from convostore.options import (
 from convostore.settings import is_memory_sqlite, redact, resolve_url
 from convostore.types import SEARCH_INDEX_ATTRIBUTE
 
+# The dialect attribute convostore.sql.sqlite_writer reads (it imports this module).
+WRITER_ATTRIBUTE = "convostore_sqlite_writer"
+
 __all__ = ["Engine", "Family", "create_engine", "family", "family_from_name", "sqlite_path"]
 
 Family = Literal["sqlite", "postgresql", "mysql"]
@@ -98,6 +101,7 @@ def create_engine(
     deadline: float | None = _FROM_URL,
     encryption: Keyring | None = None,
     search_index: bool | None = None,
+    sqlite_writer: bool | None = None,
     **kwargs: Any,
 ) -> Engine:
     """Create an :class:`Engine` (an ``AsyncEngine``) with convostore's defaults.
@@ -139,6 +143,12 @@ def create_engine(
             (what it saves: docs/performance.md); ``search()`` then refuses on this engine,
             and ``convostore search --backfill`` indexes the messages later. Default: the
             URL's ``search_index``, else ``True``.
+        sqlite_writer: SQLite file: run the façades' write transactions on one writer
+            thread per file, on a pinned sync connection, with hot statements precompiled
+            (:mod:`convostore.sql.sqlite_writer`). ``False`` keeps every statement on this
+            engine, where its event listeners (``before_cursor_execute``, ``echo``) see it.
+            Default: the URL's ``sqlite_writer``, else ``CONVOSTORE_SQLITE_WRITER``
+            (``off`` turns it off), else ``True``.
         **kwargs: Passed to :func:`sqlalchemy.ext.asyncio.create_async_engine`, overriding
             the defaults and the URL's pool options.
 
@@ -150,6 +160,7 @@ def create_engine(
     deadline = from_url.deadline if deadline is _FROM_URL else parse_deadline(deadline)
     options: dict[str, Any] = {}
     thin_driver = None
+    writer_path = None
     kind = family_from_name(resolved.get_backend_name())
     if kind == "sqlite":
         if is_memory_sqlite(resolved) and "poolclass" not in kwargs:
@@ -158,6 +169,12 @@ def create_engine(
             path = sqlite_path(resolved)
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
+                if sqlite_writer is None:
+                    sqlite_writer = from_url.sqlite_writer
+                if sqlite_writer is None:
+                    sqlite_writer = os.environ.get("CONVOSTORE_SQLITE_WRITER", "on") != "off"
+                if sqlite_writer:
+                    writer_path = os.path.realpath(path)
         if fast_sqlite is None:
             fast_sqlite = os.environ.get("CONVOSTORE_SQLITE_DRIVER", "fast") != "aiosqlite"
         if fast_sqlite and resolved.drivername == "sqlite+aiosqlite":
@@ -200,13 +217,17 @@ def create_engine(
         ) from exc
     event.listen(engine.sync_engine, "do_connect", _connect_arguments(from_url))
     if kind == "sqlite":
-        event.listen(engine.sync_engine, "connect", _sqlite_configurer(deadline))
+        event.listen(engine.sync_engine, "connect", sqlite_configurer(deadline))
         if thin_driver is not None and options["async_creator"] is thin_driver:
             event.listen(engine.sync_engine, "before_cursor_execute", sqlite_driver.hand_over)
     elif kind == "mysql" and deadline is not None:
         event.listen(engine.sync_engine, "connect", _mysql_lock_wait(deadline))
     if not engine.sync_engine.pool._pre_ping and resolved.drivername == "postgresql+asyncpg":
         event.listen(engine.sync_engine, "checkout", _drop_closed_asyncpg)
+    if writer_path is not None:
+        # Read by convostore.sql.sqlite_writer.writer_for: this engine's writes may go to
+        # the file's writer thread.
+        setattr(engine.sync_engine.dialect, WRITER_ATTRIBUTE, writer_path)
     install(engine, encryption)
     if not (from_url.search_index if search_index is None else search_index):
         setattr(engine.sync_engine.dialect, SEARCH_INDEX_ATTRIBUTE, False)
@@ -261,7 +282,8 @@ def _drop_closed_asyncpg(
         raise DisconnectionError("the server closed this connection")
 
 
-def _sqlite_configurer(deadline: float | None) -> Any:
+def sqlite_configurer(deadline: float | None) -> Any:
+    """A ``connect`` hook setting convostore's SQLite pragmas (busy timeout <= deadline)."""
     pragmas: tuple[str, ...] = SQLITE_PRAGMAS
     if deadline is not None and deadline * 1000 < SQLITE_BUSY_TIMEOUT_MS:
         # A lock wait may not outlast the call's deadline.

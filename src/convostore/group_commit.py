@@ -205,6 +205,9 @@ def committer_for(
     committer = per_engine.get(kind)
     if committer is None:
         committer = per_engine[kind] = GroupCommitter(
-            TransactionRunner(engine), write_batch, write_one, one_autocommit=one_autocommit
+            TransactionRunner(engine, writer=True),
+            write_batch,
+            write_one,
+            one_autocommit=one_autocommit,
         )
     return committer
