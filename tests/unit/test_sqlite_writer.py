@@ -310,3 +310,25 @@ async def test_lock_conflicts_on_the_writer_are_retried(
     finally:
         blocker.close()
         await engine.dispose()
+
+
+def test_only_statements_with_fixed_sql_and_plain_results_are_precompiled() -> None:
+    from sqlalchemy import bindparam, column, literal, select, table
+    from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
+
+    from convostore.sql.precompiled import compile_hot
+    from convostore.tables import ContextMessageRecord
+
+    dialect = SQLiteDialect_pysqlite()
+    messages: Any = ContextMessageRecord.__table__
+    counters = table("t", column("k"), column("n"))
+    plain = select(counters.c.n - literal(1)).where(counters.c.k == bindparam("k"))
+    compiled = compile_hot(plain, dialect)
+    assert compiled is not None
+    # The literal is bound once; the named parameter per call.
+    assert compiled.parameters({"k": "a"}) == (1, "a")
+    # Rows that need result processing (datetimes, payloads), expanding IN: through Core.
+    assert compile_hot(select(messages.c.created_at), dialect) is None
+    assert compile_hot(select(messages.c.content), dialect) is None
+    expanding = select(counters.c.n).where(counters.c.k.in_(bindparam("ks", expanding=True)))
+    assert compile_hot(expanding, dialect) is None
