@@ -122,8 +122,10 @@ def add_message(
     satoshis: object,
     extra_inputs: object,
     extra_outputs: object,
+    *,
+    feed: bool = True,
 ) -> NewMessage:
-    """``add_message``: the checked message, payloads encoded."""
+    """``add_message``: the checked message, payloads encoded (the search feed if ``feed``)."""
     return new_message(
         thread_id,
         user,
@@ -135,14 +137,17 @@ def add_message(
         extra_inputs,
         extra_outputs,
         id_lengths=_ID_LENGTHS,
+        feed=feed,
     )
 
 
 def add_messages(
-    thread_id: object, user: object, messages: Iterable[Mapping[str, Any]]
+    thread_id: object, user: object, messages: Iterable[Mapping[str, Any]], *, feed: bool = True
 ) -> tuple[list[NewMessage], list[str | None]]:
     """``add_messages``: the checked messages and their client ids."""
-    news, client_ids = new_message_batch(thread_id, user, messages, id_lengths=_ID_LENGTHS)
+    news, client_ids = new_message_batch(
+        thread_id, user, messages, id_lengths=_ID_LENGTHS, feed=feed
+    )
     return list(news), list(client_ids)
 
 

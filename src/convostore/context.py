@@ -43,7 +43,7 @@ from convostore.repositories import (
 from convostore.rules import check_client_key, default_project
 from convostore.settings import redact
 from convostore.telemetry import traced
-from convostore.types import require_search_index
+from convostore.types import require_search_index, writes_search_index
 
 __all__ = ["SQLAlchemyContextStore", "connect", "default_project"]
 
@@ -199,7 +199,7 @@ class SQLAlchemyContextStore(Facade, ContextStore):
                 [message], client_ids=None if client_id is None else [client_id]
             )
             return stored[0]
-        ((checked, data),) = encoded_context_messages([message])
+        ((checked, data),) = encoded_context_messages([message], feed=self._feed())
         await self._ensure_ready()
         now = _now()
         committer = committer_for(
@@ -231,7 +231,7 @@ class SQLAlchemyContextStore(Facade, ContextStore):
         already stored is a retry: nothing is written and the stored messages with those
         ids are returned.
         """
-        checked = encoded_context_messages(messages)
+        checked = encoded_context_messages(messages, feed=self._feed())
         ids = arguments.client_ids(client_ids, len(checked))
         check_client_key(self._scope, self._session_id, ids)
         if not checked:
@@ -321,7 +321,7 @@ class SQLAlchemyContextStore(Facade, ContextStore):
         token totals are kept. Either the new history is stored or, on any failure, the old
         one is left exactly as it was (unlike ``clear()`` followed by appends).
         """
-        checked = encoded_context_messages(messages)
+        checked = encoded_context_messages(messages, feed=self._feed())
         preview = next((p for m, _ in checked if (p := m.preview()) is not None), None)
         await self._ensure_ready()
         now = _now()
@@ -447,6 +447,10 @@ class SQLAlchemyContextStore(Facade, ContextStore):
             ),
             read=True,
         )
+
+    def _feed(self) -> bool:
+        # The search feed is computed only for an engine that stores it.
+        return writes_search_index(self.engine)
 
     def _repo(self, session: Executor) -> SessionRepository:
         return SessionRepository(session, self._scope, self._session_id)

@@ -46,7 +46,7 @@ from convostore.repositories import (
 from convostore.rules import DEFAULT_AGENT_KEY
 from convostore.settings import DEFAULT_SQLITE_PATH, configured_url, redact, resolve_url
 from convostore.telemetry import traced
-from convostore.types import require_search_index
+from convostore.types import require_search_index, writes_search_index
 
 __all__ = ["DEFAULT_AGENT_KEY", "Database", "SQLAlchemyDatabase"]
 
@@ -206,7 +206,16 @@ class SQLAlchemyDatabase(Facade, AgentDatabase):
         client_id: str | None = None,
     ) -> Message:
         new = arguments.add_message(
-            thread_id, user_id, role, message, content, kind, satoshis, extra_inputs, extra_outputs
+            thread_id,
+            user_id,
+            role,
+            message,
+            content,
+            kind,
+            satoshis,
+            extra_inputs,
+            extra_outputs,
+            feed=writes_search_index(self.engine),
         )
         if client_id is not None or self._runner.bound is not None:
             # A retry key must be looked up first, and a caller's transaction is its own.
@@ -231,7 +240,9 @@ class SQLAlchemyDatabase(Facade, AgentDatabase):
     async def add_messages(
         self, thread_id: str, user_id: str, messages: Iterable[Mapping[str, Any]]
     ) -> list[Message]:
-        news, client_ids = arguments.add_messages(thread_id, user_id, messages)
+        news, client_ids = arguments.add_messages(
+            thread_id, user_id, messages, feed=writes_search_index(self.engine)
+        )
         return await self._add(thread_id, user_id, news, client_ids)
 
     async def _add(

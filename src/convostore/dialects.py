@@ -67,6 +67,7 @@ __all__ = [
     "insert_at_counter",
     "insert_ignore",
     "insert_rows",
+    "is_cached",
     "is_retryable",
     "params_for",
     "text_matches",
@@ -78,6 +79,9 @@ UpdateFn = Callable[[Any], Mapping[str, Any]]
 T = TypeVar("T")
 
 _statements: dict[tuple[Hashable, ...], Any] = {}
+# The ids of the statements in _statements (which keeps them alive, so an id is never
+# reused): the ones convostore.sql.sqlite_writer may run precompiled.
+_hot: set[int] = set()
 
 
 Executor = AsyncSession | AsyncConnection
@@ -130,7 +134,14 @@ def cached(key: tuple[Hashable, ...], build: Callable[[], T]) -> T:
     statement = _statements.get(key)
     if statement is None:
         statement = _statements[key] = build()
+        for each in statement if isinstance(statement, tuple) else (statement,):
+            _hot.add(id(each))
     return cast(T, statement)
+
+
+def is_cached(statement: object) -> bool:
+    """Whether ``statement`` was built by :func:`cached` (and so lives as long as the process)."""
+    return id(statement) in _hot
 
 
 def params_for(table: Table, names: Iterable[str]) -> dict[str, BindParameter[Any]]:

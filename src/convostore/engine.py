@@ -38,6 +38,9 @@ from convostore.packet_limit import PacketLimit
 from convostore.settings import is_memory_sqlite, redact, resolve_url
 from convostore.types import SEARCH_INDEX_ATTRIBUTE
 
+# The dialect attribute convostore.sql.sqlite_writer reads (it imports this module).
+WRITER_ATTRIBUTE = "convostore_sqlite_writer"
+
 __all__ = [
     "Engine",
     "Family",
@@ -118,6 +121,7 @@ def create_engine(
     encryption: Keyring | None = None,
     search_index: bool | None = None,
     read_only: bool = False,
+    sqlite_writer: bool | None = None,
     **kwargs: Any,
 ) -> Engine:
     """Create an :class:`Engine` (an ``AsyncEngine``) with convostore's defaults.
@@ -163,6 +167,12 @@ def create_engine(
             (what it saves: docs/performance.md); ``search()`` then refuses on this engine,
             and ``convostore search --backfill`` indexes the messages later. Default: the
             URL's ``search_index``, else ``True``.
+        sqlite_writer: SQLite file: run the façades' write transactions on one writer
+            thread per file, on a pinned sync connection, with hot statements precompiled
+            (:mod:`convostore.sql.sqlite_writer`). ``False`` keeps every statement on this
+            engine, where its event listeners (``before_cursor_execute``, ``echo``) see it.
+            Default: the URL's ``sqlite_writer``, else ``CONVOSTORE_SQLITE_WRITER``
+            (``off`` turns it off), else ``True``.
         **kwargs: Passed to :func:`sqlalchemy.ext.asyncio.create_async_engine`, overriding
             the defaults and the URL's pool options.
 
@@ -175,6 +185,7 @@ def create_engine(
     deadline = from_url.deadline if deadline is _FROM_URL else parse_deadline(deadline)
     options: dict[str, Any] = {}
     thin_driver = None
+    writer_path = None
     kind = family_from_name(resolved.get_backend_name())
     read_only = read_only or resolved.query.get("mode") == "ro"
     if read_only and kind != "sqlite":
@@ -195,6 +206,13 @@ def create_engine(
                     f"no directory {str(path.parent)!r} for the SQLite database "
                     f"{str(path)!r}: create it first"
                 )
+            if path is not None and not read_only:
+                if sqlite_writer is None:
+                    sqlite_writer = from_url.sqlite_writer
+                if sqlite_writer is None:
+                    sqlite_writer = os.environ.get("CONVOSTORE_SQLITE_WRITER", "on") != "off"
+                if sqlite_writer:
+                    writer_path = os.path.realpath(path)
         if fast_sqlite is None:
             fast_sqlite = os.environ.get("CONVOSTORE_SQLITE_DRIVER", "fast") != "aiosqlite"
         if fast_sqlite and resolved.drivername == "sqlite+aiosqlite":
@@ -238,7 +256,7 @@ def create_engine(
         ) from exc
     event.listen(engine.sync_engine, "do_connect", _connect_arguments(from_url, deadline))
     if kind == "sqlite":
-        event.listen(engine.sync_engine, "connect", _sqlite_configurer(deadline, read_only))
+        event.listen(engine.sync_engine, "connect", sqlite_configurer(deadline, read_only))
         if thin_driver is not None and options["async_creator"] is thin_driver:
             event.listen(engine.sync_engine, "before_cursor_execute", sqlite_driver.hand_over)
     elif kind == "mysql":
@@ -260,6 +278,10 @@ def create_engine(
         event.listen(engine.sync_engine, "checkout", _drop_other_loops)
     if not engine.sync_engine.pool._pre_ping and resolved.drivername == "postgresql+asyncpg":
         event.listen(engine.sync_engine, "checkout", _drop_closed_asyncpg)
+    if writer_path is not None:
+        # Read by convostore.sql.sqlite_writer.writer_for: this engine's writes may go to
+        # the file's writer thread.
+        setattr(engine.sync_engine.dialect, WRITER_ATTRIBUTE, writer_path)
     install(engine, encryption)
     if read_only:
         setattr(engine.sync_engine.dialect, READ_ONLY_ATTRIBUTE, True)
@@ -451,7 +473,8 @@ def _read_only_sqlite(url: URL) -> URL:
     return url.set(database=database).update_query_dict(query)
 
 
-def _sqlite_configurer(deadline: float | None, read_only: bool = False) -> Any:
+def sqlite_configurer(deadline: float | None, read_only: bool = False) -> Any:
+    """A ``connect`` hook setting convostore's SQLite pragmas (busy timeout <= deadline)."""
     pragmas: tuple[str, ...] = SQLITE_PRAGMAS
     if read_only:
         # Switching the journal writes the database; a read-only open keeps what it finds.

@@ -56,7 +56,7 @@ class Facade:
         if self._replicas is not None:
             for replica in self._replicas.engines:
                 install(replica, encryption)
-        self._runner = TransactionRunner(engine, replicas=self._replicas)
+        self._runner = TransactionRunner(engine, replicas=self._replicas, writer=True)
 
     @property
     def engine(self) -> AsyncEngine:

@@ -348,7 +348,10 @@ def committer_for(
         committer = per_kind.get(kind)
         if committer is None:
             committer = per_kind[kind] = GroupCommitter(
-                TransactionRunner(engine), write_batch, write_one, one_autocommit=one_autocommit
+                TransactionRunner(engine, writer=True),
+                write_batch,
+                write_one,
+                one_autocommit=one_autocommit,
             )
     return committer
 

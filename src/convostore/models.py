@@ -246,7 +246,7 @@ class NewMessage:
     encoded_content: codec.Encoded
     encoded_inputs: codec.Encoded
     encoded_outputs: codec.Encoded
-    search_text: str
+    search_text: str | None
 
 
 def new_message(
@@ -261,8 +261,11 @@ def new_message(
     extra_outputs: object,
     *,
     id_lengths: tuple[int, int],
+    feed: bool = True,
 ) -> NewMessage:
     """Check ``add_message``'s arguments and encode its payloads, before any SQL runs.
+
+    ``feed``: compute the search feed (not for an engine that writes no index).
 
     Raises:
         ValidationError: An id, role, kind, text or amount is not acceptable.
@@ -284,14 +287,18 @@ def new_message(
         encoded_content=codec.encoded(checked_content),
         encoded_inputs=codec.encoded(inputs),
         encoded_outputs=codec.encoded(outputs),
-        search_text=search.message_feed(checked_message, checked_content),
+        search_text=search.message_feed(checked_message, checked_content) if feed else None,
     )
 
 
-def encoded_context_message(message: object) -> tuple[ContextMessage, codec.Encoded]:
+def encoded_context_message(
+    message: object, *, feed: bool = True
+) -> tuple[ContextMessage, codec.Encoded]:
     """Check a message for the context store and encode its content.
 
     Accepts a :class:`ContextMessage`, or a mapping / object with ``role`` and ``content``.
+    ``feed``: compute the search feed (not for an engine that writes no index: ~88 µs of a
+    2 KB message saved).
 
     Raises:
         ValidationError: The role is unknown or the content is not a list of objects.
@@ -304,10 +311,14 @@ def encoded_context_message(message: object) -> tuple[ContextMessage, codec.Enco
     content = message.content
     if type(content) is not list or any(type(block) is not dict for block in content):
         raise ValidationError("content must be a list of JSON objects (content blocks)")
-    return message, codec.encoded(content, search_text=search.context_feed(content))
+    return message, codec.encoded(
+        content, search_text=search.context_feed(content) if feed else None
+    )
 
 
-def encoded_context_messages(messages: object) -> list[tuple[ContextMessage, codec.Encoded]]:
+def encoded_context_messages(
+    messages: object, *, feed: bool = True
+) -> list[tuple[ContextMessage, codec.Encoded]]:
     """:func:`encoded_context_message` for each of ``messages`` (any iterable of messages).
 
     Raises:
@@ -320,7 +331,7 @@ def encoded_context_messages(messages: object) -> list[tuple[ContextMessage, cod
         raise ValidationError(
             f"messages must be an iterable of messages, not {type(messages).__name__}"
         ) from None
-    return [encoded_context_message(message) for message in items]
+    return [encoded_context_message(message, feed=feed) for message in items]
 
 
 def new_message_batch(
@@ -329,6 +340,7 @@ def new_message_batch(
     messages: object,
     *,
     id_lengths: tuple[int, int],
+    feed: bool = True,
 ) -> tuple[list[NewMessage], list[str | None]]:
     """Check ``add_messages``' items (mappings of ``add_message``'s keyword arguments).
 
@@ -358,6 +370,7 @@ def new_message_batch(
                 fields.get("extra_inputs"),
                 fields.get("extra_outputs"),
                 id_lengths=id_lengths,
+                feed=feed,
             )
         )
     return news, client_ids

@@ -16,6 +16,8 @@ They let a deployment tune convostore from the one string it already configures
 ``pool_pre_ping``  ``true``/``false``: test each connection at checkout
 ``search_index``   ``false``: write no search feed (messages written are not found by
                    ``search()`` until ``convostore search --backfill``); default ``true``
+``sqlite_writer``  ``false``: SQLite writes stay on the async engine, where its event hooks
+                   see every statement (see :mod:`convostore.sql.sqlite_writer`)
 =================  ==========================================================================
 
 Keyword arguments of :func:`convostore.create_engine` with the same names override the URL.
@@ -60,7 +62,15 @@ PoolerMode = Literal["transaction", "session"]
 _POOL_INTS = ("pool_size", "max_overflow")
 _POOL_FLOATS = ("pool_timeout", "pool_recycle")
 QUERY_KEYS = frozenset(
-    {"deadline", "pgbouncer", "pool_pre_ping", "search_index", *_POOL_INTS, *_POOL_FLOATS}
+    {
+        "deadline",
+        "pgbouncer",
+        "pool_pre_ping",
+        "search_index",
+        "sqlite_writer",
+        *_POOL_INTS,
+        *_POOL_FLOATS,
+    }
 )
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -74,6 +84,7 @@ class UrlOptions:
     pgbouncer: PoolerMode | None = None
     pool: dict[str, Any] = field(default_factory=dict)
     search_index: bool = True
+    sqlite_writer: bool | None = None
 
 
 def url_options(url: URL) -> UrlOptions:
@@ -101,6 +112,12 @@ def url_options(url: URL) -> UrlOptions:
         if flag not in _TRUE | _FALSE:
             raise ConfigurationError(f"search_index={flag!r} in the URL: use true or false")
         search_index = flag in _TRUE
+    sqlite_writer = None
+    if "sqlite_writer" in query:
+        flag = _single(query, "sqlite_writer").lower()
+        if flag not in _TRUE | _FALSE:
+            raise ConfigurationError(f"sqlite_writer={flag!r} in the URL: use true or false")
+        sqlite_writer = flag in _TRUE
     deadline: float | None = DEFAULT_DEADLINE_S
     if "deadline" in query:
         deadline = parse_deadline(_single(query, "deadline"))
@@ -120,7 +137,13 @@ def url_options(url: URL) -> UrlOptions:
                 f"pgbouncer={mode!r} in the URL: use transaction (PgBouncer's pool_mode) or session"
             )
         pgbouncer = "transaction" if mode == "transaction" else "session"
-    return UrlOptions(deadline=deadline, pgbouncer=pgbouncer, pool=pool, search_index=search_index)
+    return UrlOptions(
+        deadline=deadline,
+        pgbouncer=pgbouncer,
+        pool=pool,
+        search_index=search_index,
+        sqlite_writer=sqlite_writer,
+    )
 
 
 def parse_deadline(value: float | str | None) -> float | None:

@@ -51,6 +51,7 @@ from convostore.errors import (
 from convostore.options import deadline_of
 from convostore.pgbouncer import runs_in_transactions
 from convostore.replicas import REPLICAS_OPTION, ReadYourWrites, ReplicaSet
+from convostore.sql.sqlite_writer import SQLiteWriter, writer_for
 from convostore.sqlite_driver import OWNED
 from convostore.telemetry import note_retry
 
@@ -72,9 +73,14 @@ class TransactionRunner:
         *,
         bound: AsyncSession | None = None,
         replicas: ReplicaSet | None = None,
+        writer: bool = False,
     ) -> None:
         self.engine = engine
         self.bound = bound
+        # writer: the works run() gets write through the repositories alone (nothing but
+        # executor calls is awaited), so on a SQLite file they may run whole on its writer
+        # thread (convostore.sql.sqlite_writer). Reads stay on the pool, beside the writer.
+        self._writer: SQLiteWriter | None = writer_for(engine) if writer else None
         # transaction() hands a session to the caller's block, which decides when it ends.
         self.sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
         # run() owns its transactions: it runs them on a plain AsyncConnection (an ORM
@@ -179,14 +185,14 @@ class TransactionRunner:
                     self.engine,
                     self.consistency,
                     lambda replica: self._run(work, False, replica),
-                    lambda: self._run(work, False),
+                    lambda: self._run(work, False, read=True),
                 )
             try:
-                return await self._run(work, autocommit)
+                return await self._run(work, autocommit, read=read)
             except ConflictError:
                 if not rerun_on_conflict or self.bound is not None:
                     raise
-                return await self._run(work, autocommit)
+                return await self._run(work, autocommit, read=read)
             finally:
                 if self.replicas is not None:
                     self.consistency.wrote()
@@ -196,6 +202,8 @@ class TransactionRunner:
         work: Callable[[Executor], Awaitable[T]],
         autocommit: bool,
         on: AsyncEngine | None = None,
+        *,
+        read: bool = False,
     ) -> T:
         with translate_errors():
             if self.bound is not None:
@@ -213,9 +221,14 @@ class TransactionRunner:
                 engine = self._owned
             # Without BEGIN, work's one statement commits itself.
             commits_alone = engine is self._autocommit
+            writer = self._writer
+            if read or on is not None or (writer is not None and writer.observed()):
+                writer = None
             attempt = 1
             while True:
                 try:
+                    if writer is not None:
+                        return await writer.run(work)
                     # Leaving the block without the commit (work raised) rolls back.
                     async with engine.connect() as connection:
                         await connection.begin()
