@@ -28,12 +28,8 @@ Requires ``langchain-core`` (``pip install convostore[langchain]``).
 
 from __future__ import annotations
 
-import asyncio
-import threading
-import weakref
-from collections.abc import Coroutine, Sequence
-from concurrent.futures import Future
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import TypeVar
 
 from langchain_core.chat_history import BaseChatMessageHistory
 from langchain_core.messages import BaseMessage, message_to_dict, messages_from_dict
@@ -41,12 +37,10 @@ from sqlalchemy import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore.context import SQLAlchemyContextStore
-from convostore.encryption import keyring_of
-from convostore.engine import create_engine
-from convostore.errors import ConfigurationError, SerializationError, ValidationError
+from convostore.errors import SerializationError, ValidationError
+from convostore.integrations._sync_bridge import SyncBridge
 from convostore.interfaces import ContextStore
 from convostore.models import ContextMessage, ContextRole
-from convostore.settings import is_memory_sqlite
 
 __all__ = [
     "DEFAULT_PROJECT",
@@ -190,7 +184,7 @@ class ConvostoreChatMessageHistory(BaseChatMessageHistory):
     async def aclose(self) -> None:
         """Dispose of the engine this history opened (``url=``) and of its sync twin."""
         if self._owns_engine:
-            _bridge.forget(self._store)
+            self._forget_twin()
         await self._store.close()
 
     # --- sync: on the background loop ----------------------------------------------------
@@ -226,8 +220,12 @@ class ConvostoreChatMessageHistory(BaseChatMessageHistory):
         :meth:`aclose` instead.
         """
         if self._owns_engine:
-            _bridge.forget(self._store)
+            self._forget_twin()
             _bridge.run(self._store.close())
+
+    def _forget_twin(self) -> None:
+        if isinstance(self._store, SQLAlchemyContextStore):
+            _bridge.forget(self._store.engine)
 
     def _sync_store(self) -> ContextStore:
         store = self._store
@@ -257,67 +255,4 @@ def _contexts(messages: Sequence[BaseMessage]) -> list[ContextMessage]:
         ) from None
 
 
-class _Bridge:
-    """One background event loop for the sync methods, and an engine per source engine.
-
-    Each twin engine is disposed when its source engine is garbage-collected, or when the
-    history owning the source engine is closed.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._twins: dict[int, AsyncEngine] = {}
-
-    def _running_loop(self) -> asyncio.AbstractEventLoop:
-        with self._lock:
-            if self._loop is None:
-                self._loop = asyncio.new_event_loop()
-                self._thread = threading.Thread(
-                    target=self._loop.run_forever, name="convostore-langchain-sync", daemon=True
-                )
-                self._thread.start()
-            return self._loop
-
-    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        loop = self._running_loop()
-        if threading.current_thread() is self._thread:
-            coroutine.close()
-            raise ConfigurationError("a sync history method was called from its own loop")
-        future: Future[T] = asyncio.run_coroutine_threadsafe(coroutine, loop)
-        return future.result()
-
-    def twin_engine(self, source: AsyncEngine) -> AsyncEngine:
-        if source.dialect.name == "sqlite" and is_memory_sqlite(source.url):
-            raise ConfigurationError(
-                "an in-memory SQLite database is reachable only from its own event loop: "
-                "use the async methods (ainvoke), or a file or server database"
-            )
-        with self._lock:
-            twin = self._twins.get(id(source))
-            if twin is None:
-                # The twin reads and writes as its source does, keyring included.
-                twin = self._twins[id(source)] = create_engine(
-                    source.url, encryption=keyring_of(source)
-                )
-                weakref.finalize(source, self._dispose, id(source))
-            return twin
-
-    def forget(self, store: ContextStore) -> None:
-        """Dispose of the twin of ``store``'s engine, if sync code made one."""
-        if isinstance(store, SQLAlchemyContextStore):
-            self._dispose(id(store.engine), wait=True)
-
-    def _dispose(self, key: int, wait: bool = False) -> None:
-        with self._lock:
-            twin = self._twins.pop(key, None)
-            loop = self._loop
-        if twin is None or loop is None:
-            return
-        future = asyncio.run_coroutine_threadsafe(twin.dispose(), loop)
-        if wait and threading.current_thread() is not self._thread:
-            future.result()
-
-
-_bridge = _Bridge()
+_bridge = SyncBridge("langchain", "history")

@@ -49,15 +49,11 @@ Requires ``langgraph`` (``pip install convostore[langgraph]``).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import builtins
 import random
-import threading
-import weakref
-from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping, Sequence
-from concurrent.futures import Future
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
@@ -100,9 +96,9 @@ from convostore.dialects import (
     params_for,
     upsert,
 )
-from convostore.encryption import keyring_of
 from convostore.engine import Family, create_engine
 from convostore.errors import ConfigurationError, ConflictError, SerializationError, ValidationError
+from convostore.integrations._sync_bridge import SyncBridge
 from convostore.rules import (
     LANGGRAPH_CHANNEL_LENGTH,
     LANGGRAPH_CHECKPOINT_ID_LENGTH,
@@ -111,7 +107,7 @@ from convostore.rules import (
     LANGGRAPH_TASK_PATH_LENGTH,
     LANGGRAPH_THREAD_ID_LENGTH,
 )
-from convostore.settings import is_memory_sqlite, redact
+from convostore.settings import redact
 from convostore.tables import LangGraphBlobRecord, LangGraphCheckpointRecord, LangGraphWriteRecord
 from convostore.transactions import TransactionRunner
 
@@ -886,65 +882,4 @@ async def _collect(items: AsyncIterator[T]) -> list[T]:
     return [item async for item in items]
 
 
-class _Bridge:
-    """One background event loop for the sync methods, and an engine per source engine.
-
-    Each twin engine is disposed of when its source engine is garbage-collected, or when
-    the saver owning the source engine is closed.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._twins: dict[int, AsyncEngine] = {}
-
-    def _running_loop(self) -> asyncio.AbstractEventLoop:
-        with self._lock:
-            if self._loop is None:
-                self._loop = asyncio.new_event_loop()
-                self._thread = threading.Thread(
-                    target=self._loop.run_forever, name="convostore-langgraph-sync", daemon=True
-                )
-                self._thread.start()
-            return self._loop
-
-    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        loop = self._running_loop()
-        if threading.current_thread() is self._thread:
-            coroutine.close()
-            raise ConfigurationError("a sync saver method was called from its own loop")
-        future: Future[T] = asyncio.run_coroutine_threadsafe(coroutine, loop)
-        return future.result()
-
-    def twin_engine(self, source: AsyncEngine) -> AsyncEngine:
-        if source.dialect.name == "sqlite" and is_memory_sqlite(source.url):
-            raise ConfigurationError(
-                "an in-memory SQLite database is reachable only from its own event loop: "
-                "use the async methods (ainvoke), or a file or server database"
-            )
-        with self._lock:
-            twin = self._twins.get(id(source))
-            if twin is None:
-                twin = self._twins[id(source)] = create_engine(
-                    source.url, encryption=keyring_of(source)
-                )
-                weakref.finalize(source, self._dispose, id(source))
-            return twin
-
-    def forget(self, source: AsyncEngine) -> None:
-        """Dispose of the twin of ``source``, if sync code made one."""
-        self._dispose(id(source), wait=True)
-
-    def _dispose(self, key: int, wait: bool = False) -> None:
-        with self._lock:
-            twin = self._twins.pop(key, None)
-            loop = self._loop
-        if twin is None or loop is None:
-            return
-        future = asyncio.run_coroutine_threadsafe(twin.dispose(), loop)
-        if wait and threading.current_thread() is not self._thread:
-            future.result()
-
-
-_bridge = _Bridge()
+_bridge = SyncBridge("langgraph", "saver")
