@@ -32,15 +32,16 @@ from convostore.models import (
 )
 from convostore.rules import check_client_key, default_project
 from convostore.settings import redact
-from convostore.sql.dialects import Executor, appends_in_one_statement
+from convostore.sql.counters import appends_in_one_statement
+from convostore.sql.dml import Executor
 from convostore.sql.engine import Engine, create_engine, family, is_read_only
 from convostore.sql.group_commit import committer_for
 from convostore.sql.replicas import ReplicaUrls, attach_replicas, replica_set
-from convostore.sql.repositories import (
+from convostore.sql.repositories.search import search_context
+from convostore.sql.repositories.sessions import (
     ContextAppend,
     SessionRepository,
     append_context_batch,
-    search_context,
 )
 from convostore.sql.types import require_search_index, writes_search_index
 from convostore.telemetry import traced

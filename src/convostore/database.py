@@ -33,18 +33,15 @@ from convostore.models import (
 )
 from convostore.rules import DEFAULT_AGENT_KEY
 from convostore.settings import DEFAULT_SQLITE_PATH, configured_url, redact, resolve_url
-from convostore.sql.dialects import Executor, appends_in_one_statement
+from convostore.sql.counters import appends_in_one_statement
+from convostore.sql.dml import Executor
 from convostore.sql.engine import create_engine, family
 from convostore.sql.group_commit import committer_for
 from convostore.sql.replicas import ReplicaUrls
-from convostore.sql.repositories import (
-    ThreadAppend,
-    ThreadRepository,
-    UserRepository,
-    append_thread_batch,
-    message_from_row,
-    search_messages,
-)
+from convostore.sql.repositories.rows import message_from_row
+from convostore.sql.repositories.search import search_messages
+from convostore.sql.repositories.threads import ThreadAppend, ThreadRepository, append_thread_batch
+from convostore.sql.repositories.users import UserRepository
 from convostore.sql.types import require_search_index, writes_search_index
 from convostore.telemetry import traced
 

@@ -22,7 +22,7 @@ from convostore import (
 )
 from convostore.errors import ConflictError, DeadlineExceeded
 from convostore.sql import sqlite_writer
-from convostore.sql.dialects import Executor
+from convostore.sql.dml import Executor
 from convostore.sql.engine import Engine
 from convostore.sql.sqlite_writer import PRECOMPILE_ATTRIBUTE, writer_for
 

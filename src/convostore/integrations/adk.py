@@ -65,7 +65,7 @@ from convostore.errors import (
 from convostore.models import check_id, check_optional_int
 from convostore.pairs import Pairing, check_exact, widened_start
 from convostore.settings import redact
-from convostore.sql.dialects import Executor, family_of, insert_ignore
+from convostore.sql.dml import Executor, family_of, insert_ignore
 from convostore.sql.engine import create_engine
 from convostore.sql.runner import TransactionRunner
 from convostore.sql.tables import (

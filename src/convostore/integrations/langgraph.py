@@ -99,7 +99,7 @@ from convostore.rules import (
     LANGGRAPH_THREAD_ID_LENGTH,
 )
 from convostore.settings import redact
-from convostore.sql.dialects import (
+from convostore.sql.dml import (
     Executor,
     cached,
     family_of,
@@ -749,7 +749,7 @@ _REPLACED = ("parent_checkpoint_id", "run_id", "checkpoint", "checkpoint_metadat
 
 
 # The statements of every put and get_tuple are built once per dialect family (building a
-# statement costs SQLAlchemy more than running a small one: see dialects.cached).
+# statement costs SQLAlchemy more than running a small one: see convostore.sql.dml.cached).
 def _put_checkpoint(kind: Family) -> Any:
     def build() -> Any:
         values = params_for(_checkpoints, [*_CHECKPOINT_KEY, *_REPLACED])

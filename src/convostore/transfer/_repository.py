@@ -1,7 +1,7 @@
 """The statements of :mod:`convostore.transfer`, over whatever the transaction runner passes.
 
 Like :mod:`convostore.sql.repositories`, :class:`TransferRepository` runs statements on an
-:data:`~convostore.sql.dialects.Executor` and never commits: each caller runs it inside
+:data:`~convostore.sql.dml.Executor` and never commits: each caller runs it inside
 :meth:`convostore.sql.runner.TransactionRunner.run`, which owns the transaction, retries
 transient conflicts and translates driver errors.
 """
@@ -29,8 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.types import LargeBinary
 
 from convostore import search
-from convostore.sql import dialects
-from convostore.sql.dialects import Executor, family_of
+from convostore.sql.dml import Executor, family_of, insert_ignore
 from convostore.sql.runner import TransactionRunner
 from convostore.transfer._format import (
     BATCH_SIZE,
@@ -134,7 +133,7 @@ class TransferRepository:
         elif kind.table is CONTEXT_MESSAGES:
             await self._insert_parents(SESSIONS, rows, ("project", "session_id"), floors)
             rows = [{**row, "search_text": search.context_feed(row["content"])} for row in rows]
-        stmt = dialects.insert_ignore(self.family, kind.table, {}, key=list(kind.key))
+        stmt = insert_ignore(self.family, kind.table, {}, key=list(kind.key))
         await self.executor.execute(stmt, list(rows))
         keys = {tuple(row[name] for name in kind.key) for row in rows}
         key_cols = tuple_(*(kind.table.c[name] for name in kind.key))
@@ -180,7 +179,7 @@ class TransferRepository:
                 }
                 for (p, s), at in parents.items()
             ]
-        stmt = dialects.insert_ignore(self.family, table, {}, key=list(key))
+        stmt = insert_ignore(self.family, table, {}, key=list(key))
         await self.executor.execute(stmt, values)
 
     async def raise_counters(

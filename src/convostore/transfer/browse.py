@@ -30,8 +30,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore import codec, encryption
 from convostore.errors import DecryptionError, EncryptionError, SerializationError
-from convostore.sql.dialects import Executor
-from convostore.sql.repositories import NO_PREVIEW
+from convostore.models import NO_PREVIEW
+from convostore.sql.dml import Executor
 from convostore.sql.runner import TransactionRunner
 from convostore.sql.tables import (
     AdkAppStateRecord,

@@ -11,7 +11,7 @@ from sqlalchemy import Select, Table, tuple_
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore.errors import ValidationError
-from convostore.sql.dialects import Executor
+from convostore.sql.dml import Executor
 from convostore.sql.runner import TransactionRunner
 from convostore.transfer._format import (
     BATCH_SIZE,

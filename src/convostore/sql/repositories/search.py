@@ -1,6 +1,6 @@
 """Search over message history: keyset pages of hits, best first, for both message tables.
 
-The matching and ranking SQL differs per backend (:func:`convostore.sql.dialects.text_matches`);
+The matching and ranking SQL differs per backend (:func:`convostore.sql.fulltext.text_matches`);
 here the page of keys is picked first, then only its rows are read in full.
 """
 
@@ -24,8 +24,8 @@ from convostore.models import (
     MessageSearchHit,
     construct,
 )
-from convostore.sql import dialects
-from convostore.sql.dialects import Executor
+from convostore.sql.dml import Executor, family_of
+from convostore.sql.fulltext import text_matches
 from convostore.sql.repositories.rows import _context_messages, _messages, _stored, message_from_row
 from convostore.sql.tables import (
     readable_columns,
@@ -124,12 +124,10 @@ async def _search(
     limit: int,
     cursor: Cursor | None,
 ) -> list[Row[Any]]:
-    kind = dialects.family_of(session)
+    kind = family_of(session)
     # (scope, session or thread, position): the primary key of both message tables.
     key = tuple(column.name for column in target.primary_key.columns)
-    matches = dialects.text_matches(kind, target, key, query.indexed_terms(), scope).subquery(
-        "matches"
-    )
+    matches = text_matches(kind, target, key, query.indexed_terms(), scope).subquery("matches")
     _, thread_column, position_column = key
 
     def same_key(table: Any, other: Any) -> Any:

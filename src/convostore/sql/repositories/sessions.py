@@ -29,8 +29,9 @@ from convostore.models import (
     StoredContextMessage,
     construct,
 )
-from convostore.sql import dialects
-from convostore.sql.dialects import Executor
+from convostore.rules import checked_counter
+from convostore.sql.counters import bump_counters, insert_at_counter
+from convostore.sql.dml import Executor, cached, family_of, insert_rows, params_for, upsert
 from convostore.sql.repositories.rows import (
     _STORED_COLUMNS,
     _blocks,
@@ -51,7 +52,7 @@ class SessionRepository:
         self._session = session
         self._project = project
         self._session_id = session_id
-        self._kind = dialects.family_of(session)
+        self._kind = family_of(session)
 
     def _state_key(self) -> tuple[Any, ...]:
         return (_sessions.c.project == self._project, _sessions.c.session_id == self._session_id)
@@ -75,10 +76,10 @@ class SessionRepository:
         user message among the new ones, or ``None``. The session row is created on first
         use and stays write-locked until the transaction ends, so concurrent writers get
         disjoint, gap-free ranges. One statement on PostgreSQL for a single row, one round
-        trip on SQLite (:func:`dialects.insert_at_counter`). ``last``: nothing follows in
-        this transaction, so its commit may ride along.
+        trip on SQLite (:func:`~convostore.sql.counters.insert_at_counter`). ``last``: nothing
+        follows in this transaction, so its commit may ride along.
         """
-        return await dialects.insert_at_counter(
+        return await insert_at_counter(
             self._session,
             _sessions,
             {"project": self._project, "session_id": self._session_id},
@@ -240,8 +241,8 @@ class SessionRepository:
                     "output_tokens": c.output_tokens + new.output_tokens,
                 }
 
-            values = dialects.params_for(_sessions, _SESSION_COLUMNS)
-            stmt = dialects.upsert(
+            values = params_for(_sessions, _SESSION_COLUMNS)
+            stmt = upsert(
                 kind, _sessions, values, key=["project", "session_id"], update=assignments
             )
             # Read the totals back where the dialect can, to refuse an overflow SQLite
@@ -260,11 +261,11 @@ class SessionRepository:
             "parent_session_id": None,
             "forked_at": None,
         }
-        result = await self._session.execute(dialects.cached((kind, "tokens", how), build), params)
+        result = await self._session.execute(cached((kind, "tokens", how), build), params)
         if kind != "mysql":
             totals = result.one()
-            dialects.checked_counter(totals[0], "context_tokens", "input_tokens")
-            dialects.checked_counter(totals[1], "context_tokens", "output_tokens")
+            checked_counter(totals[0], "context_tokens", "input_tokens")
+            checked_counter(totals[1], "context_tokens", "output_tokens")
 
     async def delete(self) -> None:
         """Remove the session's messages and state (tokens, counter, preview).
@@ -454,7 +455,7 @@ async def append_context_batch(session: Executor, items: Sequence[ContextAppend]
                 "forked_at": None,
             }
         )
-    bumped = await dialects.bump_counters(
+    bumped = await bump_counters(
         session,
         _sessions,
         counters,
@@ -463,7 +464,7 @@ async def append_context_batch(session: Executor, items: Sequence[ContextAppend]
         also_update=_session_activity,
     )
     positions = _positions(groups, bumped, len(items))
-    await dialects.insert_rows(
+    await insert_rows(
         session,
         _context_messages,
         [

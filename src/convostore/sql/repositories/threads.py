@@ -18,8 +18,8 @@ from sqlalchemy import (
 from convostore.models import (
     ThreadInfo,
 )
-from convostore.sql import dialects
-from convostore.sql.dialects import Executor
+from convostore.sql.counters import bump_counters, insert_at_counter
+from convostore.sql.dml import Executor, insert_rows
 from convostore.sql.repositories.rows import (
     _MESSAGE_COLUMNS,
     _group,
@@ -52,10 +52,10 @@ class ThreadRepository:
         Returns the first ``idx``. A new thread is owned by ``user_id``; its row stays
         write-locked until the transaction ends, so concurrent writers get disjoint,
         gap-free ranges. One statement on PostgreSQL for a single row, one round trip on
-        SQLite (:func:`dialects.insert_at_counter`). ``last``: nothing follows in this
-        transaction, so its commit may ride along.
+        SQLite (:func:`~convostore.sql.counters.insert_at_counter`). ``last``: nothing follows
+        in this transaction, so its commit may ride along.
         """
-        return await dialects.insert_at_counter(
+        return await insert_at_counter(
             self._session,
             _threads,
             {"agent_name": self._agent, "thread_id": thread_id},
@@ -144,8 +144,9 @@ class ThreadAppend:
 async def append_thread_batch(session: Executor, items: Sequence[ThreadAppend]) -> list[int]:
     """Add messages to their threads in one transaction; return each one's ``idx``.
 
-    As :func:`append_context_batch`, for agent threads: a new thread belongs to the user of
-    its first message, as with :meth:`ThreadRepository.append`.
+    As :func:`~convostore.sql.repositories.sessions.append_context_batch`, for agent
+    threads: a new thread belongs to the user of its first message, as with
+    :meth:`ThreadRepository.append`.
     """
     groups = _group([(item.agent_name, item.thread_id) for item in items])
     counters = []
@@ -161,7 +162,7 @@ async def append_thread_batch(session: Executor, items: Sequence[ThreadAppend]) 
                 "user_id": mine[0].row["user_id"],
             }
         )
-    bumped = await dialects.bump_counters(
+    bumped = await bump_counters(
         session,
         _threads,
         counters,
@@ -170,7 +171,7 @@ async def append_thread_batch(session: Executor, items: Sequence[ThreadAppend]) 
         also_update=_thread_activity,
     )
     indexes_out = _positions(groups, bumped, len(items))
-    await dialects.insert_rows(
+    await insert_rows(
         session,
         _messages,
         [

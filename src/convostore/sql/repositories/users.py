@@ -13,8 +13,8 @@ from sqlalchemy import (
 from convostore.models import (
     User,
 )
-from convostore.sql import dialects
-from convostore.sql.dialects import Executor
+from convostore.sql.counters import bump_counter
+from convostore.sql.dml import Executor, family_of, upsert
 from convostore.sql.repositories.rows import _users
 
 __all__ = ["UserRepository"]
@@ -26,7 +26,7 @@ class UserRepository:
     def __init__(self, session: Executor, agent_key: str) -> None:
         self._session = session
         self._agent = agent_key
-        self._kind = dialects.family_of(session)
+        self._kind = family_of(session)
 
     def _key(self, user_id: str) -> tuple[Any, ...]:
         return (_users.c.agent_name == self._agent, _users.c.user_id == user_id)
@@ -53,7 +53,7 @@ class UserRepository:
             "created_at": now,
             "updated_at": now,
         }
-        stmt = dialects.upsert(
+        stmt = upsert(
             self._kind,
             _users,
             values,
@@ -76,7 +76,7 @@ class UserRepository:
             "created_at": now,
             "updated_at": now,
         }
-        stmt = dialects.upsert(
+        stmt = upsert(
             self._kind,
             _users,
             values,
@@ -93,7 +93,7 @@ class UserRepository:
 
         ``last``: nothing follows in this transaction, so its commit may ride along.
         """
-        return await dialects.bump_counter(
+        return await bump_counter(
             self._session,
             _users,
             {"agent_name": self._agent, "user_id": user_id},
