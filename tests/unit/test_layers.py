@@ -130,3 +130,18 @@ def test_no_import_cycle_in_the_package() -> None:
     for name in sorted(graph):
         visit(name, [])
     assert cycles == []
+
+
+def test_driver_error_codes_are_read_in_one_module() -> None:
+    """sql/retry.py classifies driver errors; convostore.errors knows no driver."""
+    source = Path(convostore.__file__).parent
+    pattern = re.compile(r"sqlstate|pgcode")
+    reading = sorted(
+        str(path.relative_to(source))
+        for path in source.rglob("*.py")
+        if pattern.search(path.read_text(encoding="utf-8"))
+    )
+    assert reading == ["sql/retry.py"]
+    errors = (source / "errors.py").read_text(encoding="utf-8")
+    assert "sqlalchemy" not in errors
+    assert "asyncpg" not in errors

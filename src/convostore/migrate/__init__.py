@@ -46,11 +46,11 @@ from convostore.errors import (
     ConfigurationError,
     DatabaseError,
     SchemaVersionError,
-    translate_errors,
 )
 from convostore.settings import redact
 from convostore.sql.engine import create_engine, family, family_from_name
 from convostore.sql.options import deadline_of
+from convostore.sql.retry import translate_errors
 
 __all__ = [
     "DEADLINE_ATTRIBUTE",

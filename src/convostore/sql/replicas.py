@@ -40,11 +40,11 @@ from convostore.errors import (
     ConfigurationError,
     DatabaseError,
     DeadlineExceeded,
-    translate_errors,
 )
 from convostore.settings import redact, resolve_url
 from convostore.sql.engine import create_engine
 from convostore.sql.options import REPLICAS_OPTION
+from convostore.sql.retry import translate_errors
 
 __all__ = [
     "REPLICAS_OPTION",

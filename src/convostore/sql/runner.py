@@ -45,13 +45,12 @@ from convostore.errors import (
     CommitOutcomeUnknown,
     ConfigurationError,
     ConflictError,
-    translate_errors,
 )
 from convostore.sql.dml import Executor
 from convostore.sql.options import deadline_of
 from convostore.sql.pgbouncer import runs_in_transactions
 from convostore.sql.replicas import REPLICAS_OPTION, ReadYourWrites, ReplicaSet
-from convostore.sql.retry import is_retryable
+from convostore.sql.retry import is_retryable, translate_errors
 from convostore.sql.sqlite_driver import OWNED
 from convostore.sql.sqlite_writer import SQLiteWriter, writer_for
 from convostore.telemetry import note_retry
