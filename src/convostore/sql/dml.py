@@ -126,7 +126,7 @@ async def insert_rows(
         await _insert_rows_sqlite(session, table, rows, last=last)
         return
     stmt = cached(
-        ("insert", table.name, last),
+        ("insert", table, last),
         lambda: _ends(table.insert(), _no_check) if last else table.insert(),
     )
     await session.execute(stmt, list(rows))
