@@ -33,7 +33,7 @@ _NOW = datetime(2026, 12, 7, 12, 0, 0, 123456, tzinfo=UTC)
 def fixed_now(monkeypatch: pytest.MonkeyPatch) -> None:
     # The same timestamps on every engine, so rows compare byte for byte.
     for module in ("convostore.context", "convostore.database"):
-        monkeypatch.setattr(f"{module}._now", lambda: _NOW)
+        monkeypatch.setattr(f"{module}.utc_now", lambda: _NOW)
     monkeypatch.setattr("convostore.context.uuid4", lambda: uuid.UUID(int=7))
 
 

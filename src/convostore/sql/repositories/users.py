@@ -16,8 +16,24 @@ from convostore.models import (
 from convostore.sql.counters import bump_counter
 from convostore.sql.dml import Executor, family_of, upsert
 from convostore.sql.repositories.rows import _users
+from convostore.sql.runner import TransactionRunner
 
-__all__ = ["UserRepository"]
+__all__ = ["UserRepository", "credit"]
+
+
+async def credit(
+    runner: TransactionRunner, agent_key: str, user_id: str, amount: int, now: datetime
+) -> int:
+    """Credit a user in a transaction of its own; return the new balance.
+
+    The credit is the transaction's one statement, so its commit rides along with it on
+    SQLite's thin driver (:mod:`convostore.sql.sqlite_driver`).
+    """
+    return await runner.run(
+        lambda executor: UserRepository(executor, agent_key)._credit(
+            user_id, amount, now, last=True
+        )
+    )
 
 
 class UserRepository:
@@ -88,11 +104,11 @@ class UserRepository:
         )
         await self._session.execute(stmt)
 
-    async def credit(self, user_id: str, amount: int, now: datetime, *, last: bool = False) -> int:
-        """Add ``amount`` to the balance in one atomic statement; return the new balance.
+    async def credit(self, user_id: str, amount: int, now: datetime) -> int:
+        """Add ``amount`` to the balance in one atomic statement; return the new balance."""
+        return await self._credit(user_id, amount, now, last=False)
 
-        ``last``: nothing follows in this transaction, so its commit may ride along.
-        """
+    async def _credit(self, user_id: str, amount: int, now: datetime, *, last: bool) -> int:
         return await bump_counter(
             self._session,
             _users,
