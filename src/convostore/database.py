@@ -134,7 +134,7 @@ class SQLAlchemyDatabase(Facade, AgentDatabase):
         arguments.user_id(user_id)
         await self.async_init()
         stored = await self._runner.run(
-            lambda s: UserRepository(s, self._agent_key).get(user_id), read=True
+            lambda s: UserRepository(s, self._agent_key).get_or_none(user_id), read=True
         )
         return stored if stored is not None else User(user_id=user_id)
 
@@ -172,7 +172,7 @@ class SQLAlchemyDatabase(Facade, AgentDatabase):
         async def work(session: Executor) -> int:
             repo = UserRepository(session, self._agent_key)
             debited = await repo.debit(user_id, amount, now)
-            user = await repo.get(user_id)
+            user = await repo.get_or_none(user_id)
             balance = 0 if user is None else user.available_balance
             if not debited and not (user is None and amount == 0):
                 raise InsufficientBalance(

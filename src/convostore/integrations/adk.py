@@ -74,6 +74,7 @@ from convostore.sql.tables import (
     AdkEventRecord,
     AdkSessionRecord,
     AdkUserStateRecord,
+    table_of,
 )
 
 __all__ = [
@@ -83,10 +84,10 @@ __all__ = [
     "SessionPage",
 ]
 
-_sessions: Table = AdkSessionRecord.__table__  # type: ignore[assignment]
-_events: Table = AdkEventRecord.__table__  # type: ignore[assignment]
-_app_states: Table = AdkAppStateRecord.__table__  # type: ignore[assignment]
-_user_states: Table = AdkUserStateRecord.__table__  # type: ignore[assignment]
+_sessions = table_of(AdkSessionRecord)
+_events = table_of(AdkEventRecord)
+_app_states = table_of(AdkAppStateRecord)
+_user_states = table_of(AdkUserStateRecord)
 
 
 class SessionAlreadyExistsError(ConflictError, AlreadyExistsError):

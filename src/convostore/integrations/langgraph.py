@@ -113,15 +113,16 @@ from convostore.sql.tables import (
     LangGraphBlobRecord,
     LangGraphCheckpointRecord,
     LangGraphWriteRecord,
+    table_of,
 )
 
 __all__ = ["ConvostoreSaver", "SaverOpening"]
 
 T = TypeVar("T")
 
-_checkpoints: Table = LangGraphCheckpointRecord.__table__  # type: ignore[assignment]
-_blobs: Table = LangGraphBlobRecord.__table__  # type: ignore[assignment]
-_writes: Table = LangGraphWriteRecord.__table__  # type: ignore[assignment]
+_checkpoints = table_of(LangGraphCheckpointRecord)
+_blobs = table_of(LangGraphBlobRecord)
+_writes = table_of(LangGraphWriteRecord)
 
 _PAGE = 100
 """Checkpoints read per transaction by ``list`` when it filters metadata or has no limit."""

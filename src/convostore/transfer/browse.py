@@ -18,7 +18,6 @@ from sqlalchemy import (
     LargeBinary,
     Row,
     Select,
-    Table,
     Text,
     func,
     literal,
@@ -38,6 +37,7 @@ from convostore.sql.tables import (
     AdkEventRecord,
     AdkSessionRecord,
     AdkUserStateRecord,
+    table_of,
 )
 from convostore.transfer._format import CONTEXT_MESSAGES, MESSAGES, SESSIONS, THREADS, USERS
 
@@ -427,10 +427,10 @@ async def search_pending(engine: AsyncEngine) -> dict[str, int]:
 
 # --- Google ADK sessions (convostore.integrations.adk) -------------------------------------
 
-_ADK_SESSIONS: Table = AdkSessionRecord.__table__  # type: ignore[assignment]
-_ADK_EVENTS: Table = AdkEventRecord.__table__  # type: ignore[assignment]
-_ADK_APP_STATES: Table = AdkAppStateRecord.__table__  # type: ignore[assignment]
-_ADK_USER_STATES: Table = AdkUserStateRecord.__table__  # type: ignore[assignment]
+_ADK_SESSIONS = table_of(AdkSessionRecord)
+_ADK_EVENTS = table_of(AdkEventRecord)
+_ADK_APP_STATES = table_of(AdkAppStateRecord)
+_ADK_USER_STATES = table_of(AdkUserStateRecord)
 
 
 @dataclass(frozen=True)

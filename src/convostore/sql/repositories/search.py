@@ -31,12 +31,12 @@ from convostore.sql.tables import (
     readable_columns,
 )
 
-__all__ = ["Cursor", "search_context", "search_messages"]
+__all__ = ["SearchCursor", "search_context", "search_messages"]
 
 
 # A search cursor: the last hit's rank, then its key but the scope (session or thread, and
 # position), which orders hits of equal rank.
-Cursor = tuple[int, tuple[str, int]]
+SearchCursor = tuple[int, tuple[str, int]]
 
 
 async def search_context(
@@ -122,7 +122,7 @@ async def _search(
     scope: dict[str, Any],
     filters: dict[str, Any],
     limit: int,
-    cursor: Cursor | None,
+    cursor: SearchCursor | None,
 ) -> list[Row[Any]]:
     kind = family_of(session)
     # (scope, session or thread, position): the primary key of both message tables.

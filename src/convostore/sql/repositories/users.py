@@ -47,7 +47,7 @@ class UserRepository:
     def _key(self, user_id: str) -> tuple[Any, ...]:
         return (_users.c.agent_name == self._agent, _users.c.user_id == user_id)
 
-    async def get(self, user_id: str) -> User | None:
+    async def get_or_none(self, user_id: str) -> User | None:
         """The stored user, or ``None``."""
         stmt = select(_users.c.available_balance, _users.c.current_thread_id).where(
             *self._key(user_id)
