@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Self
 from uuid import uuid4
 
-from sqlalchemy import URL
+from sqlalchemy import URL, Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore import arguments, pairs
@@ -42,8 +42,12 @@ from convostore.repositories import (
 )
 from convostore.rules import check_client_key, default_project
 from convostore.settings import redact
+from convostore.sql import search_index
+from convostore.tables import ContextMessageRecord
 from convostore.telemetry import traced
-from convostore.types import require_search_index, writes_search_index
+from convostore.types import feeds_in_rows, require_search_index
+
+CONTEXT_MESSAGES: Table = ContextMessageRecord.__table__  # type: ignore[assignment]
 
 __all__ = ["SQLAlchemyContextStore", "connect", "default_project"]
 
@@ -441,16 +445,23 @@ class SQLAlchemyContextStore(Facade, ContextStore):
         parsed, session = arguments.search_context(query, limit, before, session_id)
         require_search_index(self.engine, "search")
         await self._ensure_ready()
+        pending = await search_index.prepare_search(self._runner, self.engine, CONTEXT_MESSAGES)
         return await self._runner.run(
             lambda s: search_context(
-                s, self._scope, parsed, session_id=session, limit=limit, before=before
+                s,
+                self._scope,
+                parsed,
+                session_id=session,
+                limit=limit,
+                before=before,
+                pending=pending,
             ),
             read=True,
         )
 
     def _feed(self) -> bool:
-        # The search feed is computed only for an engine that stores it.
-        return writes_search_index(self.engine)
+        # The search feed is computed only for an engine that stores it in the row.
+        return feeds_in_rows(self.engine)
 
     def _repo(self, session: Executor) -> SessionRepository:
         return SessionRepository(session, self._scope, self._session_id)

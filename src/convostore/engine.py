@@ -283,6 +283,11 @@ def create_engine(
         # the file's writer thread.
         setattr(engine.sync_engine.dialect, WRITER_ATTRIBUTE, writer_path)
     install(engine, encryption)
+    if kind == "sqlite":
+        # The delete trigger's SQL function (before any connection opens).
+        from convostore.sql.search_index import install as install_search_function
+
+        install_search_function(engine)
     if read_only:
         setattr(engine.sync_engine.dialect, READ_ONLY_ATTRIBUTE, True)
     if not (from_url.search_index if search_index is None else search_index):

@@ -55,6 +55,7 @@ from convostore.models import (
     User,
     construct,
 )
+from convostore.sql import search_index
 from convostore.tables import (
     ContextMessageRecord,
     ContextSessionRecord,
@@ -344,7 +345,7 @@ class SessionRepository:
                     "content": content,
                     "created_at": now,
                     "client_id": client_id,
-                    "search_text": content.search_text,
+                    **_feed(content.search_text),
                 }
                 for (role, content), client_id in zip(rows, client_ids, strict=True)
             ],
@@ -551,26 +552,22 @@ class SessionRepository:
             )
         )
         c = _context_messages.c
-        columns = [
-            "project",
-            "session_id",
-            "position",
-            "role",
-            "content",
-            "created_at",
-            "client_id",
-            "search_text",
-        ]
-        source = select(
+        columns = ["project", "session_id", "position", "role", "content", "created_at"]
+        copies: list[Any] = [
             c.project,
             literal(new_session_id, c.session_id.type),
             c.position,
             c.role,
             c.content,
             c.created_at,
-            c.client_id,
-            c.search_text,
-        ).where(*self._messages_key())
+        ]
+        columns.append("client_id")
+        copies.append(c.client_id)
+        if dialects.family_of(self._session) != "sqlite":
+            # The copies keep their words; on SQLite the index catches up with them.
+            columns.append("search_text")
+            copies.append(c.search_text)
+        source = select(*copies).where(*self._messages_key())
         if at is not None:
             source = source.where(c.position < at)
         await self._session.execute(insert(_context_messages).from_select(columns, source))
@@ -745,7 +742,7 @@ async def append_context_batch(session: Executor, items: Sequence[ContextAppend]
                 "content": item.content,
                 "created_at": item.created_at,
                 "client_id": None,
-                "search_text": item.content.search_text,
+                **_feed(item.content.search_text),
             }
             for item, position in zip(items, positions, strict=True)
         ],
@@ -814,17 +811,21 @@ async def search_context(
     session_id: str | None,
     limit: int,
     before: ContextSearchHit | None,
+    pending: bool = False,
 ) -> list[ContextSearchHit]:
     """The project's messages (or one session's) matching ``query``, best first.
 
     Keyset pages: ``before`` is the last hit of the previous page; hits tie on rank are
-    ordered by session and position.
+    ordered by session and position. ``pending``: also match the rows SQLite's index has
+    not reached (:func:`convostore.sql.search_index.prepare_search`).
     """
     scope = {"project": project}
     if session_id is not None:
         scope["session_id"] = session_id
     cursor = None if before is None else (before.rank, (before.session_id, before.message.position))
-    rows = await _search(session, _context_messages, query, scope, {}, limit, cursor)
+    rows = await _search(
+        session, _context_messages, query, scope, {}, limit, cursor, pending=pending
+    )
     hits = []
     for row in rows:
         stored = _stored((row.position, row.role, row.content, row.created_at, row.client_id))
@@ -854,6 +855,7 @@ async def search_messages(
     thread_id: str | None,
     limit: int,
     before: MessageSearchHit | None,
+    pending: bool = False,
 ) -> list[MessageSearchHit]:
     """The agent's messages (or one user's, or one thread's) matching ``query``, best first.
 
@@ -866,7 +868,7 @@ async def search_messages(
         None if before is None else (before.rank, (before.message.thread_id, before.message.idx))
     )
     filters = {} if user_id is None else {"user_id": user_id}
-    rows = await _search(session, _messages, query, scope, filters, limit, cursor)
+    rows = await _search(session, _messages, query, scope, filters, limit, cursor, pending=pending)
     hits = []
     for row in rows:
         message = message_from_row(row, agent_name)
@@ -890,13 +892,18 @@ async def _search(
     filters: dict[str, Any],
     limit: int,
     cursor: Cursor | None,
-) -> list[Row[Any]]:
+    *,
+    pending: bool = False,
+) -> list[Any]:
     kind = dialects.family_of(session)
     # (scope, session or thread, position): the primary key of both message tables.
     key = tuple(column.name for column in target.primary_key.columns)
-    matches = dialects.text_matches(kind, target, key, query.indexed_terms(), scope).subquery(
-        "matches"
-    )
+    terms = query.indexed_terms()
+    if kind == "sqlite":
+        indexed = search_index.indexed_matches(target, terms, scope)
+    else:
+        indexed = dialects.text_matches(kind, target, key, terms, scope)
+    matches = indexed.subquery("matches")
     _, thread_column, position_column = key
 
     def same_key(table: Any, other: Any) -> Any:
@@ -927,7 +934,27 @@ async def _search(
         .where(*(target.c[name] == value for name, value in scope.items()))
         .order_by(page.c.rank.desc(), page.c[thread_column], page.c[position_column])
     )
-    return list((await session.execute(stmt)).all())
+    rows = list((await session.execute(stmt)).all())
+    if not pending:
+        return rows
+    # A read-only SQLite engine cannot catch the index up: the rows it has not reached yet
+    # are matched here, with the same rank, and the two pages merged into one.
+    extra = await search_index.pending_hits(
+        session,
+        search_index.dialect_of(session),
+        target,
+        readable_columns(target),
+        terms,
+        scope,
+        filters,
+    )
+    return search_index.merge(rows, extra, (thread_column, position_column), limit, cursor)
+
+
+def _feed(search_text: str | None) -> dict[str, Any]:
+    # The feed is in the row only where a backend indexes it with the row (PostgreSQL,
+    # MySQL/MariaDB); SQLite's rows have no such column (convostore.sql.search_index).
+    return {} if search_text is None else {"search_text": search_text}
 
 
 def _session_activity(new: Any) -> dict[str, Any]:

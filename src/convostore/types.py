@@ -24,6 +24,7 @@ __all__ = [
     "SearchText",
     "SearchVector",
     "UTCDateTime",
+    "feeds_in_rows",
     "key_string",
     "long_text",
     "require_search_index",
@@ -226,6 +227,14 @@ def writes_search_index(target: Any) -> bool:
     ``search_index=False``, nor with a keyring that stores nothing in clear."""
     dialect = getattr(target, "dialect", target)
     return getattr(dialect, SEARCH_INDEX_ATTRIBUTE, True) and encryption.clear_text_allowed(dialect)
+
+
+def feeds_in_rows(target: Any) -> bool:
+    """Whether an engine's appends compute the search feed and write it with the row:
+    as :func:`writes_search_index`, but never on SQLite, whose index catches up after the
+    append (:mod:`convostore.sql.search_index`)."""
+    dialect = getattr(target, "dialect", target)
+    return dialect.name != "sqlite" and writes_search_index(dialect)
 
 
 def require_search_index(target: Any, what: str) -> None:

@@ -51,6 +51,7 @@ from convostore.errors import (
 )
 from convostore.options import deadline_of
 from convostore.settings import redact
+from convostore.sql import search_index
 
 __all__ = [
     "DEADLINE_ATTRIBUTE",
@@ -229,6 +230,8 @@ async def prepare(engine: AsyncEngine, *, migrate: bool | None = None) -> None:
         SchemaVersionError: The database is not at head and may not be migrated here.
         DeadlineExceeded: The server did not answer within the engine's deadline.
     """
+    # Engines made elsewhere too: deletes of indexed messages need it (SQLite).
+    search_index.install(engine)
     if engine in _prepared:
         return
     if migrate is None:

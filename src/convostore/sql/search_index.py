@@ -1,0 +1,456 @@
+"""SQLite's search index, off the append's path and with no clear-text copy in the row.
+
+Since migration 0007 an append on SQLite stores the message only. The index (migration
+0005's contentless FTS5 table per message table, its ``*_docs`` map from the FTS row id to
+the message key and word count, and its ``fts5vocab`` view) catches up afterwards:
+
+* **the watermark**: ``search_state`` holds, per message table, the highest ``rowid`` up
+  to which every message has been indexed (or passed over: see below). SQLite has one
+  writer at a time, so rowids become visible in order: no row below the watermark can
+  still be on its way. A new row gets ``max(rowid) + 1``; the delete trigger lowers the
+  watermark to the largest rowid left, so a reused rowid is never below it.
+* **catch-up** (:func:`catch_up`): reads the rows above the watermark that are not in the
+  map yet, decodes each payload, builds its feed (:mod:`convostore.search`) and inserts
+  it into the FTS table and the map, and moves the watermark, all in one transaction. A
+  search on a writable engine runs it first (a search right after an append finds it);
+  the writer thread runs it in bounded batches when its queue is idle
+  (:data:`IDLE_BATCH`). A crash before the commit leaves the watermark where it was.
+* **deletes**: a contentless FTS5 table forgets a row only when told its exact words.
+  The delete trigger rebuilds them from the payload being deleted through an SQL function
+  (:data:`FEED_FUNCTION`, registered on every connection of a convostore engine), so
+  every delete path (clear, replace, pop, prune, retention, delete thread/session/user,
+  cascades) keeps the index exact with no code of its own. The function checks the word
+  count against the map, so a feed that came out different fails the delete instead of
+  corrupting the index.
+* **read-only engines** (``read_only=True``, ``?mode=ro``) cannot write the catch-up:
+  their search reads the index as it is and matches the rows above the watermark in
+  Python (:func:`pending_hits`), with the same rank, so results are the same.
+
+Rows whose payload this engine cannot open (encrypted under a key it does not have) are
+passed over, as before: they are not indexed. An engine whose keyring stores nothing in
+clear neither searches nor catches up.
+
+PostgreSQL and MySQL/MariaDB keep indexing inside the append (their ids do not commit in
+order, so a watermark would miss rows): see docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, Final
+
+from sqlalchemy import (
+    BigInteger,
+    LargeBinary,
+    Select,
+    Table,
+    and_,
+    bindparam,
+    column,
+    event,
+    func,
+    literal,
+    literal_column,
+    select,
+    table,
+    text,
+    type_coerce,
+)
+from sqlalchemy import cast as sql_cast
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from convostore import search
+from convostore.dialects import RANK_SCALE, Executor
+from convostore.engine import is_read_only
+from convostore.errors import ConvostoreError
+
+if TYPE_CHECKING:
+    from convostore.transactions import TransactionRunner
+
+__all__ = [
+    "FEED_FUNCTION",
+    "IDLE_BATCH",
+    "INDEXES",
+    "SEARCH_BATCH",
+    "STATE_TABLE",
+    "catch_up",
+    "feed_function",
+    "pending_hits",
+    "rank_of",
+]
+
+STATE_TABLE: Final = "search_state"
+"""Per message table, the rowid up to which the index has caught up (migration 0007)."""
+
+FEED_FUNCTION: Final = "convostore_search_feed"
+"""``convostore_search_feed(table, message, content, words)``: the feed of a stored row,
+rebuilt from its payload, for the delete trigger (raises unless it has ``words`` words)."""
+
+INDEXES: Final = {"context_messages": "context_search", "messages": "message_search"}
+"""The FTS5 table of each message table."""
+
+KEYS: Final = {
+    "context_messages": ("project", "session_id", "position"),
+    "messages": ("agent_name", "thread_id", "idx"),
+}
+
+SEARCH_BATCH: Final = 5000
+"""Rows a search's catch-up indexes per transaction (it loops until none is left)."""
+
+IDLE_BATCH: Final = 200
+"""Rows the writer thread indexes per transaction while it has nothing else to do."""
+
+
+class FeedMismatchError(ConvostoreError):
+    """A stored message's feed, rebuilt to delete it from the index, differs from the one
+    indexed (the feed's rules changed, or the row was edited outside convostore)."""
+
+
+def feed_of(table: str, message: Any, content: Any) -> str:
+    """The feed of a decoded message of ``table``."""
+    if table == "context_messages":
+        return search.context_feed(content)
+    return search.message_feed(message or "", content)
+
+
+def _decoders(dialect: Dialect, table: Table) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
+    def processor(name: str) -> Callable[[Any], Any]:
+        if name not in table.c:
+            return lambda value: value
+        column_type = table.c[name].type
+        return lambda value: (
+            None
+            if value is None
+            else column_type.process_result_value(  # type: ignore[attr-defined]
+                value, dialect
+            )
+        )
+
+    return processor("message"), processor("content")
+
+
+def stored_feed(dialect: Dialect, table: Table, message: Any, content: Any) -> str:
+    """The feed of a row as stored (raw column values), decoded with ``dialect``'s keyring.
+
+    Raises:
+        EncryptionError: The payload is encrypted under a key the keyring does not have.
+        SerializationError: The payload does not decode.
+    """
+    open_message, open_content = _decoders(dialect, table)
+    return feed_of(table.name, open_message(message), open_content(content))
+
+
+def words_in(feed: str) -> int:
+    """How many words a (non-empty) feed holds: the denominator of a message's rank."""
+    return feed.count(" ") + 1
+
+
+def feed_function(dialect: Dialect, tables: Mapping[str, Table]) -> Callable[..., str]:
+    """The SQL function :data:`FEED_FUNCTION` for connections of the engine of ``dialect``
+    (whose keyring, read at each call, opens sealed payloads)."""
+
+    def rebuilt(table: str, message: Any, content: Any, words: int) -> str:
+        feed = stored_feed(dialect, tables[table], message, content)
+        if not feed or words_in(feed) != words:
+            raise FeedMismatchError(
+                f"a message of {table} no longer has the words it was indexed with; "
+                "rebuild the index (convostore search index --rebuild)"
+            )
+        return feed
+
+    return rebuilt
+
+
+_INSTALLED = "convostore_search_function"
+
+
+def install(engine: AsyncEngine) -> None:
+    """Register :data:`FEED_FUNCTION` on every connection of an SQLite engine (once per
+    engine): as each connection opens, and at checkout for connections an engine made
+    elsewhere opened before convostore saw it. The SQLite writer's connection gets it
+    with the engine's other ``connect`` hooks. Without it a delete of an indexed message
+    fails (``no such function``) instead of leaving its words in the index."""
+    sync_engine = engine.sync_engine
+    dialect = sync_engine.dialect
+    if dialect.name != "sqlite" or getattr(dialect, _INSTALLED, False):
+        return
+    setattr(dialect, _INSTALLED, True)
+    from convostore.tables import ContextMessageRecord, MessageRecord
+
+    function = feed_function(
+        dialect,
+        {
+            "context_messages": ContextMessageRecord.__table__,  # type: ignore[dict-item]
+            "messages": MessageRecord.__table__,  # type: ignore[dict-item]
+        },
+    )
+
+    def connect(dbapi_connection: Any, record: Any) -> None:
+        info = getattr(record, "info", None)
+        if info is not None and info.get(_INSTALLED):
+            return
+        dbapi_connection.create_function(FEED_FUNCTION, 4, function, deterministic=True)
+        if info is not None:
+            info[_INSTALLED] = True
+
+    def checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        connect(dbapi_connection, record)
+
+    event.listen(sync_engine, "connect", connect)
+    event.listen(sync_engine, "checkout", checkout)
+
+
+@dataclass(frozen=True, slots=True)
+class _Statements:
+    select: str
+    insert_doc: str
+    insert_words: str
+    watermark: str
+    advance: str
+    top: str
+
+
+def _statements(table: str) -> _Statements:
+    fts = INDEXES[table]
+    key = KEYS[table]
+    columns = ", ".join(key)
+    joined = " AND ".join(f"d.{c} = t.{c}" for c in key)
+    message = "t.message" if table == "messages" else "NULL"
+    return _Statements(
+        select=(
+            f"SELECT t.rowid, {', '.join(f't.{c}' for c in key)}, {message}, t.content "
+            f"FROM {table} AS t LEFT JOIN {fts}_docs AS d ON {joined} "
+            "WHERE t.rowid > :after AND d.doc_id IS NULL ORDER BY t.rowid LIMIT :size"
+        ),
+        insert_doc=(
+            f"INSERT INTO {fts}_docs (doc_id, {columns}, words) "
+            f"VALUES (:doc_id, {', '.join(f':{c}' for c in key)}, :words)"
+        ),
+        insert_words=f"INSERT INTO {fts} (rowid, search_text) VALUES (:doc_id, :feed)",
+        watermark=f"SELECT watermark FROM {STATE_TABLE} WHERE name = '{table}'",
+        advance=f"UPDATE {STATE_TABLE} SET watermark = :watermark WHERE name = '{table}'",
+        top=(
+            f"SELECT coalesce(max(rowid), 0), "
+            f"(SELECT coalesce(max(doc_id), 0) FROM {fts}_docs) FROM {table}"
+        ),
+    )
+
+
+_STATEMENTS = {name: _statements(name) for name in INDEXES}
+
+
+async def catch_up(session: Executor, dialect: Dialect, table: Table, *, limit: int) -> int | None:
+    """Index up to ``limit`` of ``table``'s rows above the watermark, in ``session``'s
+    transaction; how many rows were read, or ``None`` when none was left.
+
+    Rows this engine cannot open stay unindexed (as an append by an engine without the
+    key leaves them) and are passed over like rows with no text.
+    """
+    sql = _STATEMENTS[table.name]
+    watermark = int((await session.execute(text(sql.watermark))).scalar_one())
+    rows = (await session.execute(text(sql.select), {"after": watermark, "size": limit})).all()
+    last_row, last_doc = (await session.execute(text(sql.top))).one()
+    if not rows:
+        if last_row != watermark:
+            await session.execute(text(sql.advance), {"watermark": last_row})
+        return None
+    key = KEYS[table.name]
+    docs: list[dict[str, Any]] = []
+    open_message, open_content = _decoders(dialect, table)
+    for number, row in zip(itertools.count(int(last_doc) + 1), rows, strict=False):
+        try:
+            feed = feed_of(table.name, open_message(row[4]), open_content(row[5]))
+        except ConvostoreError:
+            continue
+        if not feed:
+            continue
+        docs.append(
+            {
+                "doc_id": number,
+                **dict(zip(key, row[1:4], strict=True)),
+                "words": words_in(feed),
+                "feed": feed,
+            }
+        )
+    if docs:
+        await session.execute(text(sql.insert_doc), docs)
+        await session.execute(text(sql.insert_words), docs)
+    # Every row up to the last one read has been looked at; when the batch was not full,
+    # so has every row there is.
+    done = int(rows[-1][0]) if len(rows) == limit else int(last_row)
+    await session.execute(text(sql.advance), {"watermark": done})
+    return len(rows)
+
+
+async def catch_up_all(session: Executor, dialect: Dialect, table: Table) -> int:
+    """:func:`catch_up` in batches of :data:`SEARCH_BATCH` until nothing is left."""
+    total = 0
+    while (count := await catch_up(session, dialect, table, limit=SEARCH_BATCH)) is not None:
+        total += count
+        if count < SEARCH_BATCH:
+            break
+    return total
+
+
+def dialect_of(executor: Executor) -> Dialect:
+    """The dialect an executor runs on (its keyring opens sealed payloads)."""
+    bind = executor.get_bind() if isinstance(executor, AsyncSession) else executor
+    return bind.dialect
+
+
+async def prepare_search(runner: TransactionRunner, engine: AsyncEngine, target: Table) -> bool:
+    """Bring SQLite's index up to date before a search of ``target``; whether the search
+    must match the rows the index has not reached itself (:func:`pending_hits`).
+
+    On a writable engine the catch-up runs in its own short write transaction first. A
+    read-only engine cannot write it, nor should a caller's unit of work carry it: those
+    searches match the pending rows in Python instead. Other backends index as they write.
+    """
+    if engine.dialect.name != "sqlite":
+        return False
+    if is_read_only(engine) or runner.bound is not None:
+        return True
+
+    async def work(session: Executor) -> int:
+        return await catch_up_all(session, dialect_of(session), target)
+
+    await runner.run(work)
+    return False
+
+
+def indexed_matches(
+    target: Table, terms: Sequence[tuple[str, bool]], scope: Mapping[str, Any]
+) -> Select[Any]:
+    """``SELECT key…, rank`` of the indexed rows of ``target`` in ``scope`` whose words
+    match: SQLite's part of :func:`convostore.dialects.text_matches`.
+
+    The rank depends on the message alone (FTS5's ``bm25`` weighs words by the whole
+    table, so a write anywhere would move every rank and break the keyset cursor): each
+    exact word's occurrences, read from the index through the ``fts5vocab`` view, plus
+    one per prefix word, divided by the message's word count (from the map). No message
+    row is read, and the table holds no copy of the words.
+    """
+    fts_name = INDEXES[target.name]
+    key = KEYS[target.name]
+    fts = table(fts_name, column("rowid"))
+    docs = table(f"{fts_name}_docs", column("doc_id"), column("words"), *(column(n) for n in key))
+    expression = " ".join(f'"{word}"' + ("*" if prefix else "") for word, prefix in terms)
+    found = literal_column(fts_name).op("MATCH")(bindparam("search", expression))
+    matched = select(fts.c.rowid).where(found)
+    if len(scope) > 1:
+        # One session or thread: its few rows, each looked up in the index.
+        mine = docs.alias("mine")
+        matched = matched.where(
+            fts.c.rowid.in_(
+                select(mine.c.doc_id).where(*(mine.c[n] == value for n, value in scope.items()))
+            )
+        )
+    in_scope = [docs.c[name] == value for name, value in scope.items()]
+    exact = [word.rstrip(search.PAD) for word, prefix in terms if not prefix]
+    prefixes = sum(1 for _, prefix in terms if prefix)
+    keys = [docs.c[name] for name in key]
+    if not exact:
+        score: Any = literal(prefixes) * RANK_SCALE / docs.c.words
+        return select(*keys, sql_cast(func.round(score), BigInteger).label("rank")).where(
+            docs.c.doc_id.in_(matched), *in_scope
+        )
+    vocab = table(f"{fts_name}_vocab", column("term"), column("doc"))
+    occurrences = (
+        select(vocab.c.doc, func.count().label("n"))
+        .where(vocab.c.term.in_(exact))
+        .group_by(vocab.c.doc)
+        .subquery("occurrences")
+    )
+    score = (occurrences.c.n + prefixes) * RANK_SCALE / docs.c.words
+    return (
+        select(*keys, sql_cast(func.round(score), BigInteger).label("rank"))
+        .select_from(occurrences.join(docs, docs.c.doc_id == occurrences.c.doc))
+        .where(occurrences.c.doc.in_(matched), *in_scope)
+    )
+
+
+def rank_of(tokens: Sequence[str], terms: Sequence[tuple[str, bool]]) -> int | None:
+    """The rank SQLite's index gives a message with these feed words, or ``None`` unless
+    every term matches: each exact word's occurrences, plus one per prefix word, times
+    :data:`~convostore.dialects.RANK_SCALE`, divided by the word count, rounded."""
+    total = 0
+    for word, prefix in terms:
+        if prefix:
+            if not any(token.startswith(word) for token in tokens):
+                return None
+            total += 1
+        else:
+            found = tokens.count(word)
+            if not found:
+                return None
+            total += found
+    # As SQLite computes it: a real division, rounded half away from zero.
+    return math.floor(total * RANK_SCALE / len(tokens) + 0.5)
+
+
+async def pending_hits(
+    session: Executor,
+    dialect: Dialect,
+    target: Table,
+    columns: Sequence[Any],
+    terms: Sequence[tuple[str, bool]],
+    scope: Mapping[str, Any],
+    filters: Mapping[str, Any],
+) -> list[Any]:
+    """The rows above the watermark (not indexed yet) in ``scope`` that match ``terms``,
+    each with its ``rank``: what a read-only engine adds to the index's hits."""
+    fts = INDEXES[target.name]
+    key = KEYS[target.name]
+    docs = table(f"{fts}_docs", *(column(c) for c in ("doc_id", *key)))
+    state = table(STATE_TABLE, column("name"), column("watermark"))
+    names = [c.name for c in columns]
+    raw = [type_coerce(c, LargeBinary).label(c.name) if c.name == "content" else c for c in columns]
+    watermark = (
+        select(state.c.watermark).where(state.c.name == bindparam("state_name", target.name))
+    ).scalar_subquery()
+    stmt = (
+        select(*raw)
+        .select_from(target.outerjoin(docs, and_(*(docs.c[c] == target.c[c] for c in key))))
+        .where(
+            literal_column(f"{target.name}.rowid") > watermark,
+            docs.c.doc_id.is_(None),
+            *(target.c[name] == value for name, value in scope.items()),
+            *(target.c[name] == value for name, value in filters.items()),
+        )
+    )
+    _, open_content = _decoders(dialect, target)
+    hits = []
+    for row in (await session.execute(stmt)).all():
+        values = dict(zip(names, row, strict=True))
+        try:
+            values["content"] = open_content(values["content"])
+            feed = feed_of(target.name, values.get("message"), values["content"])
+        except ConvostoreError:
+            continue
+        if not feed:
+            continue
+        rank = rank_of(feed.split(" "), terms)
+        if rank is not None:
+            hits.append(SimpleNamespace(**values, rank=rank))
+    return hits
+
+
+def merge(
+    indexed: Iterable[Any],
+    pending: Iterable[Any],
+    key: tuple[str, str],
+    limit: int,
+    cursor: tuple[int, tuple[str, int]] | None,
+) -> list[Any]:
+    """One page of hits from the index's page and the pending rows' hits."""
+    thread, position = key
+    hits = [
+        (hit.rank, (getattr(hit, thread), getattr(hit, position)), hit)
+        for hit in itertools.chain(indexed, pending)
+    ]
+    return search.page(hits, limit, cursor)
