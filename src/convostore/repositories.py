@@ -928,6 +928,19 @@ async def _search(
             )
         )
     page = top.order_by(*order).limit(limit).subquery("page")
+    extra: list[Any] = []
+    if pending:
+        # A read-only SQLite engine cannot catch the index up: the rows it has not reached
+        # are matched here (first: see search_index.merge), with the same rank.
+        extra = await search_index.pending_hits(
+            session,
+            search_index.dialect_of(session),
+            target,
+            readable_columns(target),
+            terms,
+            scope,
+            filters,
+        )
     stmt: Select[Any] = (
         select(*readable_columns(target), page.c.rank)
         .join(page, same_key(target, page))
@@ -937,17 +950,6 @@ async def _search(
     rows = list((await session.execute(stmt)).all())
     if not pending:
         return rows
-    # A read-only SQLite engine cannot catch the index up: the rows it has not reached yet
-    # are matched here, with the same rank, and the two pages merged into one.
-    extra = await search_index.pending_hits(
-        session,
-        search_index.dialect_of(session),
-        target,
-        readable_columns(target),
-        terms,
-        scope,
-        filters,
-    )
     return search_index.merge(rows, extra, (thread_column, position_column), limit, cursor)
 
 

@@ -67,7 +67,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from convostore import search
 from convostore.dialects import RANK_SCALE, Executor
 from convostore.engine import is_read_only
-from convostore.errors import ConvostoreError
+from convostore.errors import ConvostoreError, DatabaseError
 
 if TYPE_CHECKING:
     from convostore.transactions import TransactionRunner
@@ -213,6 +213,9 @@ class _Statements:
     watermark: str
     advance: str
     top: str
+    count: str
+    lock: str
+    behind: str
 
 
 def _statements(table: str) -> _Statements:
@@ -221,11 +224,20 @@ def _statements(table: str) -> _Statements:
     columns = ", ".join(key)
     joined = " AND ".join(f"d.{c} = t.{c}" for c in key)
     message = "t.message" if table == "messages" else "NULL"
+    above = (
+        f"FROM {table} AS t LEFT JOIN {fts}_docs AS d ON {joined} "
+        "WHERE t.rowid > :after AND d.doc_id IS NULL"
+    )
     return _Statements(
         select=(
             f"SELECT t.rowid, {', '.join(f't.{c}' for c in key)}, {message}, t.content "
-            f"FROM {table} AS t LEFT JOIN {fts}_docs AS d ON {joined} "
-            "WHERE t.rowid > :after AND d.doc_id IS NULL ORDER BY t.rowid LIMIT :size"
+            f"{above} ORDER BY t.rowid LIMIT :size"
+        ),
+        count=f"SELECT count(*) {above}",
+        lock=f"UPDATE {STATE_TABLE} SET watermark = watermark WHERE name = '{table}'",
+        behind=(
+            f"SELECT coalesce(max(rowid), 0) > (SELECT watermark FROM {STATE_TABLE} "
+            f"WHERE name = '{table}') FROM {table}"
         ),
         insert_doc=(
             f"INSERT INTO {fts}_docs (doc_id, {columns}, words) "
@@ -244,14 +256,21 @@ def _statements(table: str) -> _Statements:
 _STATEMENTS = {name: _statements(name) for name in INDEXES}
 
 
-async def catch_up(session: Executor, dialect: Dialect, table: Table, *, limit: int) -> int | None:
+async def catch_up(
+    session: Executor, dialect: Dialect, table: Table, *, limit: int
+) -> tuple[int, int] | None:
     """Index up to ``limit`` of ``table``'s rows above the watermark, in ``session``'s
-    transaction; how many rows were read, or ``None`` when none was left.
+    transaction: how many rows were read and how many indexed, or ``None`` when none was
+    left.
 
     Rows this engine cannot open stay unindexed (as an append by an engine without the
     key leaves them) and are passed over like rows with no text.
     """
     sql = _STATEMENTS[table.name]
+    # A write first: the transaction takes SQLite's write lock before it reads, so nobody
+    # (another process) can add, delete or change a row between the read and the writes
+    # (the driver begins a transaction only at the first write).
+    await session.execute(text(sql.lock))
     watermark = int((await session.execute(text(sql.watermark))).scalar_one())
     rows = (await session.execute(text(sql.select), {"after": watermark, "size": limit})).all()
     last_row, last_doc = (await session.execute(text(sql.top))).one()
@@ -284,17 +303,40 @@ async def catch_up(session: Executor, dialect: Dialect, table: Table, *, limit: 
     # so has every row there is.
     done = int(rows[-1][0]) if len(rows) == limit else int(last_row)
     await session.execute(text(sql.advance), {"watermark": done})
-    return len(rows)
+    return len(rows), len(docs)
 
 
 async def catch_up_all(session: Executor, dialect: Dialect, table: Table) -> int:
-    """:func:`catch_up` in batches of :data:`SEARCH_BATCH` until nothing is left."""
+    """:func:`catch_up` in batches of :data:`SEARCH_BATCH` until nothing is left; how
+    many rows were indexed."""
     total = 0
-    while (count := await catch_up(session, dialect, table, limit=SEARCH_BATCH)) is not None:
-        total += count
-        if count < SEARCH_BATCH:
+    while (counts := await catch_up(session, dialect, table, limit=SEARCH_BATCH)) is not None:
+        read, indexed = counts
+        total += indexed
+        if read < SEARCH_BATCH:
             break
     return total
+
+
+async def pending_count(session: Executor, table: Table) -> int:
+    """How many of ``table``'s rows the index has not reached yet."""
+    sql = _STATEMENTS[table.name]
+    watermark = (await session.execute(text(sql.watermark))).scalar_one()
+    return int((await session.execute(text(sql.count), {"after": watermark})).scalar_one())
+
+
+async def drop(session: Executor, table: Table) -> int:
+    """Empty ``table``'s index and pass every row there is (what turning clear text off
+    asks); how many messages left the index or its queue (the rows above the watermark)."""
+    fts = INDEXES[table.name]
+    sql = _STATEMENTS[table.name]
+    indexed = (await session.execute(text(f"SELECT count(*) FROM {fts}_docs"))).scalar_one()
+    count = int(indexed) + await pending_count(session, table)
+    await session.execute(text(f"INSERT INTO {fts} ({fts}) VALUES ('delete-all')"))
+    await session.execute(text(f"DELETE FROM {fts}_docs"))
+    last_row, _ = (await session.execute(text(sql.top))).one()
+    await session.execute(text(sql.advance), {"watermark": last_row})
+    return count
 
 
 def dialect_of(executor: Executor) -> Dialect:
@@ -319,7 +361,21 @@ async def prepare_search(runner: TransactionRunner, engine: AsyncEngine, target:
     async def work(session: Executor) -> int:
         return await catch_up_all(session, dialect_of(session), target)
 
-    await runner.run(work)
+    async def behind(session: Executor) -> bool:
+        return bool((await session.execute(text(_STATEMENTS[target.name].behind))).scalar())
+
+    # Every append acknowledged before this call has committed: a row above the mark
+    # now is one this search must see. Nothing there (the usual case once the writer's
+    # idle catch-up has run): no write transaction at all.
+    if not await runner.run(behind, read=True):
+        return False
+    try:
+        await runner.run(work)
+    except DatabaseError as exc:
+        # A file this process may read but not write (its permissions, query_only).
+        if "readonly" not in str(exc).replace(" ", "").replace("-", "").lower():
+            raise
+        return True
     return False
 
 
@@ -447,10 +503,12 @@ def merge(
     limit: int,
     cursor: tuple[int, tuple[str, int]] | None,
 ) -> list[Any]:
-    """One page of hits from the index's page and the pending rows' hits."""
+    """One page of hits from the index's page and the pending rows' hits (read first:
+    a row is pending at that read, or in the index at the later one)."""
     thread, position = key
-    hits = [
-        (hit.rank, (getattr(hit, thread), getattr(hit, position)), hit)
-        for hit in itertools.chain(indexed, pending)
-    ]
-    return search.page(hits, limit, cursor)
+    hits = {
+        # A row caught up by another process between the two reads is in both: once.
+        (getattr(hit, thread), getattr(hit, position)): hit
+        for hit in itertools.chain(pending, indexed)
+    }
+    return search.page(((hit.rank, where, hit) for where, hit in hits.items()), limit, cursor)

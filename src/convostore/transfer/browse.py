@@ -32,6 +32,7 @@ from convostore import codec, encryption
 from convostore.dialects import Executor
 from convostore.errors import DecryptionError, EncryptionError, SerializationError
 from convostore.repositories import NO_PREVIEW
+from convostore.sql import search_index
 from convostore.tables import (
     AdkAppStateRecord,
     AdkEventRecord,
@@ -420,6 +421,11 @@ async def search_pending(engine: AsyncEngine) -> dict[str, int]:
     ``convostore search --backfill`` would index."""
     pending: dict[str, int] = {}
     for table in (CONTEXT_MESSAGES, MESSAGES):
+        if engine.dialect.name == "sqlite":
+            # Since migration 0007: the rows the index's catch-up has not reached.
+            async with engine.connect() as conn:
+                pending[str(table.name)] = await search_index.pending_count(conn, table)
+            continue
         stmt = select(func.count()).select_from(table).where(table.c.search_text.is_(None))
         pending[str(table.name)] = int((await _fetch(engine, stmt))[0][0])
     return pending
