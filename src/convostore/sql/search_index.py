@@ -65,12 +65,12 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from convostore import search
-from convostore.dialects import RANK_SCALE, Executor
-from convostore.engine import is_read_only
 from convostore.errors import ConvostoreError, DatabaseError
+from convostore.sql.dialects import RANK_SCALE, Executor
+from convostore.sql.engine import is_read_only
 
 if TYPE_CHECKING:
-    from convostore.transactions import TransactionRunner
+    from convostore.sql.runner import TransactionRunner
 
 __all__ = [
     "FEED_FUNCTION",
@@ -180,7 +180,7 @@ def install(engine: AsyncEngine) -> None:
     if dialect.name != "sqlite" or getattr(dialect, _INSTALLED, False):
         return
     setattr(dialect, _INSTALLED, True)
-    from convostore.tables import ContextMessageRecord, MessageRecord
+    from convostore.sql.tables import ContextMessageRecord, MessageRecord
 
     function = feed_function(
         dialect,

@@ -10,7 +10,7 @@ import uvicorn
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from convostore.engine import READ_ONLY_ATTRIBUTE
+from convostore.sql.engine import READ_ONLY_ATTRIBUTE
 from convostore.ui.app import create_app
 from convostore.ui.security import LOOPBACK_HOSTS, TOKEN, new_token
 
