@@ -49,7 +49,7 @@ from convostore.errors import (
     translate_errors,
 )
 from convostore.settings import redact
-from convostore.sql import search_index
+from convostore.sql import search_feed
 from convostore.sql.engine import create_engine, family, family_from_name
 from convostore.sql.options import deadline_of
 
@@ -231,7 +231,7 @@ async def prepare(engine: AsyncEngine, *, migrate: bool | None = None) -> None:
         DeadlineExceeded: The server did not answer within the engine's deadline.
     """
     # Engines made elsewhere too: deletes of indexed messages need it (SQLite).
-    search_index.install(engine)
+    search_feed.install(engine)
     if engine in _prepared:
         return
     if migrate is None:

@@ -25,7 +25,7 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, QueuePoo
 from convostore.encryption import Keyring, install
 from convostore.errors import ConfigurationError
 from convostore.settings import is_memory_sqlite, redact, resolve_url
-from convostore.sql import driver_logs, pgbouncer, sqlite_driver
+from convostore.sql import driver_logs, pgbouncer, search_feed, sqlite_driver
 from convostore.sql.options import (
     DEADLINE_OPTION,
     PGBOUNCER_OPTION,
@@ -285,9 +285,7 @@ def create_engine(
     install(engine, encryption)
     if kind == "sqlite":
         # The delete trigger's SQL function (before any connection opens).
-        from convostore.sql.search_index import install as install_search_function
-
-        install_search_function(engine)
+        search_feed.install(engine)
     if read_only:
         setattr(engine.sync_engine.dialect, READ_ONLY_ATTRIBUTE, True)
     if not (from_url.search_index if search_index is None else search_index):

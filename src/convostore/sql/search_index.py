@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Final
@@ -51,7 +51,6 @@ from sqlalchemy import (
     and_,
     bindparam,
     column,
-    event,
     func,
     literal,
     literal_column,
@@ -68,6 +67,15 @@ from convostore import search
 from convostore.errors import ConvostoreError, DatabaseError
 from convostore.sql.dialects import RANK_SCALE, Executor
 from convostore.sql.engine import is_read_only
+from convostore.sql.search_feed import (
+    FEED_FUNCTION,
+    INDEXES,
+    KEYS,
+    STATE_TABLE,
+    decoders,
+    feed_of,
+    words_in,
+)
 
 if TYPE_CHECKING:
     from convostore.sql.runner import TransactionRunner
@@ -79,130 +87,16 @@ __all__ = [
     "SEARCH_BATCH",
     "STATE_TABLE",
     "catch_up",
-    "feed_function",
     "pending_hits",
     "rank_of",
 ]
 
-STATE_TABLE: Final = "search_state"
-"""Per message table, the rowid up to which the index has caught up (migration 0007)."""
-
-FEED_FUNCTION: Final = "convostore_search_feed"
-"""``convostore_search_feed(table, message, content, words)``: the feed of a stored row,
-rebuilt from its payload, for the delete trigger (raises unless it has ``words`` words)."""
-
-INDEXES: Final = {"context_messages": "context_search", "messages": "message_search"}
-"""The FTS5 table of each message table."""
-
-KEYS: Final = {
-    "context_messages": ("project", "session_id", "position"),
-    "messages": ("agent_name", "thread_id", "idx"),
-}
 
 SEARCH_BATCH: Final = 5000
 """Rows a search's catch-up indexes per transaction (it loops until none is left)."""
 
 IDLE_BATCH: Final = 200
 """Rows the writer thread indexes per transaction while it has nothing else to do."""
-
-
-class FeedMismatchError(ConvostoreError):
-    """A stored message's feed, rebuilt to delete it from the index, differs from the one
-    indexed (the feed's rules changed, or the row was edited outside convostore)."""
-
-
-def feed_of(table: str, message: Any, content: Any) -> str:
-    """The feed of a decoded message of ``table``."""
-    if table == "context_messages":
-        return search.context_feed(content)
-    return search.message_feed(message or "", content)
-
-
-def _decoders(dialect: Dialect, table: Table) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
-    def processor(name: str) -> Callable[[Any], Any]:
-        if name not in table.c:
-            return lambda value: value
-        column_type = table.c[name].type
-        return lambda value: (
-            None
-            if value is None
-            else column_type.process_result_value(  # type: ignore[attr-defined]
-                value, dialect
-            )
-        )
-
-    return processor("message"), processor("content")
-
-
-def stored_feed(dialect: Dialect, table: Table, message: Any, content: Any) -> str:
-    """The feed of a row as stored (raw column values), decoded with ``dialect``'s keyring.
-
-    Raises:
-        EncryptionError: The payload is encrypted under a key the keyring does not have.
-        SerializationError: The payload does not decode.
-    """
-    open_message, open_content = _decoders(dialect, table)
-    return feed_of(table.name, open_message(message), open_content(content))
-
-
-def words_in(feed: str) -> int:
-    """How many words a (non-empty) feed holds: the denominator of a message's rank."""
-    return feed.count(" ") + 1
-
-
-def feed_function(dialect: Dialect, tables: Mapping[str, Table]) -> Callable[..., str]:
-    """The SQL function :data:`FEED_FUNCTION` for connections of the engine of ``dialect``
-    (whose keyring, read at each call, opens sealed payloads)."""
-
-    def rebuilt(table: str, message: Any, content: Any, words: int) -> str:
-        feed = stored_feed(dialect, tables[table], message, content)
-        if not feed or words_in(feed) != words:
-            raise FeedMismatchError(
-                f"a message of {table} no longer has the words it was indexed with; "
-                "rebuild the index (convostore search index --rebuild)"
-            )
-        return feed
-
-    return rebuilt
-
-
-_INSTALLED = "convostore_search_function"
-
-
-def install(engine: AsyncEngine) -> None:
-    """Register :data:`FEED_FUNCTION` on every connection of an SQLite engine (once per
-    engine): as each connection opens, and at checkout for connections an engine made
-    elsewhere opened before convostore saw it. The SQLite writer's connection gets it
-    with the engine's other ``connect`` hooks. Without it a delete of an indexed message
-    fails (``no such function``) instead of leaving its words in the index."""
-    sync_engine = engine.sync_engine
-    dialect = sync_engine.dialect
-    if dialect.name != "sqlite" or getattr(dialect, _INSTALLED, False):
-        return
-    setattr(dialect, _INSTALLED, True)
-    from convostore.sql.tables import ContextMessageRecord, MessageRecord
-
-    function = feed_function(
-        dialect,
-        {
-            "context_messages": ContextMessageRecord.__table__,  # type: ignore[dict-item]
-            "messages": MessageRecord.__table__,  # type: ignore[dict-item]
-        },
-    )
-
-    def connect(dbapi_connection: Any, record: Any) -> None:
-        info = getattr(record, "info", None)
-        if info is not None and info.get(_INSTALLED):
-            return
-        dbapi_connection.create_function(FEED_FUNCTION, 4, function, deterministic=True)
-        if info is not None:
-            info[_INSTALLED] = True
-
-    def checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
-        connect(dbapi_connection, record)
-
-    event.listen(sync_engine, "connect", connect)
-    event.listen(sync_engine, "checkout", checkout)
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,7 +174,7 @@ async def catch_up(
         return None
     key = KEYS[table.name]
     docs: list[dict[str, Any]] = []
-    open_message, open_content = _decoders(dialect, table)
+    open_message, open_content = decoders(dialect, table)
     for number, row in zip(itertools.count(int(last_doc) + 1), rows, strict=False):
         try:
             feed = feed_of(table.name, open_message(row[4]), open_content(row[5]))
@@ -479,7 +373,7 @@ async def pending_hits(
             *(target.c[name] == value for name, value in filters.items()),
         )
     )
-    _, open_content = _decoders(dialect, target)
+    _, open_content = decoders(dialect, target)
     hits = []
     for row in (await session.execute(stmt)).all():
         values = dict(zip(names, row, strict=True))

@@ -423,8 +423,11 @@ async def search_pending(engine: AsyncEngine) -> dict[str, int]:
     for table in (CONTEXT_MESSAGES, MESSAGES):
         if engine.dialect.name == "sqlite":
             # Since migration 0007: the rows the index's catch-up has not reached.
-            async with engine.connect() as conn:
-                pending[str(table.name)] = await search_index.pending_count(conn, table)
+
+            async def count(executor: Executor, t: Table = table) -> int:
+                return await search_index.pending_count(executor, t)
+
+            pending[str(table.name)] = await TransactionRunner(engine).run(count, read=True)
             continue
         stmt = select(func.count()).select_from(table).where(table.c.search_text.is_(None))
         pending[str(table.name)] = int((await _fetch(engine, stmt))[0][0])
