@@ -76,6 +76,7 @@ from convostore.sql.search_feed import (
     feed_of,
     words_in,
 )
+from convostore.sql.tables import ContextMessageRecord, MessageRecord
 
 if TYPE_CHECKING:
     from convostore.sql.runner import TransactionRunner
@@ -95,7 +96,13 @@ __all__ = [
 SEARCH_BATCH: Final = 5000
 """Rows a search's catch-up indexes per transaction (it loops until none is left)."""
 
-IDLE_BATCH: Final = 200
+TABLES: Final[tuple[Table, ...]] = (
+    ContextMessageRecord.__table__,  # type: ignore[assignment]
+    MessageRecord.__table__,
+)
+"""The message tables, each with its own index."""
+
+IDLE_BATCH: Final = 64
 """Rows the writer thread indexes per transaction while it has nothing else to do."""
 
 
@@ -212,6 +219,11 @@ async def catch_up_all(session: Executor, dialect: Dialect, table: Table) -> int
     return total
 
 
+async def behind(session: Executor, table: Table) -> bool:
+    """Whether ``table`` has a row above the watermark (a cheap read: no row is decoded)."""
+    return bool((await session.execute(text(_STATEMENTS[table.name].behind))).scalar())
+
+
 async def pending_count(session: Executor, table: Table) -> int:
     """How many of ``table``'s rows the index has not reached yet."""
     sql = _STATEMENTS[table.name]
@@ -255,13 +267,13 @@ async def prepare_search(runner: TransactionRunner, engine: AsyncEngine, target:
     async def work(session: Executor) -> int:
         return await catch_up_all(session, dialect_of(session), target)
 
-    async def behind(session: Executor) -> bool:
-        return bool((await session.execute(text(_STATEMENTS[target.name].behind))).scalar())
+    async def is_behind(session: Executor) -> bool:
+        return await behind(session, target)
 
     # Every append acknowledged before this call has committed: a row above the mark
     # now is one this search must see. Nothing there (the usual case once the writer's
     # idle catch-up has run): no write transaction at all.
-    if not await runner.run(behind, read=True):
+    if not await runner.run(is_behind, read=True):
         return False
     try:
         await runner.run(work)
