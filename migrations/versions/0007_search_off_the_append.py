@@ -9,6 +9,8 @@ what it holds; it now catches up after the append (:mod:`convostore.sql.search_i
   indexed. It starts just below the first row that had no feed yet (rows written before
   revision 0005, or by an engine that indexed nothing), so those are indexed by the next
   catch-up, as ``convostore search index`` did.
+* the FTS5 tables are rebuilt with ``columnsize=0`` (no per-message size: ranks read the
+  word count from the map), from the feeds while the column still exists;
 * one trigger per message table, on delete: it removes the row's words from the index
   (their exact list, rebuilt from the payload by the ``convostore_search_feed`` SQL
   function that convostore registers on its connections), its map entry, and lowers the
@@ -45,17 +47,32 @@ TABLES = (
 
 STATE = "search_state"
 FEED_FUNCTION = "convostore_search_feed"
+MISMATCH = (
+    "convostore: a message no longer has the words the search index holds for it (changed "
+    "outside convostore?); rebuild the index: convostore.transfer.rebuild_search_index"
+)
+TOKENIZE = "tokenize='unicode61 remove_diacritics 0'"
+
+
+def _fts(fts: str, options: str) -> list[str]:
+    # The index and its fts5vocab view (each word's occurrences per message: the rank).
+    return [
+        f"CREATE VIRTUAL TABLE {fts} USING fts5(search_text, content='', {TOKENIZE}{options})",
+        f"CREATE VIRTUAL TABLE {fts}_vocab USING fts5vocab({fts}, 'instance')",
+    ]
 
 
 def _delete_trigger(table: str, key: tuple[str, ...], fts: str) -> str:
     docs = f"{fts}_docs"
     match_old = " AND ".join(f"{c} = old.{c}" for c in key)
     message = "old.message" if table == "messages" else "NULL"
+    feed = f"{FEED_FUNCTION}('{table}', {message}, old.content, words)"
     return (
         f"CREATE TRIGGER {fts}_delete AFTER DELETE ON {table} BEGIN "
+        # Words that differ from the ones indexed would corrupt the index: refuse.
+        f"SELECT RAISE(ABORT, '{MISMATCH}') FROM {docs} WHERE {match_old} AND {feed} IS NULL; "
         f"INSERT INTO {fts} ({fts}, rowid, search_text) "
-        f"SELECT 'delete', doc_id, {FEED_FUNCTION}('{table}', {message}, old.content, words) "
-        f"FROM {docs} WHERE {match_old}; "
+        f"SELECT 'delete', doc_id, {feed} FROM {docs} WHERE {match_old}; "
         f"DELETE FROM {docs} WHERE {match_old}; "
         f"UPDATE {STATE} SET watermark = min(watermark, "
         f"(SELECT coalesce(max(rowid), 0) FROM {table})) WHERE name = '{table}'; "
@@ -104,9 +121,21 @@ def upgrade() -> None:
     op.execute(
         f"CREATE TABLE {STATE} (name VARCHAR(32) NOT NULL PRIMARY KEY, watermark BIGINT NOT NULL)"
     )
-    for table, _key, fts in TABLES:
+    for table, key, fts in TABLES:
         for suffix in ("insert", "delete", "update"):
             op.execute(f"DROP TRIGGER {fts}_{suffix}")
+        # The same index without its per-message sizes (columnsize=0: ~12 bytes a message;
+        # ranks read the word count from the map), rebuilt from the feeds while they exist.
+        op.execute(f"DROP TABLE {fts}_vocab")
+        op.execute(f"ALTER TABLE {fts} RENAME TO {fts}_old")
+        for statement in _fts(fts, ", columnsize=0"):
+            op.execute(statement)
+        joined = " AND ".join(f"d.{c} = t.{c}" for c in key)
+        op.execute(
+            f"INSERT INTO {fts} (rowid, search_text) SELECT d.doc_id, t.search_text "
+            f"FROM {fts}_docs AS d JOIN {table} AS t ON {joined}"
+        )
+        op.execute(f"DROP TABLE {fts}_old")
         # Every row below the first one without a feed is in the index (or has no words).
         op.execute(
             f"INSERT INTO {STATE} (name, watermark) SELECT '{table}', coalesce("
@@ -126,8 +155,11 @@ def downgrade() -> None:
         op.execute(f"DROP TRIGGER {fts}_delete")
         op.execute(f"ALTER TABLE {table} ADD COLUMN search_text TEXT")
         # Revision 0005 reads the column: every row is "not indexed yet", so the index
-        # starts empty and its back-fill fills it again.
-        op.execute(f"INSERT INTO {fts} ({fts}) VALUES ('delete-all')")
+        # starts empty (with 0005's options) and its back-fill fills it again.
+        op.execute(f"DROP TABLE {fts}_vocab")
+        op.execute(f"DROP TABLE {fts}")
+        for statement in _fts(fts, ""):
+            op.execute(statement)
         op.execute(f"DELETE FROM {fts}_docs")
         for statement in _old_triggers(table, key, fts):
             op.execute(statement)

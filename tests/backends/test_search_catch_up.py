@@ -26,9 +26,11 @@ import pytest
 from sqlalchemy import URL
 
 from convostore import (
+    ConflictError,
     ContextMessage,
     SQLAlchemyContextStore,
     SQLAlchemyDatabase,
+    codec,
     create_engine,
     search,
     transfer,
@@ -339,3 +341,31 @@ async def test_no_row_holds_the_words_in_clear(sqlite_file: Path) -> None:
     assert b"zebra_" not in data
     assert b"walrus_" not in data
     assert phrase.encode() not in data
+
+
+async def test_a_message_edited_outside_convostore_fails_its_delete_until_a_rebuild(
+    sqlite_file: Path,
+) -> None:
+    # The index forgets a message by its exact words, rebuilt from the payload. A payload
+    # changed behind convostore's back would give other words: the delete is refused
+    # (the word count differs) instead of leaving the old words in the index.
+    engine = create_engine(url_of(sqlite_file))
+    try:
+        store = SQLAlchemyContextStore(engine, project="/p", session_id="s")
+        await store.append(user("apple banana"))
+        assert await store.search("apple")
+        with sqlite3.connect(sqlite_file) as conn:
+            conn.execute(
+                "UPDATE context_messages SET content = ?",
+                (codec.encode([{"type": "text", "text": "cherry"}]),),
+            )
+        with pytest.raises(ConflictError, match="rebuild_search_index"):
+            await store.clear()
+        assert [h.message.position for h in await store.search("apple")] == [0]
+        await transfer.rebuild_search_index(engine)
+        assert await store.search("apple") == []
+        assert [h.snippet for h in await store.search("cherry")] == ["cherry"]
+        await store.clear()
+        assert index_entries(sqlite_file) == {}
+    finally:
+        await engine.dispose()

@@ -12,15 +12,14 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore import search
-from convostore.errors import ConvostoreError
 from convostore.sql.tables import ContextMessageRecord, MessageRecord
 
 __all__ = [
     "FEED_FUNCTION",
     "INDEXES",
     "KEYS",
+    "MISMATCH",
     "STATE_TABLE",
-    "FeedMismatchError",
     "decoders",
     "feed_function",
     "feed_of",
@@ -43,11 +42,6 @@ KEYS: Final = {
     "context_messages": ("project", "session_id", "position"),
     "messages": ("agent_name", "thread_id", "idx"),
 }
-
-
-class FeedMismatchError(ConvostoreError):
-    """A stored message's feed, rebuilt to delete it from the index, differs from the one
-    indexed (the feed's rules changed, or the row was edited outside convostore)."""
 
 
 def feed_of(table: str, message: Any, content: Any) -> str:
@@ -89,17 +83,29 @@ def words_in(feed: str) -> int:
     return feed.count(" ") + 1
 
 
-def feed_function(dialect: Dialect, tables: Mapping[str, Table]) -> Callable[..., str]:
-    """The SQL function :data:`FEED_FUNCTION` for connections of the engine of ``dialect``
-    (whose keyring, read at each call, opens sealed payloads)."""
+MISMATCH: Final = (
+    "convostore: a message no longer has the words the search index holds for it (changed "
+    "outside convostore?); rebuild the index: convostore.transfer.rebuild_search_index"
+)
+"""The delete trigger's error when :data:`FEED_FUNCTION` finds other words (``NULL``)."""
 
-    def rebuilt(table: str, message: Any, content: Any, words: int) -> str:
-        feed = stored_feed(dialect, tables[table], message, content)
+
+def feed_function(dialect: Dialect, tables: Mapping[str, Table]) -> Callable[..., str | None]:
+    """The SQL function :data:`FEED_FUNCTION` for connections of the engine of ``dialect``
+    (whose keyring, read at each call, opens sealed payloads): the feed, or ``NULL`` when
+    it does not have the ``words`` words the index holds (the trigger then aborts with
+    :data:`MISMATCH`). The trigger asks twice for each row (check, then delete): the last
+    answer is kept for the second call."""
+    last: list[Any] = [None, None]
+
+    def rebuilt(table: str, message: Any, content: Any, words: int) -> str | None:
+        args = (table, message, content, words)
+        if last[0] == args:
+            return last[1]  # type: ignore[no-any-return]
+        feed: str | None = stored_feed(dialect, tables[table], message, content)
         if not feed or words_in(feed) != words:
-            raise FeedMismatchError(
-                f"a message of {table} no longer has the words it was indexed with; "
-                "rebuild the index (convostore search index --rebuild)"
-            )
+            feed = None
+        last[:] = [args, feed]
         return feed
 
     return rebuilt

@@ -231,6 +231,15 @@ async def pending_count(session: Executor, table: Table) -> int:
     return int((await session.execute(text(sql.count), {"after": watermark})).scalar_one())
 
 
+async def reset(session: Executor, table: Table) -> None:
+    """Empty ``table``'s index and put the watermark back to the start: the catch-up then
+    indexes every message again."""
+    fts = INDEXES[table.name]
+    await session.execute(text(f"INSERT INTO {fts} ({fts}) VALUES ('delete-all')"))
+    await session.execute(text(f"DELETE FROM {fts}_docs"))
+    await session.execute(text(_STATEMENTS[table.name].advance), {"watermark": 0})
+
+
 async def drop(session: Executor, table: Table) -> int:
     """Empty ``table``'s index and pass every row there is (what turning clear text off
     asks); how many messages left the index or its queue (the rows above the watermark)."""

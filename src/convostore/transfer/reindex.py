@@ -39,7 +39,7 @@ from convostore.sql.tables import ContextMessageRecord, MessageRecord
 from convostore.sql.types import require_search_index
 from convostore.transfer._format import NoProgress, Progress
 
-__all__ = ["DEFAULT_BATCH_SIZE", "ReindexReport", "backfill", "drop_feeds"]
+__all__ = ["DEFAULT_BATCH_SIZE", "ReindexReport", "backfill", "drop_feeds", "rebuild_search_index"]
 
 DEFAULT_BATCH_SIZE: Final = 1000
 
@@ -141,6 +141,36 @@ async def _backfill_table(
         after, count_done = batch
         done += count_done
         progress.advance(count_done)
+
+
+async def rebuild_search_index(
+    engine: AsyncEngine,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: Progress | None = None,
+) -> ReindexReport:
+    """SQLite: empty the search index and index every message again, in batches.
+
+    What a delete refused with :data:`~convostore.sql.search_feed.MISMATCH` asks for (a
+    message changed outside convostore, or words indexed by rules that have changed
+    since). Searches meanwhile find what has been indexed again so far, and the
+    rest as soon as the catch-up reaches it. Elsewhere: :func:`backfill`.
+
+    Raises:
+        ValidationError, ConfigurationError: As :func:`backfill`.
+    """
+    if type(batch_size) is not int or batch_size < 1:
+        raise ValidationError("batch_size must be a positive int")
+    require_search_index(engine, "rebuild_search_index")
+    if engine.dialect.name == "sqlite":
+        runner = TransactionRunner(engine)
+        for table in (_CONTEXT, _MESSAGES):
+
+            async def reset(session: Executor, t: Table = table) -> None:
+                await search_index.reset(session, t)
+
+            await runner.run(reset)
+    return await backfill(engine, batch_size=batch_size, progress=progress)
 
 
 async def drop_feeds(engine: AsyncEngine, *, batch_size: int = DEFAULT_BATCH_SIZE) -> int:
