@@ -41,6 +41,7 @@ import time
 import uuid
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import URL, make_url, text
 from sqlalchemy.pool import NullPool
@@ -221,14 +222,19 @@ async def write_cost(rounds: int) -> None:
     print(f"| file size | {on_size / 1e6:.1f} MB | {off_size / 1e6:.1f} MB | {ratio:.2f}x |")
 
 
-async def after_appends(count: int, rounds: int) -> None:
-    """The first search right after ``count`` appends, catch-up included."""
+def _bench_pool() -> list[Any]:
+    # bench/bench.py's generated messages (~1.9 KB of JSON each), from this directory.
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import bench
 
-    pool = bench.generate_pool(5, 600, None)
+    return list(bench.generate_pool(5, 600, None))
+
+
+async def after_appends(count: int, rounds: int) -> None:
+    """The first search right after ``count`` appends, catch-up included."""
+    pool = _bench_pool()
     first: list[float] = []
     again: list[float] = []
     pending: list[int] = []
