@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -61,7 +62,7 @@ from sqlalchemy import (
 )
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.engine import Dialect
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from convostore import search
 from convostore.errors import ConvostoreError, DatabaseError
@@ -92,6 +93,8 @@ __all__ = [
     "rank_of",
 ]
 
+
+_SQLITE_VARIABLES: Final = 32_000 if sqlite3.sqlite_version_info >= (3, 32) else 999
 
 SEARCH_BATCH: Final = 5000
 """Rows a search's catch-up indexes per transaction (it loops until none is left)."""
@@ -140,11 +143,8 @@ def _statements(table: str) -> _Statements:
             f"SELECT coalesce(max(rowid), 0) > (SELECT watermark FROM {STATE_TABLE} "
             f"WHERE name = '{table}') FROM {table}"
         ),
-        insert_doc=(
-            f"INSERT INTO {fts}_docs (doc_id, {columns}, words) "
-            f"VALUES (:doc_id, {', '.join(f':{c}' for c in key)}, :words)"
-        ),
-        insert_words=f"INSERT INTO {fts} (rowid, search_text) VALUES (:doc_id, :feed)",
+        insert_doc=f"INSERT INTO {fts}_docs (doc_id, {columns}, words) VALUES ",
+        insert_words=f"INSERT INTO {fts} (rowid, search_text) VALUES ",
         watermark=f"SELECT watermark FROM {STATE_TABLE} WHERE name = '{table}'",
         advance=f"UPDATE {STATE_TABLE} SET watermark = :watermark WHERE name = '{table}'",
         top=(
@@ -179,7 +179,6 @@ async def catch_up(
         if last_row != watermark:
             await session.execute(text(sql.advance), {"watermark": last_row})
         return None
-    key = KEYS[table.name]
     docs: list[dict[str, Any]] = []
     open_message, open_content = decoders(dialect, table)
     for number, row in zip(itertools.count(int(last_doc) + 1), rows, strict=False):
@@ -189,22 +188,31 @@ async def catch_up(
             continue
         if not feed:
             continue
-        docs.append(
-            {
-                "doc_id": number,
-                **dict(zip(key, row[1:4], strict=True)),
-                "words": words_in(feed),
-                "feed": feed,
-            }
-        )
+        docs.append({"doc_id": number, "key": row[1:4], "words": words_in(feed), "feed": feed})
     if docs:
-        await session.execute(text(sql.insert_doc), docs)
-        await session.execute(text(sql.insert_words), docs)
+        connection = session if isinstance(session, AsyncConnection) else await session.connection()
+        await _insert_many(
+            connection, sql.insert_doc, [(d["doc_id"], *d["key"], d["words"]) for d in docs]
+        )
+        await _insert_many(connection, sql.insert_words, [(d["doc_id"], d["feed"]) for d in docs])
     # Every row up to the last one read has been looked at; when the batch was not full,
     # so has every row there is.
     done = int(rows[-1][0]) if len(rows) == limit else int(last_row)
     await session.execute(text(sql.advance), {"watermark": done})
     return len(rows), len(docs)
+
+
+async def _insert_many(connection: Any, head: str, rows: list[tuple[Any, ...]]) -> None:
+    # Multi-row VALUES on the driver, not executemany: FTS5 flushes its pending words to a
+    # new segment at each statement, and SQLAlchemy's per-row parameter handling is most of
+    # the cost of a row otherwise.
+    width = len(rows[0])
+    per_statement = max(1, _SQLITE_VARIABLES // width)
+    group = "(" + ", ".join("?" * width) + ")"
+    for start in range(0, len(rows), per_statement):
+        chunk = rows[start : start + per_statement]
+        values = tuple(value for row in chunk for value in row)
+        await connection.exec_driver_sql(head + ", ".join([group] * len(chunk)), values)
 
 
 async def catch_up_all(session: Executor, dialect: Dialect, table: Table) -> int:
@@ -298,7 +306,7 @@ def indexed_matches(
     target: Table, terms: Sequence[tuple[str, bool]], scope: Mapping[str, Any]
 ) -> Select[Any]:
     """``SELECT key…, rank`` of the indexed rows of ``target`` in ``scope`` whose words
-    match: SQLite's part of :func:`convostore.dialects.text_matches`.
+    match: SQLite's part of :func:`convostore.sql.dialects.text_matches`.
 
     The rank depends on the message alone (FTS5's ``bm25`` weighs words by the whole
     table, so a write anywhere would move every rank and break the keyset cursor): each
@@ -348,7 +356,7 @@ def indexed_matches(
 def rank_of(tokens: Sequence[str], terms: Sequence[tuple[str, bool]]) -> int | None:
     """The rank SQLite's index gives a message with these feed words, or ``None`` unless
     every term matches: each exact word's occurrences, plus one per prefix word, times
-    :data:`~convostore.dialects.RANK_SCALE`, divided by the word count, rounded."""
+    :data:`~convostore.sql.dialects.RANK_SCALE`, divided by the word count, rounded."""
     total = 0
     for word, prefix in terms:
         if prefix:
