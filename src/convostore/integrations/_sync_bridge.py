@@ -19,10 +19,9 @@ from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from convostore.encryption import keyring_of
 from convostore.errors import ConfigurationError
 from convostore.settings import is_memory_sqlite
-from convostore.sql.engine import create_engine
+from convostore.sql.engine import twin_engine
 
 __all__ = ["SyncBridge"]
 
@@ -76,10 +75,9 @@ class SyncBridge:
         with self._lock:
             twin = self._twins.get(id(source))
             if twin is None:
-                # The twin reads and writes as its source does, keyring included.
-                twin = self._twins[id(source)] = create_engine(
-                    source.url, encryption=keyring_of(source)
-                )
+                # The twin reads and writes as its source does: a copy of its profile
+                # (keyring, search switch, deadline, read-only, replicas...).
+                twin = self._twins[id(source)] = twin_engine(source)
                 weakref.finalize(source, self._dispose, id(source))
             return twin
 
