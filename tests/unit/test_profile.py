@@ -164,6 +164,9 @@ def test_an_engine_made_elsewhere_gets_the_default_profile_once() -> None:
     replicas = create_engine("postgresql://app@db/agents", read_url="postgresql://app@standby/a")
     attach_replicas(engine, profile_of(replicas).replicas)
     assert replicas_of(engine) is profile_of(replicas).replicas
+    file = create_async_engine("sqlite+aiosqlite:///never-opened.db")
+    assert profile_of(file) == EngineProfile(family="sqlite", sqlite_driver="aiosqlite")
+    assert profile_of(twin_engine(file)) == profile_of(file)
     # A keyring installed later reaches the replicas too.
     install(engine, keyring)
     assert {profile_of(r).keyring for r in replicas_of(engine).engines} == {keyring}  # type: ignore[union-attr]

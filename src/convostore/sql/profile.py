@@ -206,7 +206,8 @@ def profile_of(target: AsyncEngine | Any) -> EngineProfile:
     their dialect).
 
     An engine :func:`convostore.create_engine` did not make gets the default profile of
-    its backend (stored, so its committers persist).
+    its backend (stored, so its committers persist): the default deadline, no keyring,
+    the search index on, and on SQLite aiosqlite without the writer thread.
 
     Raises:
         ConfigurationError: The engine's backend is not one convostore supports.
@@ -218,7 +219,10 @@ def profile_of(target: AsyncEngine | Any) -> EngineProfile:
     with _lock:
         found = getattr(dialect, _ATTRIBUTE, None)
         if found is None:
-            found = EngineProfile(family=family_from_name(dialect.name))
+            kind = family_from_name(dialect.name)
+            # SQLAlchemy's own asyncio SQLite dialect runs on aiosqlite.
+            driver: SQLiteDriver | None = "aiosqlite" if kind == "sqlite" else None
+            found = EngineProfile(family=kind, sqlite_driver=driver)
             setattr(dialect, _ATTRIBUTE, found)
     return found
 
