@@ -5,17 +5,20 @@ No server is contacted: creating an engine opens no connection.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from convostore import connect, create_engine
+from convostore import ContextMessage, SQLAlchemyContextStore, connect, create_engine
 from convostore.encryption import Keyring, install, keyring_of
 from convostore.errors import ConfigurationError
 from convostore.sql.engine import family, is_read_only, twin_engine
+from convostore.sql.group_commit import committer_for, committer_loops
 from convostore.sql.options import DEFAULT_DEADLINE_S
 from convostore.sql.pgbouncer import runs_in_transactions
 from convostore.sql.profile import EngineProfile, profile_of, replace_profile
@@ -204,3 +207,28 @@ async def test_a_twin_is_a_faithful_copy(tmp_path: Path) -> None:
     assert [e.url for e in copied.engines] == [e.url for e in replicas.engines]
     for source in sources:
         await source.dispose()
+
+
+async def test_committers_live_in_the_profile_and_go_with_their_loop(tmp_path: Path) -> None:
+    engine = await connect(tmp_path / "c.db")
+    try:
+        store = SQLAlchemyContextStore(engine, project="/p", session_id="s")
+        await store.append(ContextMessage(role="user", content=[{"type": "text", "text": "hi"}]))
+        assert committer_loops(engine) == 1
+        [committer] = profile_of(engine).committers.on(asyncio.get_running_loop())
+        # Replacing the profile (a keyring installed later) keeps the committers.
+        replace_profile(engine, search_index=False)
+        assert profile_of(engine).committers.on(asyncio.get_running_loop()) == [committer]
+        # Another loop, closed: its committers are dropped at the next look-up.
+        await asyncio.to_thread(asyncio.run, _committer_on(engine))
+        assert committer_loops(engine) == 1
+    finally:
+        await engine.dispose()
+
+
+async def _committer_on(engine: AsyncEngine) -> None:
+    async def write(*_: Any) -> Any:
+        raise AssertionError("nothing is submitted")
+
+    committer_for(engine, "other", write, write)
+    assert committer_loops(engine) == 2

@@ -73,7 +73,7 @@ from convostore.sql.engine import family
 from convostore.sql.profile import profile_of
 from convostore.sql.runner import TransactionRunner
 
-__all__ = ["MAX_BATCH", "GroupCommitter", "committer_for", "queued"]
+__all__ = ["MAX_BATCH", "GroupCommitter", "committer_for", "committer_loops", "queued"]
 
 P = TypeVar("P")
 
@@ -341,6 +341,11 @@ def committer_for(
         ),
     )
     return committer
+
+
+def committer_loops(engine: AsyncEngine) -> int:
+    """How many open event loops have committers of ``engine``."""
+    return profile_of(engine).committers.loops()
 
 
 def queued(engine: AsyncEngine) -> int:

@@ -92,9 +92,12 @@ def family_from_name(name: str) -> Family:
 class Committers:
     """The group committers of one engine (:mod:`convostore.sql.group_commit`).
 
-    Per event loop (held weakly: a closed loop's committers go with it), then per kind of
-    item. Several threads may ask at once, each for its own loop. The one mutable part of
-    a profile: a profile replaced on the same engine keeps it, a twin engine gets its own.
+    Per event loop (held weakly, and a closed loop's are dropped at the next look-up, so a
+    loop closed with a write in flight leaks nothing), then per kind of item. Several
+    threads may ask at once, each for its own loop. The one mutable part of a profile: a
+    profile replaced on the same engine keeps it, a twin engine gets its own. Held by the
+    engine (through its dialect) and holding it back (each committer's runner), a cycle
+    the collector frees: nothing global keeps a dropped engine alive.
     """
 
     __slots__ = ("_lock", "_per_loop")
@@ -108,6 +111,7 @@ class Committers:
     def get(self, loop: asyncio.AbstractEventLoop, kind: str, make: Callable[[], T]) -> T:
         """The committer of ``kind`` on ``loop``, made by ``make()`` on first use."""
         with self._lock:
+            self._drop_closed()
             per_kind = self._per_loop.get(loop)
             if per_kind is None:
                 per_kind = self._per_loop[loop] = {}
@@ -120,6 +124,16 @@ class Committers:
         """The committers serving ``loop``."""
         with self._lock:
             return list(self._per_loop.get(loop, {}).values())
+
+    def loops(self) -> int:
+        """How many open event loops have committers."""
+        with self._lock:
+            self._drop_closed()
+            return len(self._per_loop)
+
+    def _drop_closed(self) -> None:
+        for loop in [loop for loop in self._per_loop if loop.is_closed()]:
+            del self._per_loop[loop]
 
     def __repr__(self) -> str:
         return "Committers()"
