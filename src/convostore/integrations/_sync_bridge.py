@@ -3,9 +3,11 @@
 An asyncio driver's connection belongs to the loop that opened it, so an adapter whose
 framework calls it from sync code (LangChain's ``invoke``, LangGraph's sync graphs) cannot
 use the caller's engine there. It runs the call on one background loop of its own instead,
-on a second engine for the same URL opened the first time sync code needs it. Each twin is
-disposed of when its source engine is garbage-collected, or when the adapter owning the
-source engine is closed (:meth:`SyncBridge.forget`).
+on a twin engine opened the first time sync code needs it: the same database, with a copy
+of the source engine's profile (:func:`convostore.sql.engine.twin_engine`), so it writes
+exactly as the source does. Each twin is disposed of when its source engine is
+garbage-collected, or when the adapter owning the source engine is closed
+(:meth:`SyncBridge.forget`).
 """
 
 from __future__ import annotations
