@@ -276,7 +276,9 @@ def create_engine(
         event.listen(engine.sync_engine, "checkout", _drop_closed_asyncpg)
     driver: SQLiteDriver | None = None
     if kind == "sqlite":
-        driver = "thin" if thin_driver is not None else "aiosqlite"
+        # A caller's own async_creator replaces the thin driver.
+        thin = thin_driver is not None and options["async_creator"] is thin_driver
+        driver = "thin" if thin else "aiosqlite"
     replicas = replica_set(read_url, encryption=encryption)
     store_profile(
         engine,
