@@ -66,8 +66,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from convostore import search
 from convostore.errors import ConvostoreError, DatabaseError
-from convostore.sql.dialects import RANK_SCALE, Executor
+from convostore.sql.dialects import Executor
 from convostore.sql.engine import is_read_only
+from convostore.sql.fulltext import RANK_SCALE
 from convostore.sql.search_feed import (
     FEED_FUNCTION,
     INDEXES,
@@ -356,7 +357,7 @@ def indexed_matches(
 def rank_of(tokens: Sequence[str], terms: Sequence[tuple[str, bool]]) -> int | None:
     """The rank SQLite's index gives a message with these feed words, or ``None`` unless
     every term matches: each exact word's occurrences, plus one per prefix word, times
-    :data:`~convostore.sql.dialects.RANK_SCALE`, divided by the word count, rounded."""
+    :data:`~convostore.sql.fulltext.RANK_SCALE`, divided by the word count, rounded."""
     total = 0
     for word, prefix in terms:
         if prefix:

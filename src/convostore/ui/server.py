@@ -10,7 +10,7 @@ import uvicorn
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from convostore.sql.engine import READ_ONLY_ATTRIBUTE
+from convostore.sql.profile import replace_profile
 from convostore.ui.app import create_app
 from convostore.ui.security import LOOPBACK_HOSTS, TOKEN, new_token
 
@@ -44,7 +44,7 @@ def read_only(engine: AsyncEngine) -> AsyncEngine:
 
     event.listen(engine.sync_engine, "connect", configure)
     # What convostore reads to write nothing itself (SQLite's search catch-up included).
-    setattr(engine.sync_engine.dialect, READ_ONLY_ATTRIBUTE, True)
+    replace_profile(engine, read_only=True)
     return engine
 
 
