@@ -96,16 +96,20 @@ def feed_function(dialect: Dialect, tables: Mapping[str, Table]) -> Callable[...
     it does not have the ``words`` words the index holds (the trigger then aborts with
     :data:`MISMATCH`). The trigger asks twice for each row (check, then delete): the last
     answer is kept for the second call."""
-    last: list[Any] = [None, None]
+    # One (arguments, answer) pair, read and replaced whole: the engine's connections call
+    # from several threads (the pool's, the writer's), and a pair torn between two calls
+    # would hand FTS5 another message's words.
+    last: list[tuple[tuple[Any, ...], str | None] | None] = [None]
 
     def rebuilt(table: str, message: Any, content: Any, words: int) -> str | None:
         args = (table, message, content, words)
-        if last[0] == args:
-            return last[1]  # type: ignore[no-any-return]
+        entry = last[0]
+        if entry is not None and entry[0] == args:
+            return entry[1]
         feed: str | None = stored_feed(dialect, tables[table], message, content)
         if not feed or words_in(feed) != words:
             feed = None
-        last[:] = [args, feed]
+        last[0] = (args, feed)
         return feed
 
     return rebuilt
