@@ -268,3 +268,51 @@ async def test_no_other_process_writes_between_the_catch_ups_read_and_its_writes
     finally:
         await plain.dispose()
         await indexing.dispose()
+
+
+async def test_what_the_rows_hold_of_the_words_on_each_backend(engine: AsyncEngine) -> None:
+    # SQLite: nothing (migration 0007). PostgreSQL: the tsvector only, never the feed's
+    # text. MySQL/MariaDB: the feed in clear, which FULLTEXT needs (docs/encryption.md).
+    phrase = "zebra quantum marmalade"
+    filler = " ".join(f"filler{i}" for i in range(300))  # ~2 KB: the payload is compressed
+    store = SQLAlchemyContextStore(engine, project="/p", session_id="s")
+    await store.append(user(f"{filler} {phrase} {filler}"))
+    (hit,) = await store.search("quantum marmalade")
+    assert phrase in hit.snippet
+    name = engine.dialect.name
+    async with engine.connect() as conn:
+        content = (await conn.execute(text("SELECT content FROM context_messages"))).scalar_one()
+        assert phrase.encode() not in bytes(content)
+        if name == "sqlite":
+            columns = await conn.execute(text("PRAGMA table_info(context_messages)"))
+            assert "search_text" not in {row[1] for row in columns}
+            return
+        stored = (
+            await conn.execute(
+                text(
+                    "SELECT CAST(search_text AS TEXT) FROM context_messages"
+                    if name == "postgresql"
+                    else "SELECT search_text FROM context_messages"
+                )
+            )
+        ).scalar_one()
+    if name == "postgresql":
+        kind = await _column_type(engine, "context_messages", "search_text")
+        assert kind == "tsvector"
+        assert "zebra_" not in stored
+        assert phrase not in stored
+        assert "'zebra':" in stored  # lexemes with their positions
+    else:
+        assert "zebra_ quantum_ marmalade_" in stored
+
+
+async def _column_type(engine: AsyncEngine, table: str, column: str) -> str:
+    async with engine.connect() as conn:
+        found = await conn.execute(
+            text(
+                "SELECT data_type FROM information_schema.columns "
+                "WHERE table_name = :t AND column_name = :c"
+            ),
+            {"t": table, "c": column},
+        )
+        return str(found.scalar_one())
