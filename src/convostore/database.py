@@ -32,6 +32,7 @@ from convostore.models import (
 )
 from convostore.rules import DEFAULT_AGENT_KEY
 from convostore.settings import DEFAULT_SQLITE_PATH, configured_url, redact, resolve_url
+from convostore.sql import search_index
 from convostore.sql.dml import Executor
 from convostore.sql.engine import create_engine
 from convostore.sql.replicas import ReplicaUrls
@@ -40,8 +41,11 @@ from convostore.sql.repositories.rows import message_from_row
 from convostore.sql.repositories.search import search_messages
 from convostore.sql.repositories.threads import ThreadAppender, ThreadRepository
 from convostore.sql.repositories.users import UserRepository
-from convostore.sql.types import require_search_index, writes_search_index
+from convostore.sql.tables import MessageRecord, table_of
+from convostore.sql.types import feeds_in_rows, require_search_index
 from convostore.telemetry import traced
+
+MESSAGES = table_of(MessageRecord)
 
 __all__ = ["DEFAULT_AGENT_KEY", "Database", "SQLAlchemyDatabase"]
 
@@ -89,7 +93,7 @@ class SQLAlchemyDatabase(Facade, AgentDatabase):
                 conn_str = configured_url() or f"sqlite://{DEFAULT_SQLITE_PATH}"
             self.conn_str = conn_str
             owns_engine = True
-            engine = create_engine(resolve_url(conn_str))
+            engine = create_engine(resolve_url(conn_str), encryption=encryption)
         else:
             self.conn_str = engine.url.render_as_string(hide_password=True)
             owns_engine = False
@@ -207,7 +211,7 @@ class SQLAlchemyDatabase(Facade, AgentDatabase):
             satoshis,
             extra_inputs,
             extra_outputs,
-            feed=writes_search_index(self.engine),
+            feed=feeds_in_rows(self.engine),
         )
         if client_id is not None:
             # A retry key must be looked up first: a transaction of its own.
@@ -221,7 +225,7 @@ class SQLAlchemyDatabase(Facade, AgentDatabase):
         self, thread_id: str, user_id: str, messages: Iterable[Mapping[str, Any]]
     ) -> list[Message]:
         news, client_ids = arguments.add_messages(
-            thread_id, user_id, messages, feed=writes_search_index(self.engine)
+            thread_id, user_id, messages, feed=feeds_in_rows(self.engine)
         )
         return await self._add(thread_id, user_id, news, client_ids)
 
@@ -279,6 +283,7 @@ class SQLAlchemyDatabase(Facade, AgentDatabase):
         parsed = arguments.search_messages(query, limit, before, user_id, thread_id)
         require_search_index(self.engine, "search")
         await self.async_init()
+        pending = await search_index.prepare_search(self._runner, self.engine, MESSAGES)
         return await self._runner.run(
             lambda s: search_messages(
                 s,
@@ -289,6 +294,7 @@ class SQLAlchemyDatabase(Facade, AgentDatabase):
                 thread_id=thread_id,
                 limit=limit,
                 before=before,
+                pending=pending,
             ),
             read=True,
         )

@@ -328,7 +328,7 @@ def message_row(
         "extra_outputs": new.encoded_outputs,
         "created_at": now,
         "client_id": client_id,
-        "search_text": new.search_text,
+        **({} if new.search_text is None else {"search_text": new.search_text}),
     }
 
 
