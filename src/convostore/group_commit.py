@@ -73,7 +73,7 @@ from convostore.errors import (
 )
 from convostore.transactions import TransactionRunner
 
-__all__ = ["MAX_BATCH", "GroupCommitter", "committer_for", "queued"]
+__all__ = ["MAX_BATCH", "GroupCommitter", "committer_for", "committer_loops", "queued"]
 
 P = TypeVar("P")
 
@@ -314,13 +314,30 @@ def _settle(
         future.set_result(result)
 
 
-# Per engine (weakly), per event loop (weakly: a closed loop's committers go with it), per
-# kind. Several threads may ask at once, each for its own loop.
-_committers: weakref.WeakKeyDictionary[
-    AsyncEngine,
-    weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, GroupCommitter[Any]]],
-] = weakref.WeakKeyDictionary()
+# The registry is owned by each engine (an attribute of its sync Engine), so that nothing
+# here keeps an engine alive: a disposed engine that is dropped is collected, its
+# committers with it. A WeakKeyDictionary keyed by the engine could not do that, as each
+# committer's runner holds the engine. Within it, committers are kept per event loop
+# (weakly, and a closed loop's are dropped on the next look-up, so a loop closed with a
+# write in flight leaks nothing either) and per kind. Several threads may ask at once,
+# each for its own loop.
+_REGISTRY = "_convostore_committers"
 _registry_lock = threading.Lock()
+
+_PerLoop = weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, "GroupCommitter[Any]"]]
+
+
+def _per_loop(engine: AsyncEngine, *, create: bool) -> _PerLoop | None:
+    """``engine``'s committers by loop, without those of closed loops (call under the lock)."""
+    owner = vars(engine.sync_engine)
+    per_loop: _PerLoop | None = owner.get(_REGISTRY)
+    if per_loop is None:
+        if not create:
+            return None
+        per_loop = owner[_REGISTRY] = weakref.WeakKeyDictionary()
+    for loop in [loop for loop in per_loop if loop.is_closed()]:
+        del per_loop[loop]
+    return per_loop
 
 
 def committer_for(
@@ -339,9 +356,8 @@ def committer_for(
     """
     loop = asyncio.get_running_loop()
     with _registry_lock:
-        per_loop = _committers.get(engine)
-        if per_loop is None:
-            per_loop = _committers[engine] = weakref.WeakKeyDictionary()
+        per_loop = _per_loop(engine, create=True)
+        assert per_loop is not None
         per_kind = per_loop.get(loop)
         if per_kind is None:
             per_kind = per_loop[loop] = {}
@@ -356,9 +372,16 @@ def committer_for(
     return committer
 
 
+def committer_loops(engine: AsyncEngine) -> int:
+    """How many open event loops have committers of ``engine``."""
+    with _registry_lock:
+        per_loop = _per_loop(engine, create=False)
+        return 0 if per_loop is None else len(per_loop)
+
+
 def queued(engine: AsyncEngine) -> int:
     """Items waiting for a batch in ``engine``'s committers on the running loop."""
     with _registry_lock:
-        per_loop = _committers.get(engine)
+        per_loop = _per_loop(engine, create=False)
         per_kind = None if per_loop is None else per_loop.get(asyncio.get_running_loop())
         return 0 if per_kind is None else sum(c.queued for c in per_kind.values())
