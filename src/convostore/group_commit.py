@@ -61,7 +61,7 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from convostore.deadlines import Deadline
+from convostore.deadlines import Deadline, ends_at, outside_calls
 from convostore.dialects import Executor
 from convostore.engine import family
 from convostore.errors import (
@@ -162,7 +162,9 @@ class GroupCommitter(Generic[P]):
                 self._in_flight -= 1
                 self._start_flushers()
         seconds = self._runner.deadline
-        entry = _Entry(item, loop.create_future(), None if not seconds else loop.time() + seconds)
+        # The caller's budget: counted from its call's start (a first call's schema check
+        # included), see convostore.deadlines.
+        entry = _Entry(item, loop.create_future(), ends_at(seconds or None))
         self._queue.append(entry)
         self._start_flushers()
         try:
@@ -197,6 +199,9 @@ class GroupCommitter(Generic[P]):
             task.add_done_callback(self._tasks.discard)
 
     async def _flush(self) -> None:
+        # This task serves every queued caller, each by its own deadline (entry.until), not
+        # by the budget of the call that happened to start it.
+        outside_calls()
         try:
             while self._queue:
                 batch: list[_Entry[P]] = []

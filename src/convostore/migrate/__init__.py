@@ -41,7 +41,7 @@ from sqlalchemy import URL, Connection, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import NullPool
 
-from convostore.deadlines import Deadline
+from convostore.deadlines import Deadline, resume_after
 from convostore.engine import create_engine, family, family_from_name
 from convostore.errors import (
     ConfigurationError,
@@ -245,6 +245,9 @@ async def prepare(engine: AsyncEngine, *, migrate: bool | None = None) -> None:
             if not migrate:
                 raise _version_error(engine.url, revision, expected)
             await _on_connection(engine, _run_command, "upgrade", "head", deadline, alembic=True)
+            # The migration ran to its end under a lifted deadline: the call that prepared
+            # the database gets its remaining budget back for its own work.
+            resume_after(deadline.lifted_at)
         _prepared.add(engine)
 
 
