@@ -1,9 +1,9 @@
-"""The per-call deadline of the façades (see :mod:`convostore.options` to configure it).
+"""The per-call deadline of the façades (see :mod:`convostore.sql.options` to configure it).
 
 :class:`Deadline` bounds everything one public call does on the client side: a first
 call's connect, schema check and wait for the migration lock, waiting for a pooled
 connection or in a group-commit queue, each statement (a lock wait included), the retries
-of :class:`convostore.transactions.TransactionRunner` and their pauses. All of it shares
+of :class:`convostore.sql.runner.TransactionRunner` and their pauses. All of it shares
 one budget counted from the call's start (:func:`one_budget`), not one per step. When it
 strikes, the call's task is cancelled where it waits (asyncpg then cancels the statement
 on the server) and the call raises :class:`~convostore.errors.DeadlineExceeded`. The server-side

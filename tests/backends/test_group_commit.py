@@ -32,8 +32,8 @@ from convostore import (
     create_engine,
     migrate,
 )
-from convostore.dialects import INT64_MAX
-from convostore.group_commit import committer_loops
+from convostore.sql.dialects import INT64_MAX
+from convostore.sql.group_commit import committer_loops
 from tests.conftest import WITH_PGBOUNCER, require_backend, selected_backend
 
 # Through PgBouncer too: batches are transactions like any other there.
