@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -71,6 +70,7 @@ from convostore.errors import (
 )
 from convostore.sql.dialects import Executor
 from convostore.sql.engine import family
+from convostore.sql.profile import profile_of
 from convostore.sql.runner import TransactionRunner
 
 __all__ = ["MAX_BATCH", "GroupCommitter", "committer_for", "committer_loops", "queued"]
@@ -319,32 +319,6 @@ def _settle(
         future.set_result(result)
 
 
-# The registry is owned by each engine (an attribute of its sync Engine), so that nothing
-# here keeps an engine alive: a disposed engine that is dropped is collected, its
-# committers with it. A WeakKeyDictionary keyed by the engine could not do that, as each
-# committer's runner holds the engine. Within it, committers are kept per event loop
-# (weakly, and a closed loop's are dropped on the next look-up, so a loop closed with a
-# write in flight leaks nothing either) and per kind. Several threads may ask at once,
-# each for its own loop.
-_REGISTRY = "_convostore_committers"
-_registry_lock = threading.Lock()
-
-_PerLoop = weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, "GroupCommitter[Any]"]]
-
-
-def _per_loop(engine: AsyncEngine, *, create: bool) -> _PerLoop | None:
-    """``engine``'s committers by loop, without those of closed loops (call under the lock)."""
-    owner = vars(engine.sync_engine)
-    per_loop: _PerLoop | None = owner.get(_REGISTRY)
-    if per_loop is None:
-        if not create:
-            return None
-        per_loop = owner[_REGISTRY] = weakref.WeakKeyDictionary()
-    for loop in [loop for loop in per_loop if loop.is_closed()]:
-        del per_loop[loop]
-    return per_loop
-
-
 def committer_for(
     engine: AsyncEngine,
     kind: str,
@@ -357,36 +331,29 @@ def committer_for(
     created on first use.
 
     Every store on one engine and loop shares it, so their concurrent writes can join;
-    the write functions must be the same for every call with the same ``kind``.
+    the write functions must be the same for every call with the same ``kind``. The
+    committers live in the engine's profile
+    (:attr:`~convostore.sql.profile.EngineProfile.committers`), so they go with the engine.
     """
-    loop = asyncio.get_running_loop()
-    with _registry_lock:
-        per_loop = _per_loop(engine, create=True)
-        assert per_loop is not None
-        per_kind = per_loop.get(loop)
-        if per_kind is None:
-            per_kind = per_loop[loop] = {}
-        committer = per_kind.get(kind)
-        if committer is None:
-            committer = per_kind[kind] = GroupCommitter(
-                TransactionRunner(engine, writer=True),
-                write_batch,
-                write_one,
-                one_autocommit=one_autocommit,
-            )
+    committer: GroupCommitter[Any] = profile_of(engine).committers.get(
+        asyncio.get_running_loop(),
+        kind,
+        lambda: GroupCommitter(
+            TransactionRunner(engine, writer=True),
+            write_batch,
+            write_one,
+            one_autocommit=one_autocommit,
+        ),
+    )
     return committer
 
 
 def committer_loops(engine: AsyncEngine) -> int:
     """How many open event loops have committers of ``engine``."""
-    with _registry_lock:
-        per_loop = _per_loop(engine, create=False)
-        return 0 if per_loop is None else len(per_loop)
+    return profile_of(engine).committers.loops()
 
 
 def queued(engine: AsyncEngine) -> int:
     """Items waiting for a batch in ``engine``'s committers on the running loop."""
-    with _registry_lock:
-        per_loop = _per_loop(engine, create=False)
-        per_kind = None if per_loop is None else per_loop.get(asyncio.get_running_loop())
-        return 0 if per_kind is None else sum(c.queued for c in per_kind.values())
+    committers = profile_of(engine).committers.on(asyncio.get_running_loop())
+    return sum(committer.queued for committer in committers)
