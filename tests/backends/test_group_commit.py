@@ -331,7 +331,7 @@ async def test_a_disposed_engine_that_is_dropped_is_collected(db_url: Any, backe
 
     engine = await use()
     gc.collect()
-    assert engine() is None
+    assert engine() is None, [type(r) for r in gc.get_referrers(engine())]
 
 
 def test_the_committers_of_a_closed_loop_go_with_it(db_url: Any, backend: str) -> None:

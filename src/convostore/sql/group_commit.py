@@ -70,7 +70,7 @@ from convostore.errors import (
 )
 from convostore.sql.dialects import Executor
 from convostore.sql.engine import family
-from convostore.sql.profile import profile_of
+from convostore.sql.profile import committers_of
 from convostore.sql.runner import TransactionRunner
 
 __all__ = ["MAX_BATCH", "GroupCommitter", "committer_for", "committer_loops", "queued"]
@@ -332,10 +332,10 @@ def committer_for(
 
     Every store on one engine and loop shares it, so their concurrent writes can join;
     the write functions must be the same for every call with the same ``kind``. The
-    committers live in the engine's profile
-    (:attr:`~convostore.sql.profile.EngineProfile.committers`), so they go with the engine.
+    committers live on the engine (:func:`~convostore.sql.profile.committers_of`), so they
+    go with the engine.
     """
-    committer: GroupCommitter[Any] = profile_of(engine).committers.get(
+    committer: GroupCommitter[Any] = committers_of(engine).get(
         asyncio.get_running_loop(),
         kind,
         lambda: GroupCommitter(
@@ -350,10 +350,10 @@ def committer_for(
 
 def committer_loops(engine: AsyncEngine) -> int:
     """How many open event loops have committers of ``engine``."""
-    return profile_of(engine).committers.loops()
+    return committers_of(engine).loops()
 
 
 def queued(engine: AsyncEngine) -> int:
     """Items waiting for a batch in ``engine``'s committers on the running loop."""
-    committers = profile_of(engine).committers.on(asyncio.get_running_loop())
+    committers = committers_of(engine).on(asyncio.get_running_loop())
     return sum(committer.queued for committer in committers)
