@@ -13,7 +13,8 @@ Only statements whose results need no result processing qualify (their rows are 
 integers and strings: positions, counters): :func:`compile_hot` returns ``None`` for any
 other, and the caller runs it through Core. What runs here is invisible to SQLAlchemy's
 execution events (``before_cursor_execute``, echo); docs/performance.md says which
-statements and how to turn it off.
+statements and how to turn it off; :func:`observed` tells when an engine has hooks that
+must see every statement (then its writes stay on Core).
 """
 
 from __future__ import annotations
@@ -23,13 +24,44 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ClauseElement
 
-__all__ = ["Precompiled", "Rows", "compile_hot"]
+__all__ = ["EXECUTION_EVENTS", "Precompiled", "Rows", "compile_hot", "observed"]
 
 _Bind = tuple[str, Callable[[Any], Any] | None, bool, Any]
+
+EXECUTION_EVENTS = (
+    "before_execute",
+    "after_execute",
+    "before_cursor_execute",
+    "after_cursor_execute",
+    "begin",
+    "commit",
+    "rollback",
+    "savepoint",
+    "release_savepoint",
+    "rollback_savepoint",
+)
+"""``ConnectionEvents`` whose listeners on an engine keep its writes on Core (as do
+``handle_error`` listeners and ``echo``)."""
+
+
+def observed(engine: Engine, ignore: Callable[[Any], bool] = lambda _hook: False) -> bool:
+    """Whether ``engine`` has execution hooks that must see every statement.
+
+    ``echo``, or a listener for one of :data:`EXECUTION_EVENTS` (other than those
+    ``ignore`` accepts: convostore's own) or for ``handle_error``.
+    """
+    if engine.echo:
+        return True
+    dispatch = engine.dispatch
+    for name in EXECUTION_EVENTS:
+        for hook in getattr(dispatch, name):
+            if not ignore(hook):
+                return True
+    return bool(engine.dialect.dispatch.handle_error)
 
 
 class Rows:
@@ -76,11 +108,13 @@ class Rows:
 class Precompiled:
     """One statement compiled for one dialect; :meth:`run` executes it on a DB-API cursor."""
 
-    __slots__ = ("binds", "sql")
+    __slots__ = ("binds", "returns_rows", "sql")
 
-    def __init__(self, sql: str, binds: Sequence[_Bind]) -> None:
+    def __init__(self, sql: str, binds: Sequence[_Bind], *, returns_rows: bool = True) -> None:
         self.sql = sql
         self.binds = tuple(binds)
+        # Whether it has result rows (RETURNING, SELECT) or only a row count.
+        self.returns_rows = returns_rows
 
     def parameters(self, values: Mapping[str, Any]) -> tuple[Any, ...]:
         """The positional DB-API parameters for ``values`` (bind parameter name → value)."""
@@ -140,4 +174,4 @@ def compile_hot(statement: ClauseElement, dialect: Dialect) -> Precompiled | Non
             binds.append((name, None, True, value if process is None else process(value)))
         else:
             binds.append((name, process, False, None))
-    return Precompiled(compiled.string, binds)
+    return Precompiled(compiled.string, binds, returns_rows=bool(compiled._result_columns))
