@@ -73,7 +73,7 @@ pytest312: venv312 peers
 		$(BIN312)/python -m pytest tests/frameworks $(PYTEST_ARGS)
 
 # The oldest SQLAlchemy series we support (2.0): the contract and unit suites on every
-# backend, for what depends on SQLAlchemy's adapter layer (convostore.sqlite_driver, the
+# backend, for what depends on SQLAlchemy's adapter layer (convostore.sql.sqlite_driver, the
 # one-statement PostgreSQL append, the MySQL FOR UPDATE read-back).
 compat: $(VENV_SA20)/.installed
 	$(VENV_SA20)/bin/python -m pytest tests/contract tests/unit -q $(PYTEST_ARGS)

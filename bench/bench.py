@@ -804,7 +804,7 @@ class ConvostoreContext(ContextSystem):
                 await self.fill(sid, per_session)
 
     async def _copy_sessions(self, template: str, targets: list[str]) -> None:
-        from convostore.tables import Base
+        from convostore.sql.tables import Base
 
         assert self.engine is not None
         tables = [
@@ -895,7 +895,7 @@ class ConvostoreContext(ContextSystem):
         await self.at(session).fork()
 
     async def storage(self) -> tuple[float | None, float | None]:
-        from convostore.tables import ContextMessageRecord
+        from convostore.sql.tables import ContextMessageRecord
 
         assert self.engine is not None
         table = ContextMessageRecord.__tablename__

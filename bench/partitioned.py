@@ -4,7 +4,7 @@
 
 Creates a database of its own on the server at ``--url`` (default: the local
 ``postgres@127.0.0.1:5432``), migrates it, hash-partitions the message tables with
-``convostore.partitioning.partition_by_scope`` (``--partitions 0``: leave them plain),
+``convostore.sql.partitioning.partition_by_scope`` (``--partitions 0``: leave them plain),
 and generates the messages server-side (``INSERT ... SELECT generate_series``), 100 per
 session over 10 projects. It times two calls through the public API on the same sessions
 first at 100k messages, then after growing the database to ``--messages``:
@@ -30,7 +30,7 @@ from sqlalchemy import URL, make_url, text
 from sqlalchemy.pool import NullPool
 
 from convostore import SQLAlchemyContextStore, create_engine, migrate
-from convostore.partitioning import partition_by_scope
+from convostore.sql.partitioning import partition_by_scope
 
 PER_SESSION = 100
 PROJECTS = 10

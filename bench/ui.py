@@ -31,8 +31,8 @@ from urllib.parse import urlencode
 from sqlalchemy import URL, insert
 
 from convostore import ContextMessage, SQLAlchemyContextStore, connect
-from convostore.engine import create_engine
-from convostore.tables import ContextMessageRecord, ContextSessionRecord
+from convostore.sql.engine import create_engine
+from convostore.sql.tables import ContextMessageRecord, ContextSessionRecord
 from convostore.ui import create_app, read_only
 
 PROJECT = "/bench/ui"

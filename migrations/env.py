@@ -15,9 +15,9 @@ from alembic import context
 from sqlalchemy import Connection
 from sqlalchemy.pool import NullPool
 
-from convostore.engine import create_engine
 from convostore.migrate import DEADLINE_ATTRIBUTE, migration_lock
-from convostore.tables import Base, described_here
+from convostore.sql.engine import create_engine
+from convostore.sql.tables import Base, described_here
 
 config = context.config
 if config.config_file_name is not None:

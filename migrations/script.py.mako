@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from convostore import types  # noqa: F401  (column types used by revisions)
+from convostore.sql import types  # noqa: F401  (column types used by revisions)
 ${imports if imports else ""}
 
 revision: str = ${repr(up_revision)}

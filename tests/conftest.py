@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import NullPool
 
 from convostore import migrate
-from convostore.engine import create_engine
+from convostore.sql.engine import create_engine
 from tests.servers import PgBouncer
 
 T = TypeVar("T")

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from convostore.types import CompressedJSON, UTCDateTime, key_string, long_text
+from convostore.sql.types import CompressedJSON, UTCDateTime, key_string, long_text
 
 revision: str = "0001"
 down_revision: str | Sequence[str] | None = None

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from convostore.types import CompressedJSON, UTCDateTime, key_string
+from convostore.sql.types import CompressedJSON, UTCDateTime, key_string
 
 revision: str = "0003"
 down_revision: str | Sequence[str] | None = "0002"

@@ -18,7 +18,7 @@ with its own full-text search, kept in step by the database in the writing trans
 
 Rows written before this revision have ``search_text`` ``NULL`` ("not indexed yet");
 ``convostore search index`` (:func:`convostore.search_index.backfill`) fills them in
-batches. Revision files import only :mod:`convostore.types`, never the models.
+batches. Revision files import only :mod:`convostore.sql.types`, never the models.
 
 Revision ID: 0005
 Revises: 0004
@@ -33,7 +33,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import TSVECTOR
 
-from convostore.types import long_text, search_text_mysql
+from convostore.sql.types import long_text, search_text_mysql
 
 revision: str = "0005"
 down_revision: str | Sequence[str] | None = "0004"

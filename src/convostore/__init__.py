@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     from convostore.context import SQLAlchemyContextStore, connect
     from convostore.database import Database, SQLAlchemyDatabase
     from convostore.encryption import Keyring
-    from convostore.engine import Engine, create_engine
     from convostore.errors import (
         CommitOutcomeUnknown,
         ConfigurationError,
@@ -48,14 +47,15 @@ if TYPE_CHECKING:
         SessionInfo,
         User,
     )
-    from convostore.replicas import ReadReplicas
-    from convostore.types import CompressedJSON, UTCDateTime
+    from convostore.sql.engine import Engine, create_engine
+    from convostore.sql.replicas import ReadReplicas
+    from convostore.sql.types import CompressedJSON, UTCDateTime
 
 # Where each public name lives (the lines above, for type checkers, say the same).
 _EXPORTS: dict[str, str] = {
     "AgentDatabase": "convostore.interfaces",
     "CommitOutcomeUnknown": "convostore.errors",
-    "CompressedJSON": "convostore.types",
+    "CompressedJSON": "convostore.sql.types",
     "ConfigurationError": "convostore.errors",
     "ConflictError": "convostore.errors",
     "ContextMessage": "convostore.models",
@@ -68,7 +68,7 @@ _EXPORTS: dict[str, str] = {
     "CorruptEnvelopeError": "convostore.errors",
     "DecryptionError": "convostore.errors",
     "EncryptionError": "convostore.errors",
-    "Engine": "convostore.engine",
+    "Engine": "convostore.sql.engine",
     "InMemoryContextStore": "convostore.memory",
     "InMemoryDatabase": "convostore.memory",
     "InsufficientBalance": "convostore.errors",
@@ -78,17 +78,17 @@ _EXPORTS: dict[str, str] = {
     "Message": "convostore.models",
     "MessageSearchHit": "convostore.models",
     "NotFoundError": "convostore.errors",
-    "ReadReplicas": "convostore.replicas",
+    "ReadReplicas": "convostore.sql.replicas",
     "SQLAlchemyContextStore": "convostore.context",
     "SQLAlchemyDatabase": "convostore.database",
     "SchemaVersionError": "convostore.errors",
     "SerializationError": "convostore.errors",
     "SessionInfo": "convostore.models",
-    "UTCDateTime": "convostore.types",
+    "UTCDateTime": "convostore.sql.types",
     "User": "convostore.models",
     "ValidationError": "convostore.errors",
     "connect": "convostore.context",
-    "create_engine": "convostore.engine",
+    "create_engine": "convostore.sql.engine",
 }
 
 __all__ = [

@@ -37,9 +37,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from typer.core import TyperGroup
 
 from convostore import __version__, encryption, migrate, transfer
-from convostore.engine import create_engine, sqlite_path
 from convostore.errors import ConfigurationError, ConvostoreError, NotFoundError, ValidationError
 from convostore.settings import redact, resolve_url
+from convostore.sql.engine import create_engine, sqlite_path
 
 __all__ = ["app", "main"]
 
@@ -1030,7 +1030,7 @@ def rotate_keys(
 ) -> None:
     """Re-encrypt every stored value with the current key of $CONVOSTORE_ENCRYPTION_KEYS
     (resumable: run it again after an interruption)."""
-    from convostore.rotation import rotate
+    from convostore.sql.rotation import rotate
 
     def show(table: str, rows: int, rewritten: int) -> None:
         _err().print(f"{table}: {rows:,} rows read, {rewritten:,} values rewritten so far")

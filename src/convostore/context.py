@@ -18,12 +18,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore import arguments, pairs
 from convostore.codec import Encoded
-from convostore.dialects import Executor, appends_in_one_statement
 from convostore.encryption import Keyring, install
-from convostore.engine import Engine, create_engine, family, is_read_only
 from convostore.errors import ConfigurationError
 from convostore.facade import Facade
-from convostore.group_commit import committer_for
 from convostore.interfaces import ContextStore
 from convostore.models import (
     ContextMessage,
@@ -33,17 +30,20 @@ from convostore.models import (
     construct,
     encoded_context_messages,
 )
-from convostore.replicas import ReplicaUrls, attach_replicas, replica_set
-from convostore.repositories import (
+from convostore.rules import check_client_key, default_project
+from convostore.settings import redact
+from convostore.sql.dialects import Executor, appends_in_one_statement
+from convostore.sql.engine import Engine, create_engine, family, is_read_only
+from convostore.sql.group_commit import committer_for
+from convostore.sql.replicas import ReplicaUrls, attach_replicas, replica_set
+from convostore.sql.repositories import (
     ContextAppend,
     SessionRepository,
     append_context_batch,
     search_context,
 )
-from convostore.rules import check_client_key, default_project
-from convostore.settings import redact
+from convostore.sql.types import require_search_index, writes_search_index
 from convostore.telemetry import traced
-from convostore.types import require_search_index, writes_search_index
 
 __all__ = ["SQLAlchemyContextStore", "connect", "default_project"]
 
@@ -66,12 +66,12 @@ async def connect(
     migrated to the latest revision (safe when several processes start at once). A server
     database is checked, and migrated only with ``migrate=True``.
 
-    The result is an :class:`~convostore.engine.Engine`: an ``AsyncEngine`` that the caller
+    The result is an :class:`~convostore.sql.engine.Engine`: an ``AsyncEngine`` that the caller
     closes with ``await engine.close()`` (or ``dispose()``, or ``async with``).
 
     ``read_url``: PostgreSQL read replicas (one URL, a list, or
-    :class:`~convostore.replicas.ReadReplicas`); stores on the engine read from them, with
-    read-your-writes (see :mod:`convostore.replicas`). Closing the engine closes them.
+    :class:`~convostore.sql.replicas.ReadReplicas`); stores on the engine read from them, with
+    read-your-writes (see :mod:`convostore.sql.replicas`). Closing the engine closes them.
 
     ``encryption``: a :class:`~convostore.encryption.Keyring`; payloads are encrypted at
     rest (see ``docs/encryption.md``).
@@ -115,7 +115,7 @@ class SQLAlchemyContextStore(Facade, ContextStore):
             the CLI look.
         migrate: As for :func:`connect`, when this store opens or first uses the engine.
         read_url: PostgreSQL read replicas for this store's reads (one URL, a list, or
-            :class:`~convostore.replicas.ReadReplicas`); :meth:`~convostore.facade.Facade.close`
+            :class:`~convostore.sql.replicas.ReadReplicas`); :meth:`~convostore.facade.Facade.close`
             closes them.
         encryption: A :class:`~convostore.encryption.Keyring` for the engine (and its
             replicas): payloads are encrypted at rest. On a shared engine it must be the
@@ -186,7 +186,7 @@ class SQLAlchemyContextStore(Facade, ContextStore):
         """Append a message at the end of the session and return it as stored.
 
         Concurrent appends on one engine (many sessions written at once) are committed
-        together, each returning once its message is stored (:mod:`convostore.group_commit`).
+        together, each returning once its message is stored (:mod:`convostore.sql.group_commit`).
 
         Args:
             message: The message (or a mapping / object with ``role`` and ``content``).

@@ -1,7 +1,7 @@
 """The agent database: agentstr's ``BaseDatabase`` API on SQLAlchemy.
 
 ``Database(conn_str, agent_name=...)`` is the drop-in factory; :class:`SQLAlchemyDatabase` is
-the class. Each public call is one short transaction (see :mod:`convostore.transactions`);
+the class. Each public call is one short transaction (see :mod:`convostore.sql.runner`);
 :meth:`SQLAlchemyDatabase.transaction` groups several calls into one.
 """
 
@@ -15,16 +15,13 @@ from sqlalchemy import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore import arguments
-from convostore.dialects import Executor, appends_in_one_statement
 from convostore.encryption import Keyring
-from convostore.engine import create_engine, family
 from convostore.errors import (
     ConfigurationError,
     ConflictError,
     InsufficientBalance,
 )
 from convostore.facade import Facade
-from convostore.group_commit import committer_for
 from convostore.integrations._agentstr_base import register_if_loaded
 from convostore.interfaces import AgentDatabase
 from convostore.models import (
@@ -34,8 +31,13 @@ from convostore.models import (
     ThreadInfo,
     User,
 )
-from convostore.replicas import ReplicaUrls
-from convostore.repositories import (
+from convostore.rules import DEFAULT_AGENT_KEY
+from convostore.settings import DEFAULT_SQLITE_PATH, configured_url, redact, resolve_url
+from convostore.sql.dialects import Executor, appends_in_one_statement
+from convostore.sql.engine import create_engine, family
+from convostore.sql.group_commit import committer_for
+from convostore.sql.replicas import ReplicaUrls
+from convostore.sql.repositories import (
     ThreadAppend,
     ThreadRepository,
     UserRepository,
@@ -43,10 +45,8 @@ from convostore.repositories import (
     message_from_row,
     search_messages,
 )
-from convostore.rules import DEFAULT_AGENT_KEY
-from convostore.settings import DEFAULT_SQLITE_PATH, configured_url, redact, resolve_url
+from convostore.sql.types import require_search_index, writes_search_index
 from convostore.telemetry import traced
-from convostore.types import require_search_index, writes_search_index
 
 __all__ = ["DEFAULT_AGENT_KEY", "Database", "SQLAlchemyDatabase"]
 
@@ -63,7 +63,7 @@ class SQLAlchemyDatabase(Facade, AgentDatabase):
         migrate: Bring the schema to head in :meth:`async_init`. Default: yes for SQLite,
             no (only check) for server databases.
         read_url: PostgreSQL read replicas for this object's reads (one URL, a list, or
-            :class:`~convostore.replicas.ReadReplicas`); :meth:`close` closes them.
+            :class:`~convostore.sql.replicas.ReadReplicas`); :meth:`close` closes them.
         encryption: A :class:`~convostore.encryption.Keyring` for the engine (and its
             replicas): payloads are encrypted at rest. On a shared engine it must be the
             keyring the engine already has, if any.

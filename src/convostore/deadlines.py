@@ -1,8 +1,8 @@
-"""The per-call deadline of the façades (see :mod:`convostore.options` to configure it).
+"""The per-call deadline of the façades (see :mod:`convostore.sql.options` to configure it).
 
 :class:`Deadline` bounds everything one public call does on the client side: waiting for
 a pooled connection, each statement (a lock wait included), the retries of
-:class:`convostore.transactions.TransactionRunner` and their pauses. When it strikes, the
+:class:`convostore.sql.runner.TransactionRunner` and their pauses. When it strikes, the
 call's task is cancelled where it waits (asyncpg then cancels the statement on the
 server) and the call raises :class:`~convostore.errors.DeadlineExceeded`. The server-side
 lock-wait bounds that :func:`convostore.create_engine` derives from the same number make

@@ -18,12 +18,12 @@ Everything before the ciphertext is authenticated as associated data, so a chang
 or nonce fails like a changed ciphertext. The row a value belongs to is *not* part of it:
 someone who can write to the database can move a ciphertext from one row to another
 (see ``docs/encryption.md``). Plain rows, rows under an old key and rows under the
-current key read side by side; ``convostore rotate-keys`` (:func:`convostore.rotation.rotate`)
+current key read side by side; ``convostore rotate-keys`` (:func:`convostore.sql.rotation.rotate`)
 moves them all onto the current key.
 
 A :class:`Keyring` is given to :func:`convostore.connect`, :func:`convostore.create_engine`
 or a façade (``encryption=``); it then lives on the engine's dialect, which is what
-:class:`~convostore.types.CompressedJSON` sees when it binds and reads values, so every
+:class:`~convostore.sql.types.CompressedJSON` sees when it binds and reads values, so every
 write path of the engine (group commit, imports, the thin SQLite driver) seals alike.
 ``cryptography`` is imported only when a keyring is made.
 """
@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from convostore.codec import ENCRYPTED, NONCE_SIZE, parse_envelope
 from convostore.errors import ConfigurationError, DecryptionError, KeyNotFoundError
-from convostore.options import REPLICAS_OPTION
+from convostore.sql.options import REPLICAS_OPTION
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Dialect
@@ -331,7 +331,7 @@ def install(engine: AsyncEngine, keyring: Keyring | None, *, replace: bool = Fal
     if present is not None and present is not keyring and not replace:
         raise ConfigurationError("this engine already has another keyring (use replace=True)")
     engines = [engine]
-    # Read from the option, as engine.py does: convostore.replicas is above this module.
+    # Read from the option, as engine.py does: convostore.sql.replicas is above this module.
     replicas = engine.get_execution_options().get(REPLICAS_OPTION)
     if replicas is not None:
         engines += replicas.engines

@@ -102,7 +102,7 @@ class DatabaseError(ConvostoreError):
 
 
 class DeadlineExceeded(DatabaseError, TimeoutError):  # noqa: N818 - named like asyncio's
-    """A call did not finish within its deadline (see :mod:`convostore.options`).
+    """A call did not finish within its deadline (see :mod:`convostore.sql.options`).
 
     The deadline covers everything the call does: waiting for a pooled connection, lock
     waits, retries and their pauses. As with any :class:`DatabaseError`, a write whose
@@ -117,7 +117,7 @@ class CommitOutcomeUnknown(DatabaseError):  # noqa: N818 - says what the caller 
 
     Raised when the connection is lost during a call's ``COMMIT`` (or during a statement
     that commits by itself), and to every caller of a group-committed write (concurrent
-    ``append`` / ``add_message``, see :mod:`convostore.group_commit`) whose batch lost its
+    ``append`` / ``add_message``, see :mod:`convostore.sql.group_commit`) whose batch lost its
     connection or hit its deadline during ``COMMIT``. convostore never runs such a write
     again (that could store it twice): read the state back, or retry with a ``client_id``
     so a repeat is stored once.
@@ -129,7 +129,7 @@ def translate_errors() -> Iterator[None]:
     """Re-raise SQLAlchemy and driver exceptions as convostore errors.
 
     A :class:`ConvostoreError` raised while binding a parameter (for example by
-    :class:`~convostore.types.CompressedJSON`) arrives wrapped in SQLAlchemy's
+    :class:`~convostore.sql.types.CompressedJSON`) arrives wrapped in SQLAlchemy's
     ``StatementError``; it is unwrapped so the caller sees the original error.
     Messages are built from the exception class and the driver's own message, which never
     includes the connection URL.

@@ -1,7 +1,7 @@
 """What both SQL façades share: engine ownership, transaction views, closing.
 
 :class:`~convostore.SQLAlchemyDatabase` and :class:`~convostore.SQLAlchemyContextStore`
-each run every call through one :class:`~convostore.transactions.TransactionRunner`. This
+each run every call through one :class:`~convostore.sql.runner.TransactionRunner`. This
 base class owns that runner and what hangs off it, so the two behave alike:
 
 * an engine the façade created (from a URL) is disposed by :meth:`~Facade.close`; one it
@@ -22,10 +22,10 @@ from typing import Self
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from convostore.encryption import Keyring, install
-from convostore.engine import is_read_only
 from convostore.errors import ConfigurationError
-from convostore.replicas import ReplicaSet, ReplicaUrls, replica_set
-from convostore.transactions import TransactionRunner
+from convostore.sql.engine import is_read_only
+from convostore.sql.replicas import ReplicaSet, ReplicaUrls, replica_set
+from convostore.sql.runner import TransactionRunner
 
 __all__ = ["Facade"]
 

@@ -1,6 +1,6 @@
 """The rules the SQL implementations and the in-memory twin share, without SQLAlchemy.
 
-Id lengths (the key columns of ``convostore.tables`` are sized from them), the key the
+Id lengths (the key columns of ``convostore.sql.tables`` are sized from them), the key the
 default agent is stored under, the preview's length, the 64-bit bound of every counter and
 the default project. The namespace helpers and the preview itself are in
 :mod:`convostore.models`, also free of SQL.

@@ -15,7 +15,7 @@ Span attributes, identifiers only — never a payload, a message text or a URL:
   ``convostore.thread_id`` / ``convostore.user_id`` where the call names them;
 * ``convostore.rows``: messages, sessions or threads returned or written, where the call
   returns them;
-* ``convostore.retries``: transient conflicts retried (:mod:`convostore.transactions`);
+* ``convostore.retries``: transient conflicts retried (:mod:`convostore.sql.runner`);
 * on failure, status ``ERROR`` with the exception's class name as description and
   ``error.type`` (messages are left out: they may quote ids, never payloads, but a span
   is not the place to decide).

@@ -11,9 +11,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore import ContextMessage, SQLAlchemyContextStore, SQLAlchemyDatabase, encryption
 from convostore.encryption import Keyring, decode_key, generate_key
-from convostore.rotation import sealed_columns
-from convostore.tables import Base
-from convostore.types import CompressedJSON
+from convostore.sql.rotation import sealed_columns
+from convostore.sql.tables import Base
+from convostore.sql.types import CompressedJSON
 
 K1 = decode_key(generate_key())
 K2 = decode_key(generate_key())

@@ -1,7 +1,7 @@
 """Concurrent writers on every SQL backend: nothing lost, nothing duplicated, no error surfaced.
 
 Positions and ``idx`` come from a counter row bumped in the same transaction as the insert
-(:func:`convostore.dialects.bump_counter`); balances and token totals are single atomic
+(:func:`convostore.sql.dialects.bump_counter`); balances and token totals are single atomic
 statements. These tests race real connections against each other — several engines in one
 event loop, and several OS processes — and then count every row straight from the tables.
 """
@@ -31,14 +31,14 @@ from convostore import (
     User,
     create_engine,
 )
-from convostore.dialects import is_retryable
-from convostore.tables import (
+from convostore.sql.dialects import is_retryable
+from convostore.sql.runner import MAX_ATTEMPTS
+from convostore.sql.tables import (
     ContextMessageRecord,
     ContextSessionRecord,
     MessageRecord,
     UserRecord,
 )
-from convostore.transactions import MAX_ATTEMPTS
 from tests.backends import writers
 from tests.backends.writers import AGENT, PROJECT, USER
 from tests.conftest import WITH_PGBOUNCER, is_postgresql, selected_backend
@@ -345,7 +345,7 @@ async def test_first_writes_of_every_kind_race_together(db_url: URL) -> None:
 
 # --- the retry policy ------------------------------------------------------------------------
 #
-# The façades retry transient conflicts (convostore.transactions). These tests make real
+# The façades retry transient conflicts (convostore.sql.runner). These tests make real
 # ones — a deadlock, and a lock held past the lock timeout — check that each backend's error
 # is recognized as retryable, that a retried call succeeds once the lock goes away, and that
 # a conflict that never clears surfaces as a DatabaseError after exactly MAX_ATTEMPTS tries.

@@ -29,7 +29,7 @@ from convostore import (
     create_engine,
 )
 from convostore.errors import DeadlineExceeded
-from convostore.tables import ContextTokensRecord
+from convostore.sql.tables import ContextTokensRecord
 from tests.conftest import WITH_PGBOUNCER, direct_url, is_postgresql, selected_backend
 
 backend = pytest.fixture(params=WITH_PGBOUNCER)(selected_backend)

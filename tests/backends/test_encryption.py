@@ -24,8 +24,8 @@ from convostore import (
     migrate,
     transfer,
 )
-from convostore.engine import create_engine, sqlite_path
-from convostore.rotation import rotate
+from convostore.sql.engine import create_engine, sqlite_path
+from convostore.sql.rotation import rotate
 from tests.backends.encrypted import (
     AGENT,
     K2,

@@ -30,7 +30,7 @@ from convostore import (
     create_engine,
     migrate,
 )
-from convostore.dialects import INT64_MAX
+from convostore.sql.dialects import INT64_MAX
 from tests.conftest import WITH_PGBOUNCER, require_backend, selected_backend
 
 # Through PgBouncer too: batches are transactions like any other there.

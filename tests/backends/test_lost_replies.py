@@ -39,8 +39,8 @@ from convostore import (
     migrate,
     transfer,
 )
-from convostore.group_commit import queued
-from convostore.rotation import rotate
+from convostore.sql.group_commit import queued
+from convostore.sql.rotation import rotate
 from tests.backends.encrypted import ring
 from tests.conftest import direct_url, is_postgresql, selected_backend
 from tests.faultproxy import Fault, FaultProxy, sql_starts

@@ -32,8 +32,8 @@ from sqlalchemy import URL, event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from convostore import ContextMessage, SessionInfo, SQLAlchemyContextStore, SQLAlchemyDatabase
-from convostore.engine import create_engine
 from convostore.models import ThreadInfo
+from convostore.sql.engine import create_engine
 
 # Big enough for the planners to choose as they would on a real database: with 50
 # sessions per project PostgreSQL reads one session's tokens row through a bitmap over the
@@ -440,7 +440,7 @@ class Explainer:
     backend: str
     primary: dict[str, str] = field(default_factory=dict)  # table -> its PK index's name
     # PostgreSQL partition (table or index) -> its parent: a hash-partitioned table's plan
-    # names the partition it reads (convostore.partitioning), checked as the table itself.
+    # names the partition it reads (convostore.sql.partitioning), checked as the table itself.
     parents: dict[str, str] = field(default_factory=dict)
     unique: dict[str, tuple[str, ...]] = field(default_factory=dict)  # table -> unique indexes
 

@@ -8,8 +8,8 @@ from sqlalchemy import URL, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore import ConfigurationError, SQLAlchemyContextStore, SQLAlchemyDatabase, transfer
-from convostore.engine import create_engine
-from convostore.rotation import rotate
+from convostore.sql.engine import create_engine
+from convostore.sql.rotation import rotate
 from tests.backends.encrypted import AGENT, PROJECT, ring, write
 
 WORD = "zqxj"  # MARKER's first word, as the index holds it (case-folded)

@@ -2,7 +2,7 @@
 
 PostgreSQL runs twice: directly and through PgBouncer in transaction pooling mode.
 SQLite runs three ways: a file and ``:memory:`` through convostore's thin driver
-(:mod:`convostore.sqlite_driver`), and a file through SQLAlchemy's stock aiosqlite adapter.
+(:mod:`convostore.sql.sqlite_driver`), and a file through SQLAlchemy's stock aiosqlite adapter.
 
 ``make_database(agent_name=...)`` and ``make_store(session_id=..., project=...)`` build
 objects that share one storage per test, so two of them can see (or must not see) each
@@ -69,7 +69,7 @@ async def shared_engine(
     elif implementation == "sqlite-memory":
         engine = await connect(":memory:")
     elif implementation == "sqlite-stock":
-        # SQLAlchemy's own aiosqlite adapter instead of convostore.sqlite_driver.
+        # SQLAlchemy's own aiosqlite adapter instead of convostore.sql.sqlite_driver.
         template = request.getfixturevalue("sqlite_template")
         shutil.copyfile(template, tmp_path / "contract.db")
         engine = create_engine(str(tmp_path / "contract.db"), fast_sqlite=False)

@@ -40,7 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore import ConflictError, NotFoundError, SerializationError, ValidationError
 from convostore.integrations.adk import ConvostoreSessionService, SessionPage
-from convostore.tables import AdkEventRecord, AdkSessionRecord
+from convostore.sql.tables import AdkEventRecord, AdkSessionRecord
 from tests.conftest import require_backend
 from tests.frameworks.conftest import SQL_BACKENDS, open_engine
 

@@ -10,9 +10,9 @@ from google.adk.events.event import Event
 from google.genai import types
 from sqlalchemy import URL
 
-from convostore.engine import create_engine
 from convostore.integrations.adk import ConvostoreSessionService
-from convostore.rotation import rotate
+from convostore.sql.engine import create_engine
+from convostore.sql.rotation import rotate
 from tests.backends.encrypted import payload_keys, raw_values, ring
 
 SECRET = "ADK-secret-5521"

@@ -32,8 +32,8 @@ from convostore import connect, transfer
 from convostore.encryption import Keyring, install, key_id_of
 from convostore.errors import ConflictError, ValidationError
 from convostore.integrations.langgraph import ConvostoreSaver
-from convostore.rotation import rotate, sealed_columns
-from convostore.tables import LangGraphBlobRecord, LangGraphCheckpointRecord
+from convostore.sql.rotation import rotate, sealed_columns
+from convostore.sql.tables import LangGraphBlobRecord, LangGraphCheckpointRecord
 from tests.conftest import WITH_PGBOUNCER, _servers, empty_tables, require_backend, run_sync
 from tests.frameworks.conftest import SQL_BACKENDS, open_engine
 from tests.frameworks.langgraph_graphs import (

@@ -18,8 +18,8 @@ from sqlalchemy import URL, Connection, inspect, text
 from sqlalchemy.pool import NullPool
 
 from convostore import migrate
-from convostore.engine import create_engine
-from convostore.tables import described_here
+from convostore.sql.engine import create_engine
+from convostore.sql.tables import described_here
 from tests.conftest import create_server_database, drop_database, require_backend
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -14,7 +14,7 @@ from convostore import (
     create_engine,
     migrate,
 )
-from convostore.types import UTCDateTime
+from convostore.sql.types import UTCDateTime
 
 
 async def test_upgrade_from_0001_keeps_data_and_fills_new_columns(empty_url: URL) -> None:

@@ -21,7 +21,7 @@ REVISION_FILES = sorted(VERSIONS.glob("*.py"))
 
 # A revision must not import the models: they describe the latest schema, and an old revision
 # that followed them would silently change meaning. Type hints from the standard library are fine.
-ALLOWED_IMPORTS = ("sqlalchemy", "alembic.op", "convostore.types")
+ALLOWED_IMPORTS = ("sqlalchemy", "alembic.op", "convostore.sql.types")
 ALLOWED_STDLIB = ("__future__", "collections.abc", "typing")
 
 
@@ -110,7 +110,7 @@ def test_revision_has_a_real_upgrade_and_downgrade(path: Path) -> None:
 
 def test_the_checks_catch_what_they_are_for() -> None:
     bad = ast.parse(
-        "from convostore.tables import Base\n"
+        "from convostore.sql.tables import Base\n"
         "import convostore\n"
         "def downgrade():\n"
         "    '''Not reversible.'''\n"

@@ -23,7 +23,7 @@ from convostore import (
     connect,
     migrate,
 )
-from convostore.engine import create_engine
+from convostore.sql.engine import create_engine
 from tests.migrations.conftest import SCHEMA_TABLES, execute, plain, table_names, version_rows
 
 PASSWORD = "hunter2-not-a-real-secret"

@@ -24,7 +24,7 @@ from sqlalchemy.engine import Dialect
 
 from convostore import ContextMessage, SQLAlchemyContextStore, codec, create_engine
 from convostore.errors import CorruptEnvelopeError, KeyNotFoundError, SerializationError
-from convostore.types import CompressedJSON
+from convostore.sql.types import CompressedJSON
 from tests.reliability.helpers import same_json, tagged
 from tests.reliability.strategies import INT64_MIN, UINT64_MAX, content_blocks, json_values
 

@@ -22,8 +22,8 @@ from sqlalchemy import URL, text
 
 from convostore import ContextMessage, SQLAlchemyContextStore
 from convostore.encryption import KEY_ENV, KEYS_ENV
-from convostore.engine import create_engine, sqlite_path
-from convostore.rotation import rotate
+from convostore.sql.engine import create_engine, sqlite_path
+from convostore.sql.rotation import rotate
 from tests.backends.encrypted import (
     K1,
     K2,

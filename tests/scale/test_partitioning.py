@@ -1,7 +1,7 @@
 """The large-tables recipe: hash partitions by scope keep data, behaviour and index use.
 
 Each test gets a database of its own on the PostgreSQL server, migrated through Alembic,
-partitioned by :func:`convostore.partitioning.partition_by_scope` and dropped afterwards.
+partitioned by :func:`convostore.sql.partitioning.partition_by_scope` and dropped afterwards.
 The query-plan test reruns ``tests/backends/test_query_plans.py``'s cases on the
 partitioned schema: the same statements must read the same indexes (the partition's
 copy of them), in exactly one partition.
@@ -23,7 +23,7 @@ from convostore import (
     SQLAlchemyDatabase,
     create_engine,
 )
-from convostore.partitioning import (
+from convostore.sql.partitioning import (
     SCOPES,
     drop_partition,
     partition_by_scope,

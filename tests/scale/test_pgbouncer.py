@@ -23,7 +23,7 @@ from convostore import (
     SQLAlchemyDatabase,
     create_engine,
 )
-from convostore.pgbouncer import runs_in_transactions
+from convostore.sql.pgbouncer import runs_in_transactions
 from tests.conftest import _servers, empty_tables, require_backend
 
 TASKS = 16

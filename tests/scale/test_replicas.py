@@ -23,7 +23,7 @@ from convostore import (
     SQLAlchemyContextStore,
     connect,
 )
-from convostore.replicas import ReadReplicas, replicas_of
+from convostore.sql.replicas import ReadReplicas, replicas_of
 from tests.scale.conftest import Topology, caught_up
 
 pytestmark = pytest.mark.replica

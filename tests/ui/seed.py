@@ -11,8 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore import ContextMessage, SQLAlchemyContextStore, SQLAlchemyDatabase
 from convostore.encryption import Keyring
-from convostore.engine import create_engine
-from convostore.tables import (
+from convostore.sql.engine import create_engine
+from convostore.sql.tables import (
     AdkAppStateRecord,
     AdkEventRecord,
     AdkSessionRecord,

@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from convostore.engine import create_engine
+from convostore.sql.engine import create_engine
 from convostore.transfer import browse
 from tests.backends.test_query_plans import (
     AGENT,

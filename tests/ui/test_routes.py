@@ -23,7 +23,7 @@ from starlette.testclient import TestClient
 
 import convostore.ui
 from convostore.encryption import Keyring
-from convostore.engine import create_engine
+from convostore.sql.engine import create_engine
 from convostore.ui import create_app, read_only
 from convostore.ui.security import CONTENT_SECURITY_POLICY, COOKIE
 from tests.backends.encrypted import K1

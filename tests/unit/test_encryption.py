@@ -16,7 +16,7 @@ from convostore.errors import (
     KeyNotFoundError,
     SerializationError,
 )
-from convostore.types import ClearOnlyText, CompressedJSON, SealableText
+from convostore.sql.types import ClearOnlyText, CompressedJSON, SealableText
 
 K1, K2 = decode_key(generate_key()), decode_key(generate_key())
 VALUE = {"text": "hello " * 200, "n": 1}

@@ -15,7 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import QueuePool
 
 from convostore import connect, migrate
-from convostore.engine import (
+from convostore.errors import ConfigurationError
+from convostore.sql.engine import (
     SQLITE_BUSY_TIMEOUT_MS,
     Engine,
     create_engine,
@@ -23,8 +24,7 @@ from convostore.engine import (
     family_from_name,
     sqlite_path,
 )
-from convostore.errors import ConfigurationError
-from convostore.tables import ContextSessionRecord
+from convostore.sql.tables import ContextSessionRecord
 
 NOW = datetime(2024, 1, 1, tzinfo=UTC)
 

@@ -79,8 +79,8 @@ def test_only_the_runner_and_the_migrations_open_connections() -> None:
     # any transaction of the call).
     assert opening == [
         "migrate/__init__.py",
-        "replicas.py",
-        "transactions.py",
+        "sql/replicas.py",
+        "sql/runner.py",
     ]
 
 

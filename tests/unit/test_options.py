@@ -11,9 +11,9 @@ from sqlalchemy.pool import NullPool
 
 from convostore import SQLAlchemyDatabase, create_engine
 from convostore.errors import ConfigurationError
-from convostore.options import DEFAULT_DEADLINE_S, deadline_of, parse_deadline
-from convostore.transactions import TransactionRunner
-from convostore.types import writes_search_index
+from convostore.sql.options import DEFAULT_DEADLINE_S, deadline_of, parse_deadline
+from convostore.sql.runner import TransactionRunner
+from convostore.sql.types import writes_search_index
 from tests.conftest import _servers, require_backend
 
 

@@ -9,7 +9,6 @@ import pytest
 from sqlalchemy import URL, text
 
 from convostore import Database
-from convostore.engine import create_engine
 from convostore.errors import ConfigurationError
 from convostore.settings import (
     ENV_VARS,
@@ -18,6 +17,7 @@ from convostore.settings import (
     redact,
     resolve_url,
 )
+from convostore.sql.engine import create_engine
 from tests.conftest import require_backend, server_admin_url
 
 SECRET = "s3cr3t-pw"

@@ -1,4 +1,4 @@
-"""convostore.sqlite_driver: the thin aiosqlite connection, used directly and through SQLAlchemy."""
+"""convostore.sql.sqlite_driver: the thin aiosqlite connection, directly and through SQLAlchemy."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from convostore import (
     ValidationError,
     connect,
     create_engine,
-    sqlite_driver,
 )
+from convostore.sql import sqlite_driver
 
 
 async def test_statements_rows_and_counts(tmp_path: Path) -> None:

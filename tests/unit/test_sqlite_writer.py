@@ -20,10 +20,10 @@ from convostore import (
     connect,
     create_engine,
 )
-from convostore.dialects import Executor
-from convostore.engine import Engine
 from convostore.errors import ConflictError, DeadlineExceeded
 from convostore.sql import sqlite_writer
+from convostore.sql.dialects import Executor
+from convostore.sql.engine import Engine
 from convostore.sql.sqlite_writer import PRECOMPILE_ATTRIBUTE, writer_for
 
 _NOW = datetime(2026, 12, 7, 12, 0, 0, 123456, tzinfo=UTC)
@@ -292,7 +292,7 @@ async def test_lock_conflicts_on_the_writer_are_retried(
 
     event.listen(engine.sync_engine, "connect", no_busy_wait)
     retried = asyncio.Event()
-    monkeypatch.setattr("convostore.transactions.note_retry", retried.set)
+    monkeypatch.setattr("convostore.sql.runner.note_retry", retried.set)
     blocker = sqlite3.connect(path, isolation_level=None)
     try:
         store = SQLAlchemyContextStore(engine, project="/p", session_id="s")
@@ -317,7 +317,7 @@ def test_only_statements_with_fixed_sql_and_plain_results_are_precompiled() -> N
     from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
 
     from convostore.sql.precompiled import compile_hot
-    from convostore.tables import ContextMessageRecord
+    from convostore.sql.tables import ContextMessageRecord
 
     dialect = SQLiteDialect_pysqlite()
     messages: Any = ContextMessageRecord.__table__

@@ -17,10 +17,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from convostore import codec, migrate
 from convostore.database import SQLAlchemyDatabase
-from convostore.engine import create_engine
 from convostore.errors import SerializationError, translate_errors
-from convostore.tables import ContextMessageRecord, ContextSessionRecord
-from convostore.types import CompressedJSON, UTCDateTime
+from convostore.sql.engine import create_engine
+from convostore.sql.tables import ContextMessageRecord, ContextSessionRecord
+from convostore.sql.types import CompressedJSON, UTCDateTime
 
 DIALECT_CLASSES: dict[str, type[Dialect]] = {
     "sqlite": sqlite.dialect,

@@ -20,9 +20,9 @@ from typing import Any, TypeVar
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore.encryption import keyring_of
-from convostore.engine import create_engine
 from convostore.errors import ConfigurationError
 from convostore.settings import is_memory_sqlite
+from convostore.sql.engine import create_engine
 
 __all__ = ["SyncBridge"]
 

@@ -55,8 +55,6 @@ from sqlalchemy import URL, Table, delete, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore import migrate as migrations
-from convostore.dialects import Executor, family_of, insert_ignore
-from convostore.engine import create_engine
 from convostore.errors import (
     ConfigurationError,
     ConflictError,
@@ -67,14 +65,16 @@ from convostore.errors import (
 from convostore.models import check_id, check_optional_int
 from convostore.pairs import Pairing, check_exact, widened_start
 from convostore.settings import redact
-from convostore.tables import (
+from convostore.sql.dialects import Executor, family_of, insert_ignore
+from convostore.sql.engine import create_engine
+from convostore.sql.runner import TransactionRunner
+from convostore.sql.tables import (
     ADK_KEY_LENGTH,
     AdkAppStateRecord,
     AdkEventRecord,
     AdkSessionRecord,
     AdkUserStateRecord,
 )
-from convostore.transactions import TransactionRunner
 
 __all__ = [
     "ConvostoreSessionService",

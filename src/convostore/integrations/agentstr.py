@@ -28,12 +28,12 @@ from sqlalchemy import URL
 
 from convostore.database import Database as _Database
 from convostore.database import SQLAlchemyDatabase
-from convostore.engine import family_from_name
 from convostore.errors import ConfigurationError
 from convostore.integrations import _agentstr_base as _base
 from convostore.interfaces import AgentDatabase as BaseDatabase
 from convostore.models import Message, User
 from convostore.settings import redact, resolve_url
+from convostore.sql.engine import family_from_name
 
 __all__ = [
     "BaseDatabase",

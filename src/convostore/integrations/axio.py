@@ -51,11 +51,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore.context import SQLAlchemyContextStore
 from convostore.context import connect as _connect
-from convostore.engine import Engine, sqlite_path
 from convostore.errors import ValidationError
 from convostore.models import ContextMessage
 from convostore.models import SessionInfo as ConvostoreSessionInfo
 from convostore.settings import resolve_url
+from convostore.sql.engine import Engine, sqlite_path
 
 __all__ = [
     "CREATED_AT_FORMAT",

@@ -23,7 +23,7 @@ writes of each checkpoint's tasks. Every payload is the output of the saver's se
 keyring (:mod:`convostore.encryption`). Serializing and compressing happen before the
 transaction starts.
 
-Every call is one transaction of convostore's :class:`~convostore.transactions.TransactionRunner`:
+Every call is one transaction of convostore's :class:`~convostore.sql.runner.TransactionRunner`:
 transient conflicts are retried, the engine's deadline bounds the call, and database
 errors surface as :class:`~convostore.errors.ConvostoreError` subclasses.
 
@@ -88,15 +88,6 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore import migrate as migrations
-from convostore.dialects import (
-    Executor,
-    cached,
-    family_of,
-    insert_ignore,
-    params_for,
-    upsert,
-)
-from convostore.engine import Family, create_engine
 from convostore.errors import ConfigurationError, ConflictError, SerializationError, ValidationError
 from convostore.integrations._sync_bridge import SyncBridge
 from convostore.rules import (
@@ -108,8 +99,21 @@ from convostore.rules import (
     LANGGRAPH_THREAD_ID_LENGTH,
 )
 from convostore.settings import redact
-from convostore.tables import LangGraphBlobRecord, LangGraphCheckpointRecord, LangGraphWriteRecord
-from convostore.transactions import TransactionRunner
+from convostore.sql.dialects import (
+    Executor,
+    cached,
+    family_of,
+    insert_ignore,
+    params_for,
+    upsert,
+)
+from convostore.sql.engine import Family, create_engine
+from convostore.sql.runner import TransactionRunner
+from convostore.sql.tables import (
+    LangGraphBlobRecord,
+    LangGraphCheckpointRecord,
+    LangGraphWriteRecord,
+)
 
 __all__ = ["ConvostoreSaver", "SaverOpening"]
 

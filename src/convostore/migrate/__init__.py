@@ -42,15 +42,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import NullPool
 
 from convostore.deadlines import Deadline
-from convostore.engine import create_engine, family, family_from_name
 from convostore.errors import (
     ConfigurationError,
     DatabaseError,
     SchemaVersionError,
     translate_errors,
 )
-from convostore.options import deadline_of
 from convostore.settings import redact
+from convostore.sql.engine import create_engine, family, family_from_name
+from convostore.sql.options import deadline_of
 
 __all__ = [
     "DEADLINE_ATTRIBUTE",
@@ -217,7 +217,7 @@ async def prepare(engine: AsyncEngine, *, migrate: bool | None = None) -> None:
     to a deployment step. A database at a revision this code does not know (newer code has
     migrated it) is refused either way.
 
-    The engine's deadline (see :mod:`convostore.options`) bounds connecting, the check and
+    The engine's deadline (see :mod:`convostore.sql.options`) bounds connecting, the check and
     the wait for the migration lock; a migration that holds the lock runs to its end,
     since DDL cut off halfway (not transactional on MySQL/MariaDB) helps nobody.
 
@@ -356,7 +356,7 @@ async def _on_connection(
 ) -> T:
     """Run Alembic's synchronous ``fn(connection, *args)`` on a connection of its own.
 
-    Not :class:`~convostore.transactions.TransactionRunner`: migrations manage their own
+    Not :class:`~convostore.sql.runner.TransactionRunner`: migrations manage their own
     transaction under :func:`migration_lock` (DDL commits implicitly on MySQL/MariaDB), and
     are never retried. ``alembic``: ``fn`` runs an Alembic command, which takes its turn
     (see ``_ALEMBIC``) once the connection is open.

@@ -1,7 +1,7 @@
 """PostgreSQL's single-statement writes run straight on asyncpg, compiled once.
 
 A single append on PostgreSQL is one statement (a data-modifying CTE, see
-:func:`convostore.dialects.insert_at_counter`) run in autocommit: one round trip, as for
+:func:`convostore.sql.dialects.insert_at_counter`) run in autocommit: one round trip, as for
 raw asyncpg. What made it 0.43x raw asyncpg was the client's CPU around that round trip:
 ~540 µs for SQLAlchemy's ``connect()`` + ``begin`` + ``execute`` + ``commit`` + ``close``
 on the asyncio engine (greenlet switches, the execution context, parameter processing,
@@ -22,12 +22,12 @@ the result) against ~160 µs for asyncpg's own ``fetch`` of the same statement
   a deadline cancels the statement as before (asyncpg sends the server a cancel request)
   and the connection is discarded, as SQLAlchemy does on a cancellation.
 
-Behind PgBouncer in transaction pooling mode (:mod:`convostore.pgbouncer`) the statement
+Behind PgBouncer in transaction pooling mode (:mod:`convostore.sql.pgbouncer`) the statement
 runs inside ``BEGIN``/``COMMIT`` on asyncpg (asyncpg's statement cache is off there, so it
 is an unnamed statement, valid in that transaction only).
 
 Only the units of work a façade marks as a single statement (``autocommit``) come here,
-and only statements built by :func:`convostore.dialects.cached` that
+and only statements built by :func:`convostore.sql.dialects.cached` that
 :func:`~convostore.sql.precompiled.compile_hot` accepts; anything else raises
 :class:`NeedsCore` before a byte is sent, and the unit runs through Core. While the
 engine has execution hooks (``echo``, or listeners for
@@ -46,7 +46,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import await_, greenlet_spawn
 
-from convostore.dialects import is_cached
+from convostore.sql.dialects import is_cached
 from convostore.sql.precompiled import Precompiled, Rows, compile_hot, observed
 
 __all__ = ["DIRECT_ATTRIBUTE", "AsyncpgDirect", "DirectConnection", "NeedsCore", "direct_for"]

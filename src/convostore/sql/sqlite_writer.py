@@ -11,7 +11,7 @@ transactions a façade owns and that write run here instead, whole, on a dedicat
 * one hop per transaction: the event loop hands the unit of work over and awaits a future;
   the unit (the repositories' own code, whose ``await executor.execute(...)`` never
   suspends here) runs to its commit on the thread;
-* statements that :func:`convostore.dialects.cached` built once run precompiled on the
+* statements that :func:`convostore.sql.dialects.cached` built once run precompiled on the
   DB-API cursor (:mod:`convostore.sql.precompiled`); every other statement runs through
   the sync engine's Core ``execute``.
 
@@ -50,11 +50,11 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import NullPool
 
-from convostore.dialects import Executor, is_cached
-from convostore.engine import WRITER_ATTRIBUTE, sqlite_configurer
-from convostore.options import deadline_of
+from convostore.sql.dialects import Executor, is_cached
+from convostore.sql.engine import WRITER_ATTRIBUTE, sqlite_configurer
+from convostore.sql.options import deadline_of
 from convostore.sql.precompiled import EXECUTION_EVENTS, Precompiled, compile_hot, observed
-from convostore.sqlite_driver import hand_over
+from convostore.sql.sqlite_driver import hand_over
 
 __all__ = ["EXECUTION_EVENTS", "WRITER_ATTRIBUTE", "SQLiteWriter", "SyncExecutor", "writer_for"]
 

@@ -35,7 +35,7 @@ from convostore.rules import (
     THREAD_ID_LENGTH,
     USER_ID_LENGTH,
 )
-from convostore.tables import (
+from convostore.sql.tables import (
     ContextMessageRecord,
     ContextSessionRecord,
     LangGraphBlobRecord,

@@ -1,8 +1,8 @@
 """The statements of :mod:`convostore.transfer`, over whatever the transaction runner passes.
 
-Like :mod:`convostore.repositories`, :class:`TransferRepository` runs statements on an
-:data:`~convostore.dialects.Executor` and never commits: each caller runs it inside
-:meth:`convostore.transactions.TransactionRunner.run`, which owns the transaction, retries
+Like :mod:`convostore.sql.repositories`, :class:`TransferRepository` runs statements on an
+:data:`~convostore.sql.dialects.Executor` and never commits: each caller runs it inside
+:meth:`convostore.sql.runner.TransactionRunner.run`, which owns the transaction, retries
 transient conflicts and translates driver errors.
 """
 
@@ -28,9 +28,10 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.types import LargeBinary
 
-from convostore import dialects, search
-from convostore.dialects import Executor, family_of
-from convostore.transactions import TransactionRunner
+from convostore import search
+from convostore.sql import dialects
+from convostore.sql.dialects import Executor, family_of
+from convostore.sql.runner import TransactionRunner
 from convostore.transfer._format import (
     BATCH_SIZE,
     CONTEXT_MESSAGES,

@@ -8,9 +8,9 @@ from typing import Any
 from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from convostore.dialects import Executor
 from convostore.errors import ConflictError
-from convostore.transactions import TransactionRunner
+from convostore.sql.dialects import Executor
+from convostore.sql.runner import TransactionRunner
 from convostore.transfer._format import (
     BATCH_SIZE,
     KINDS_IN_ORDER,

@@ -29,16 +29,16 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore import codec, encryption
-from convostore.dialects import Executor
 from convostore.errors import DecryptionError, EncryptionError, SerializationError
-from convostore.repositories import NO_PREVIEW
-from convostore.tables import (
+from convostore.sql.dialects import Executor
+from convostore.sql.repositories import NO_PREVIEW
+from convostore.sql.runner import TransactionRunner
+from convostore.sql.tables import (
     AdkAppStateRecord,
     AdkEventRecord,
     AdkSessionRecord,
     AdkUserStateRecord,
 )
-from convostore.transactions import TransactionRunner
 from convostore.transfer._format import CONTEXT_MESSAGES, MESSAGES, SESSIONS, THREADS, USERS
 
 __all__ = [

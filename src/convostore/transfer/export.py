@@ -9,9 +9,9 @@ from typing import IO, Any
 import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from convostore.dialects import Executor
 from convostore.errors import DatabaseError
 from convostore.settings import redact
+from convostore.sql.dialects import Executor
 from convostore.transfer._format import (
     EXPORT_FORMAT,
     EXPORT_VERSION,

@@ -12,12 +12,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore.context import SQLAlchemyContextStore
 from convostore.database import DEFAULT_AGENT_KEY, SQLAlchemyDatabase
-from convostore.dialects import Executor
 from convostore.errors import NotFoundError, ValidationError
 from convostore.models import ContextMessage, Message, SessionInfo
-from convostore.repositories import NO_PREVIEW, message_from_row
-from convostore.tables import readable_columns
-from convostore.transactions import TransactionRunner
+from convostore.sql.dialects import Executor
+from convostore.sql.repositories import NO_PREVIEW, message_from_row
+from convostore.sql.runner import TransactionRunner
+from convostore.sql.tables import readable_columns
 from convostore.transfer._format import MESSAGES, SESSIONS
 
 

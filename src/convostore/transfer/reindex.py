@@ -28,12 +28,12 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore import search
-from convostore.dialects import Executor
 from convostore.errors import ValidationError
-from convostore.tables import ContextMessageRecord, MessageRecord
-from convostore.transactions import TransactionRunner
+from convostore.sql.dialects import Executor
+from convostore.sql.runner import TransactionRunner
+from convostore.sql.tables import ContextMessageRecord, MessageRecord
+from convostore.sql.types import require_search_index
 from convostore.transfer._format import NoProgress, Progress
-from convostore.types import require_search_index
 
 __all__ = ["DEFAULT_BATCH_SIZE", "ReindexReport", "backfill", "drop_feeds"]
 
@@ -114,7 +114,7 @@ async def drop_feeds(engine: AsyncEngine, *, batch_size: int = DEFAULT_BATCH_SIZ
     """Remove every message's words from the search index, in batches; how many went.
 
     What turning clear text off (``Keyring(clear_text=False)``) asks of rows written before:
-    :func:`convostore.rotation.rotate` calls it then. Resumable like :func:`backfill`.
+    :func:`convostore.sql.rotation.rotate` calls it then. Resumable like :func:`backfill`.
     """
     runner = TransactionRunner(engine)
     dropped = 0

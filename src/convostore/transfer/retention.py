@@ -10,9 +10,9 @@ from typing import Any
 from sqlalchemy import Select, Table, tuple_
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from convostore.dialects import Executor
 from convostore.errors import ValidationError
-from convostore.transactions import TransactionRunner
+from convostore.sql.dialects import Executor
+from convostore.sql.runner import TransactionRunner
 from convostore.transfer._format import (
     BATCH_SIZE,
     CONTEXT_MESSAGES,

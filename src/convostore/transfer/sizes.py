@@ -8,8 +8,8 @@ from typing import Any, Final
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore import codec, encryption
-from convostore.dialects import Executor
 from convostore.settings import redact
+from convostore.sql.dialects import Executor
 from convostore.transfer._format import (
     CONTEXT_MESSAGES,
     MESSAGES,

@@ -40,8 +40,8 @@ from convostore.models import (
     construct,
 )
 from convostore.settings import redact
+from convostore.sql.types import writes_search_index
 from convostore.transfer import browse
-from convostore.types import writes_search_index
 from convostore.ui.security import LOOPBACK_HOSTS, Guard
 
 __all__ = ["PAGE", "create_app"]

@@ -5,7 +5,7 @@ per message and they queue, one at a time, for SQLite's single writer (and for t
 a server), each paying a whole transaction's overhead. A :class:`GroupCommitter` instead
 collects the messages that arrive while a write is in flight and stores them together:
 one counter bump for all their sessions and one ``INSERT`` for all their rows
-(:func:`convostore.repositories.append_context_batch`), in one transaction.
+(:func:`convostore.sql.repositories.append_context_batch`), in one transaction.
 
 What each caller sees does not change:
 
@@ -62,8 +62,6 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore.deadlines import Deadline
-from convostore.dialects import Executor
-from convostore.engine import family
 from convostore.errors import (
     CommitOutcomeUnknown,
     ConfigurationError,
@@ -71,7 +69,9 @@ from convostore.errors import (
     DatabaseError,
     DeadlineExceeded,
 )
-from convostore.transactions import TransactionRunner
+from convostore.sql.dialects import Executor
+from convostore.sql.engine import family
+from convostore.sql.runner import TransactionRunner
 
 __all__ = ["MAX_BATCH", "GroupCommitter", "committer_for", "queued"]
 
@@ -128,7 +128,7 @@ class GroupCommitter(Generic[P]):
         self._one_autocommit = one_autocommit
         self._concurrency = concurrency
         # On SQLite the last statement of a transaction carries its COMMIT
-        # (convostore.sqlite_driver): a batch cut off there may have committed.
+        # (convostore.sql.sqlite_driver): a batch cut off there may have committed.
         self._commit_rides_last = family(runner.engine) == "sqlite"
         self._queue: deque[_Entry[P]] = deque()
         self._in_flight = 0

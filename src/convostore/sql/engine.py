@@ -1,7 +1,7 @@
 """Engine creation with the defaults each backend needs.
 
 This is one of the two places where backends differ (the other is
-:mod:`convostore.dialects`): connection settings here, SQL variants there.
+:mod:`convostore.sql.dialects`): connection settings here, SQL variants there.
 """
 
 from __future__ import annotations
@@ -22,10 +22,11 @@ from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, QueuePool
 
-from convostore import driver_logs, pgbouncer, sqlite_driver
 from convostore.encryption import Keyring, install
 from convostore.errors import ConfigurationError
-from convostore.options import (
+from convostore.settings import is_memory_sqlite, redact, resolve_url
+from convostore.sql import driver_logs, pgbouncer, sqlite_driver
+from convostore.sql.options import (
     DEADLINE_OPTION,
     PGBOUNCER_OPTION,
     QUERY_KEYS,
@@ -34,9 +35,8 @@ from convostore.options import (
     parse_deadline,
     url_options,
 )
-from convostore.packet_limit import PacketLimit
-from convostore.settings import is_memory_sqlite, redact, resolve_url
-from convostore.types import SEARCH_INDEX_ATTRIBUTE
+from convostore.sql.packet_limit import PacketLimit
+from convostore.sql.types import SEARCH_INDEX_ATTRIBUTE
 
 # The dialect attribute convostore.sql.sqlite_writer reads (it imports this module).
 WRITER_ATTRIBUTE = "convostore_sqlite_writer"
@@ -92,7 +92,7 @@ class Engine(AsyncEngine):
     async def dispose(self, close: bool = True) -> None:
         """Close every pooled connection, and those of the read replicas it was given."""
         await super().dispose(close)
-        # Read from the option, not through convostore.replicas, which creates its engines
+        # Read from the option, not through convostore.sql.replicas, which creates its engines
         # with this module: engine.py stays below replicas.py in the import graph.
         replicas: _Disposable | None = self.get_execution_options().get(REPLICAS_OPTION)
         if replicas is not None:
@@ -137,12 +137,12 @@ def create_engine(
     * MySQL/MariaDB and other drivers: ``pool_pre_ping`` so a dropped connection is
       replaced.
 
-    SQLite connections use :mod:`convostore.sqlite_driver` (aiosqlite with one thread round
+    SQLite connections use :mod:`convostore.sql.sqlite_driver` (aiosqlite with one thread round
     trip per statement) unless ``fast_sqlite=False`` or the environment sets
     ``CONVOSTORE_SQLITE_DRIVER=aiosqlite``.
 
     The URL's query string may carry convostore's own options (see
-    :mod:`convostore.options`): ``deadline``, ``pgbouncer``, ``pool_size``,
+    :mod:`convostore.sql.options`): ``deadline``, ``pgbouncer``, ``pool_size``,
     ``max_overflow``, ``pool_timeout``, ``pool_recycle``, ``pool_pre_ping`` and
     ``search_index``. The
     per-call deadline also bounds each lock wait on the server: SQLite's busy timeout is
@@ -156,7 +156,7 @@ def create_engine(
         fast_sqlite: Use the thin SQLite adapter (default: yes, see above).
         deadline: Seconds one public call of a façade on this engine may take, retries
             and lock waits included; ``0`` or ``None``: no deadline. Default: the URL's
-            ``deadline``, else :data:`convostore.options.DEFAULT_DEADLINE_S`.
+            ``deadline``, else :data:`convostore.sql.options.DEFAULT_DEADLINE_S`.
         encryption: Encrypt payloads at rest with this keyring (see
             :mod:`convostore.encryption`).
         read_only: Open an SQLite file read-only (as ``?mode=ro`` in the URL does): no

@@ -5,7 +5,7 @@ when it is bound to a caller's session (a unit of work), inside that session's t
 without committing. Calls in a caller's unit of work are never retried: the caller owns
 that transaction.
 
-Retry policy. Transient conflicts (:func:`convostore.dialects.is_retryable`: deadlocks,
+Retry policy. Transient conflicts (:func:`convostore.sql.dialects.is_retryable`: deadlocks,
 serialization failures, lock-wait timeouts, SQLite's "database is locked") roll the whole
 transaction back, so :class:`TransactionRunner` runs it again. The retry is bounded:
 
@@ -41,19 +41,19 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from convostore.deadlines import Deadline
-from convostore.dialects import Executor, is_retryable
 from convostore.errors import (
     CommitOutcomeUnknown,
     ConfigurationError,
     ConflictError,
     translate_errors,
 )
-from convostore.options import deadline_of
-from convostore.pgbouncer import runs_in_transactions
-from convostore.replicas import REPLICAS_OPTION, ReadYourWrites, ReplicaSet
 from convostore.sql.asyncpg_direct import AsyncpgDirect, DirectConnection, NeedsCore, direct_for
+from convostore.sql.dialects import Executor, is_retryable
+from convostore.sql.options import deadline_of
+from convostore.sql.pgbouncer import runs_in_transactions
+from convostore.sql.replicas import REPLICAS_OPTION, ReadYourWrites, ReplicaSet
+from convostore.sql.sqlite_driver import OWNED
 from convostore.sql.sqlite_writer import SQLiteWriter, writer_for
-from convostore.sqlite_driver import OWNED
 from convostore.telemetry import note_retry
 
 __all__ = ["MAX_ATTEMPTS", "TransactionRunner"]
@@ -90,14 +90,14 @@ class TransactionRunner:
         # run() owns its transactions: it runs them on a plain AsyncConnection (an ORM
         # session costs ~30% of a small write and the repositories need only execute()),
         # and says so to the driver, so that a statement marked as the last of its
-        # transaction may carry the commit (see convostore.sqlite_driver).
+        # transaction may carry the commit (see convostore.sql.sqlite_driver).
         self._owned = engine.execution_options(**{OWNED: True})
         # The same pool; the connection is switched to autocommit for the checkout only.
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         # Behind PgBouncer's transaction pooling nothing may run outside a transaction.
         self._transactions_only = runs_in_transactions(engine)
         self.deadline = deadline_of(engine.get_execution_options())
-        # Where reads may go (convostore.replicas), and what this runner's owner wrote:
+        # Where reads may go (convostore.sql.replicas), and what this runner's owner wrote:
         # shared by every view and copy made from the owner, as read-your-writes requires.
         self.replicas: ReplicaSet | None = replicas or engine.get_execution_options().get(
             REPLICAS_OPTION
@@ -115,7 +115,7 @@ class TransactionRunner:
 
     async def noting_write(self, write: Awaitable[T]) -> T:
         """Await a write made outside :meth:`run` (a group commit) and note it was made,
-        for read-your-writes (see :mod:`convostore.replicas`)."""
+        for read-your-writes (see :mod:`convostore.sql.replicas`)."""
         try:
             return await write
         finally:
@@ -177,7 +177,7 @@ class TransactionRunner:
                 client message id); if it loses a race on that unique key, run it once
                 more so it finds the winner's row.
             read: ``work`` only reads: it may run on a read replica (see
-                :mod:`convostore.replicas`).
+                :mod:`convostore.sql.replicas`).
 
         Raises:
             DeadlineExceeded: The call took longer than the engine's deadline.

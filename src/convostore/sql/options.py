@@ -7,7 +7,7 @@ They let a deployment tune convostore from the one string it already configures
 ``deadline``       seconds one public call may take, retries and lock waits included
                    (default :data:`DEFAULT_DEADLINE_S`); ``0`` turns the deadline off
 ``pgbouncer``      ``transaction``: the URL points at PgBouncer in transaction pooling mode
-                   (see :mod:`convostore.pgbouncer`); ``session``: PgBouncer in session
+                   (see :mod:`convostore.sql.pgbouncer`); ``session``: PgBouncer in session
                    mode, which needs nothing special
 ``pool_size``      connections the pool keeps open (SQLAlchemy's default: 5)
 ``max_overflow``   connections it may open beyond ``pool_size`` under load (default 10)
@@ -54,7 +54,7 @@ that a stuck lock or an unreachable server surfaces as an error rather than a ha
 # execution options with the engine and every connection made from it).
 DEADLINE_OPTION = "convostore_deadline"
 PGBOUNCER_OPTION = "convostore_pgbouncer"
-# The read replicas connect() attached to an engine (a convostore.replicas.ReplicaSet).
+# The read replicas connect() attached to an engine (a convostore.sql.replicas.ReplicaSet).
 REPLICAS_OPTION = "convostore_replicas"
 
 PoolerMode = Literal["transaction", "session"]

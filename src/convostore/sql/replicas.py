@@ -36,15 +36,15 @@ from typing import Any, Literal, TypeVar
 from sqlalchemy import URL, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from convostore.engine import create_engine
 from convostore.errors import (
     ConfigurationError,
     DatabaseError,
     DeadlineExceeded,
     translate_errors,
 )
-from convostore.options import REPLICAS_OPTION
 from convostore.settings import redact, resolve_url
+from convostore.sql.engine import create_engine
+from convostore.sql.options import REPLICAS_OPTION
 
 __all__ = [
     "REPLICAS_OPTION",

@@ -1,6 +1,6 @@
 """Repositories: the SQL of each aggregate, over an ``AsyncSession`` they never commit.
 
-They run their statements on a :data:`~convostore.dialects.Executor`: the caller's
+They run their statements on a :data:`~convostore.sql.dialects.Executor`: the caller's
 ``AsyncSession`` in a unit of work, or the ``AsyncConnection`` of a transaction a façade owns
 (cheaper than a session for one short call; they need nothing but ``execute()``).
 
@@ -11,7 +11,7 @@ They may flush; commit, rollback and close belong to the caller (the façades in
 
 Hot paths use Core statements, built once, through the session rather than ORM
 unit-of-work flushes: an append is one counter bump plus one ``INSERT`` (a single
-statement on PostgreSQL, see :func:`convostore.dialects.insert_at_counter`).
+statement on PostgreSQL, see :func:`convostore.sql.dialects.insert_at_counter`).
 """
 
 from __future__ import annotations
@@ -39,9 +39,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.functions import coalesce
 
-from convostore import dialects, search
+from convostore import search
 from convostore.codec import Encoded
-from convostore.dialects import Executor
 from convostore.errors import SerializationError, ValidationError
 from convostore.models import (
     NO_PREVIEW,
@@ -55,7 +54,9 @@ from convostore.models import (
     User,
     construct,
 )
-from convostore.tables import (
+from convostore.sql import dialects
+from convostore.sql.dialects import Executor
+from convostore.sql.tables import (
     ContextMessageRecord,
     ContextSessionRecord,
     MessageRecord,
@@ -702,7 +703,7 @@ async def append_context_batch(session: Executor, items: Sequence[ContextAppend]
 
     One counter bump for all the sessions (each by its number of messages, in key order)
     and one ``INSERT`` for all the messages: the statements of a group commit
-    (:mod:`convostore.group_commit`). Each session's messages get consecutive positions
+    (:mod:`convostore.sql.group_commit`). Each session's messages get consecutive positions
     in the order given; its preview is kept if it has one, else set from the first of its
     messages that has one, as :meth:`SessionRepository.append` does.
     """

@@ -1,9 +1,9 @@
 """Key rotation: move every stored value onto the keyring's current key, in short batches.
 
 :func:`rotate` (the ``convostore rotate-keys`` command) walks each table that has a payload
-column (:class:`~convostore.types.CompressedJSON`), a sealable text
-(:class:`~convostore.types.SealableText`) or a preview
-(:class:`~convostore.types.ClearOnlyText`), in primary-key order, ``batch_size`` rows per
+column (:class:`~convostore.sql.types.CompressedJSON`), a sealable text
+(:class:`~convostore.sql.types.SealableText`) or a preview
+(:class:`~convostore.sql.types.ClearOnlyText`), in primary-key order, ``batch_size`` rows per
 transaction. Each value not yet where it should be is rewritten with a compare-and-set
 ``UPDATE ... WHERE <key> AND <column> = <the bytes read>``: a value a writer changed in the
 meantime is left alone (and counted), never overwritten with older content.
@@ -24,14 +24,14 @@ from sqlalchemy import LargeBinary, Table, Text, cast, column, select, table, tu
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore import encryption
-from convostore.dialects import Executor
 from convostore.encryption import Keyring
-from convostore.engine import family
 from convostore.errors import ConfigurationError, ConvostoreError
-from convostore.tables import Base
-from convostore.transactions import TransactionRunner
+from convostore.sql.dialects import Executor
+from convostore.sql.engine import family
+from convostore.sql.runner import TransactionRunner
+from convostore.sql.tables import Base
+from convostore.sql.types import ClearOnlyText, CompressedJSON, SealableText
 from convostore.transfer.reindex import drop_feeds
-from convostore.types import ClearOnlyText, CompressedJSON, SealableText
 
 __all__ = ["DEFAULT_BATCH_SIZE", "Progress", "RotationReport", "rotate", "sealed_columns"]
 

@@ -49,7 +49,7 @@ from convostore.rules import (
     THREAD_ID_LENGTH,
     USER_ID_LENGTH,
 )
-from convostore.types import (
+from convostore.sql.types import (
     ClearOnlyText,
     CompressedJSON,
     SealableText,

@@ -50,10 +50,10 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.sql.dml import Insert
 
-from convostore import sqlite_driver
-from convostore.engine import Family, family_from_name
 from convostore.rules import INT64_MAX, checked_counter
 from convostore.search import PAD
+from convostore.sql import sqlite_driver
+from convostore.sql.engine import Family, family_from_name
 
 __all__ = [
     "INT64_MAX",
@@ -168,7 +168,7 @@ async def bump_counter(
     row (for example keeping a preview); it must build the same expressions on every call
     (no captured per-call values), since the statement is built once per call site.
     ``last``: nothing follows in this transaction, so its commit may ride along with this
-    statement (see :mod:`convostore.sqlite_driver`).
+    statement (see :mod:`convostore.sql.sqlite_driver`).
     """
     kind = family_of(session)
     insert_values = insert_values or {}
@@ -309,7 +309,7 @@ def _ends(stmt: T, check: Callable[[list[Any]], None]) -> T:
     """``stmt`` marked as the last of its transaction, to be committed in the same round trip.
 
     Only the thin SQLite driver acts on the mark, and only when the transaction belongs to
-    the façade (:data:`convostore.sqlite_driver.OWNED`); ``check`` sees the statement's rows
+    the façade (:data:`convostore.sql.sqlite_driver.OWNED`); ``check`` sees the statement's rows
     before that commit and may refuse them by raising. Everywhere else the mark is inert.
     """
     return cast(T, stmt.execution_options(**{sqlite_driver.COMMIT_AFTER: check}))  # type: ignore[attr-defined]
@@ -578,7 +578,7 @@ def text_matches(
     if kind == "postgresql":
         expression = " & ".join(word + (":*" if prefix else "") for word, prefix in terms)
         query = func.to_tsquery(_SIMPLE, bindparam("search", expression))
-        # search_text is a tsvector there (convostore.types.SearchVector), GIN-indexed.
+        # search_text is a tsvector there (convostore.sql.types.SearchVector), GIN-indexed.
         # ts_rank reads the message's own vector alone: a stable cursor.
         rank: ColumnElement[Any] = sql_cast(
             func.round(func.ts_rank(words, query) * RANK_SCALE), BigInteger

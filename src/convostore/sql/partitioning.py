@@ -32,10 +32,10 @@ from collections.abc import Sequence
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from convostore.engine import family
 from convostore.errors import ConfigurationError
-from convostore.options import DEADLINE_OPTION
-from convostore.transactions import TransactionRunner
+from convostore.sql.engine import family
+from convostore.sql.options import DEADLINE_OPTION
+from convostore.sql.runner import TransactionRunner
 
 __all__ = ["SCOPES", "drop_partition", "partition_by_scope", "partition_names"]
 

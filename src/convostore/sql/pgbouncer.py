@@ -30,7 +30,7 @@ from uuid import uuid4
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from convostore.options import PGBOUNCER_OPTION
+from convostore.sql.options import PGBOUNCER_OPTION
 
 __all__ = ["DRIVER_ARGUMENTS", "runs_in_transactions", "unique_statement_name"]
 
