@@ -1,6 +1,7 @@
 """Code that runs SQL or knows a backend.
 
-The storage wing moves every such module here over time; the SQLite writer
-(:mod:`convostore.sql.sqlite_writer`) and its precompiled statements
-(:mod:`convostore.sql.precompiled`) start here.
+The transaction runner (:mod:`convostore.sql.runner`), group commit, engine creation and
+its options, PgBouncer, read replicas, partitioning, the SQLite driver and writer, the
+tables, the column types, the dialect helpers and the repositories live here. Nothing is
+imported eagerly: ``import convostore.sql`` stays as light as the package itself.
 """
