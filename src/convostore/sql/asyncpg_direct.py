@@ -30,9 +30,9 @@ Only the units of work a façade marks as a single statement (``autocommit``) co
 and only statements built by :func:`convostore.sql.dialects.cached` that
 :func:`~convostore.sql.precompiled.compile_hot` accepts; anything else raises
 :class:`NeedsCore` before a byte is sent, and the unit runs through Core. While the
-engine has execution hooks (``echo``, or listeners for
-:data:`~convostore.sql.precompiled.EXECUTION_EVENTS` or ``handle_error``), every write stays
-on Core so the hooks see every statement.
+engine has execution hooks (``echo``, or listeners for ``handle_error`` or for
+:data:`~convostore.sql.sqlite_writer.EXECUTION_EVENTS`, as for SQLite's writer), every
+write stays on Core, so the hooks see every statement.
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import await_, greenlet_spawn
 
 from convostore.sql.dialects import is_cached
-from convostore.sql.precompiled import Precompiled, Rows, compile_hot, observed
+from convostore.sql.precompiled import Precompiled, Rows, compile_hot
+from convostore.sql.sqlite_writer import EXECUTION_EVENTS
 
 __all__ = ["DIRECT_ATTRIBUTE", "AsyncpgDirect", "DirectConnection", "NeedsCore", "direct_for"]
 
@@ -166,7 +167,7 @@ class AsyncpgDirect:
 
     def usable(self) -> bool:
         """Whether writes may go direct now (no execution hooks, not switched off)."""
-        return getattr(self.dialect, DIRECT_ATTRIBUTE, True) and not observed(self._engine)
+        return getattr(self.dialect, DIRECT_ATTRIBUTE, True) and not _observed(self._engine)
 
     def plan(self, statement: Any, parameters: Any) -> Precompiled | None:
         """``statement`` precompiled, or ``None`` if it must run through Core."""
@@ -247,6 +248,16 @@ class AsyncpgDirect:
             if fairy.is_valid:
                 fairy.invalidate(error)
         return wrapped
+
+
+def _observed(engine: Engine) -> bool:
+    # echo, or a listener that must see every statement (convostore adds none on asyncpg).
+    if engine.echo:
+        return True
+    dispatch = engine.dispatch
+    return any(getattr(dispatch, name) for name in EXECUTION_EVENTS) or bool(
+        engine.dialect.dispatch.handle_error
+    )
 
 
 def _rowcount(status: str | None) -> int:

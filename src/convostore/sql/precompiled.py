@@ -13,8 +13,7 @@ Only statements whose results need no result processing qualify (their rows are 
 integers and strings: positions, counters): :func:`compile_hot` returns ``None`` for any
 other, and the caller runs it through Core. What runs here is invisible to SQLAlchemy's
 execution events (``before_cursor_execute``, echo); docs/performance.md says which
-statements and how to turn it off; :func:`observed` tells when an engine has hooks that
-must see every statement (then its writes stay on Core).
+statements and how to turn it off.
 """
 
 from __future__ import annotations
@@ -24,45 +23,13 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ClauseElement
 
-__all__ = ["EXECUTION_EVENTS", "Precompiled", "Rows", "compile_hot", "observed"]
+__all__ = ["Precompiled", "Rows", "compile_hot"]
 
 _Bind = tuple[str, Callable[[Any], Any] | None, bool, Any]
-
-EXECUTION_EVENTS = (
-    "before_execute",
-    "after_execute",
-    "before_cursor_execute",
-    "after_cursor_execute",
-    "begin",
-    "commit",
-    "rollback",
-    "savepoint",
-    "release_savepoint",
-    "rollback_savepoint",
-)
-"""``ConnectionEvents`` whose listeners on an engine keep its writes on Core (as do
-``handle_error`` listeners and ``echo``)."""
-
-
-def observed(engine: Engine, ignore: Callable[[Any], bool] = lambda _hook: False) -> bool:
-    """Whether ``engine`` has execution hooks that must see every statement.
-
-    ``echo``, or a listener for one of :data:`EXECUTION_EVENTS` (other than those
-    ``ignore`` accepts: convostore's own) or for ``handle_error``.
-    """
-    if engine.echo:
-        return True
-    dispatch = engine.dispatch
-    for name in EXECUTION_EVENTS:
-        for hook in getattr(dispatch, name):
-            if not ignore(hook):
-                return True
-    return bool(engine.dialect.dispatch.handle_error)
-
 
 class Rows:
     """The part of a SQLAlchemy result the repositories use on a hot statement's rows."""

@@ -53,10 +53,25 @@ from sqlalchemy.pool import NullPool
 from convostore.sql.dialects import Executor, is_cached
 from convostore.sql.engine import WRITER_ATTRIBUTE, sqlite_configurer
 from convostore.sql.options import deadline_of
-from convostore.sql.precompiled import EXECUTION_EVENTS, Precompiled, compile_hot, observed
+from convostore.sql.precompiled import Precompiled, compile_hot
 from convostore.sql.sqlite_driver import hand_over
 
 __all__ = ["EXECUTION_EVENTS", "WRITER_ATTRIBUTE", "SQLiteWriter", "SyncExecutor", "writer_for"]
+
+EXECUTION_EVENTS = (
+    "before_execute",
+    "after_execute",
+    "before_cursor_execute",
+    "after_cursor_execute",
+    "begin",
+    "commit",
+    "rollback",
+    "savepoint",
+    "release_savepoint",
+    "rollback_savepoint",
+)
+"""``ConnectionEvents`` whose listeners on an engine keep its writes off the writer (as do
+``handle_error`` listeners and ``echo``)."""
 
 T = TypeVar("T")
 
@@ -258,7 +273,15 @@ class SQLiteWriter:
 
     def observed(self) -> bool:
         """Whether the engine has execution hooks (then its writes stay on it)."""
-        return observed(self._source, _is_hand_over)
+        source = self._source
+        if source.echo:
+            return True
+        dispatch = source.dispatch
+        for name in EXECUTION_EVENTS:
+            for hook in getattr(dispatch, name):
+                if not _is_hand_over(hook):
+                    return True
+        return bool(source.dialect.dispatch.handle_error)
 
     async def run(self, work: Callable[[Executor], Awaitable[T]]) -> T:
         """Run ``work`` in a transaction on the writer thread and commit; one hop.
