@@ -31,6 +31,7 @@ __all__ = ["Precompiled", "Rows", "compile_hot"]
 
 _Bind = tuple[str, Callable[[Any], Any] | None, bool, Any]
 
+
 class Rows:
     """The part of a SQLAlchemy result the repositories use on a hot statement's rows."""
 
