@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import URL, Table, event, select, text
+from sqlalchemy import URL, Table, event, literal, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import NullPool
 
@@ -28,6 +28,8 @@ from convostore import (
     create_engine,
 )
 from convostore.sql.asyncpg_direct import DIRECT_ATTRIBUTE, AsyncpgDirect, direct_for
+from convostore.sql.dialects import Executor
+from convostore.sql.runner import TransactionRunner
 from convostore.sql.tables import Base
 from tests.conftest import direct_url, selected_backend
 
@@ -236,5 +238,22 @@ async def test_engines_on_other_drivers_have_no_direct_path(tmp_path: Any) -> No
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'x.db'}")
     try:
         assert direct_for(engine) is None
+    finally:
+        await engine.dispose()
+
+
+async def test_a_statement_only_core_can_run_falls_back_to_core(db_url: URL) -> None:
+    # A single-statement unit whose statement was not built once (dialects.cached): the
+    # direct path sends nothing and the runner runs the unit through Core.
+    engine = create_engine(db_url)
+    runner = TransactionRunner(engine, writer=True)
+    try:
+
+        async def work(executor: Executor) -> int:
+            result = await executor.execute(select(literal(41) + 1))
+            return int(result.scalar_one())
+
+        assert await runner.run(work, autocommit=True) == 42
+        assert _ran_direct(engine) == 0
     finally:
         await engine.dispose()
