@@ -49,8 +49,9 @@ from convostore.errors import (
     translate_errors,
 )
 from convostore.settings import redact
+from convostore.sql import search_feed
 from convostore.sql.engine import create_engine, family, family_from_name
-from convostore.sql.options import deadline_of
+from convostore.sql.profile import profile_of
 
 __all__ = [
     "DEADLINE_ATTRIBUTE",
@@ -229,11 +230,13 @@ async def prepare(engine: AsyncEngine, *, migrate: bool | None = None) -> None:
         SchemaVersionError: The database is not at head and may not be migrated here.
         DeadlineExceeded: The server did not answer within the engine's deadline.
     """
+    # Engines made elsewhere too: deletes of indexed messages need it (SQLite).
+    search_feed.install(engine)
     if engine in _prepared:
         return
     if migrate is None:
         migrate = family(engine) == "sqlite"
-    deadline = Deadline(deadline_of(engine.get_execution_options()))
+    deadline = Deadline(profile_of(engine).deadline)
     async with deadline, _preparing_lock(engine):
         if engine in _prepared:  # another task prepared it while this one waited
             return

@@ -46,17 +46,18 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import NullPool
 
+from convostore.sql import search_index
 from convostore.sql.dialects import Executor, is_cached
-from convostore.sql.engine import WRITER_ATTRIBUTE, sqlite_configurer
-from convostore.sql.options import deadline_of
+from convostore.sql.engine import sqlite_configurer
 from convostore.sql.precompiled import Precompiled, compile_hot
+from convostore.sql.profile import profile_of, store_profile, stored_profile
 from convostore.sql.sqlite_driver import hand_over
+from convostore.sql.types import writes_search_index
 
-__all__ = ["EXECUTION_EVENTS", "WRITER_ATTRIBUTE", "SQLiteWriter", "SyncExecutor", "writer_for"]
+__all__ = ["EXECUTION_EVENTS", "SQLiteWriter", "SyncExecutor", "writer_for"]
 
 EXECUTION_EVENTS = (
     "before_execute",
@@ -75,10 +76,11 @@ EXECUTION_EVENTS = (
 
 T = TypeVar("T")
 
-PRECOMPILE_ATTRIBUTE = "convostore_sqlite_precompile"
-"""Set to ``False`` on a dialect to run every writer statement through Core (tests)."""
-
 _MISSING: Any = object()
+
+IDLE_AFTER = 0.05
+"""Seconds without a unit of work after which the writer thread does its idle work: the
+search index's catch-up, :data:`~convostore.sql.search_index.IDLE_BATCH` rows at a time."""
 
 
 class Interrupted(sa_exc.OperationalError):
@@ -116,6 +118,9 @@ class _FileThread:
     def __init__(self, path: str) -> None:
         self.path = path
         self.users = 0
+        # Work for idle moments, per writer on this file (SQLite's search catch-up): each
+        # does one bounded batch and says whether more is left.
+        self.idle: dict[int, Callable[[], bool]] = {}
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._current: _Job | None = None
@@ -150,7 +155,19 @@ class _FileThread:
 
     def _main(self) -> None:
         get = self._queue.get
-        while (job := get()) is not None:
+        behind = False  # a unit ran since the idle work last found nothing to do
+        while True:
+            if behind and self.idle:
+                try:
+                    job = get(timeout=IDLE_AFTER)
+                except queue.Empty:
+                    behind = self._run_idle()
+                    continue
+            else:
+                job = get()
+            if job is None:
+                break
+            behind = True
             with self._lock:
                 if job.cancelled:
                     continue
@@ -165,6 +182,13 @@ class _FileThread:
                 continue
             with contextlib.suppress(RuntimeError):  # the caller's loop is closed
                 job.loop.call_soon_threadsafe(_settle, job.future, ok, value)
+
+    def _run_idle(self) -> bool:
+        # One batch per writer, then back to the queue (a unit waits at most one batch).
+        more = False
+        for work in list(self.idle.values()):
+            more = work() or more
+        return more
 
 
 def _interrupted() -> Interrupted:
@@ -307,6 +331,7 @@ class SQLiteWriter:
             thread, self._thread = self._thread, None
         if thread is None:
             return
+        thread.idle.pop(id(self), None)
         done = threading.Event()
 
         def close_connection(_job: _Job) -> None:
@@ -327,9 +352,22 @@ class SQLiteWriter:
         if thread is None:
             with self._lock:
                 if self._thread is None:
-                    self._thread = _acquire(self._path)
+                    acquired = self._thread = _acquire(self._path)
+                    acquired.idle[id(self)] = lambda: self._idle(acquired)
                 thread = self._thread
         return thread
+
+    def _idle(self, thread: _FileThread) -> bool:
+        """On the thread, when it has had nothing to do: one batch of the search index's
+        catch-up; whether more is left. Failures (the file locked by another process, a
+        closed engine) are left for the next search, which catches up itself."""
+        profile = profile_of(self._async_dialect)
+        if not writes_search_index(self._async_dialect) or profile.read_only:
+            return False
+        try:
+            return self._unit(thread, _Job(_nothing, None, None), _idle_catch_up)
+        except Exception:
+            return False
 
     def _connection(self) -> Connection:
         conn = self._conn
@@ -341,11 +379,14 @@ class SQLiteWriter:
         return conn
 
     def _unit(self, thread: _FileThread, job: _Job, work: Callable[[Executor], Awaitable[T]]) -> T:
-        # On the writer thread: the keyring and search switch of the async engine (they
-        # may be installed after this engine was made), then the whole transaction.
-        _copy_attributes(self._async_dialect, self._sync.dialect)
+        # On the writer thread: the profile of the async engine (the column types read its
+        # keyring and search switch; a keyring may be installed after this engine was
+        # made, which replaces the profile), then the whole transaction.
+        profile = profile_of(self._async_dialect)
+        if stored_profile(self._sync.dialect) is not profile:
+            store_profile(self._sync.dialect, profile)
         conn = self._connection()
-        plans = self._plans if getattr(self._async_dialect, PRECOMPILE_ATTRIBUTE, True) else None
+        plans = self._plans if profile.sqlite_precompile else None
         executor = SyncExecutor(conn, plans, thread, job)
         thread.started(job, executor._dbapi)
         try:
@@ -357,19 +398,29 @@ class SQLiteWriter:
             raise
 
 
+def _nothing(_job: _Job) -> None:
+    return None
+
+
+async def _idle_catch_up(executor: Executor) -> bool:
+    more = False
+    for table in search_index.TABLES:
+        if not await search_index.behind(executor, table):
+            continue
+        dialect = search_index.dialect_of(executor)
+        counts = await search_index.catch_up(
+            executor, dialect, table, limit=search_index.IDLE_BATCH
+        )
+        more = more or (counts is not None and counts[0] == search_index.IDLE_BATCH)
+    return more
+
+
 def _is_hand_over(hook: Any) -> bool:
     # convostore's own hook for its thin driver, as registered (SQLAlchemy wraps it).
     cells = getattr(hook, "__closure__", None) or ()
     return hook is hand_over or any(
         getattr(cell, "cell_contents", None) is hand_over for cell in cells
     )
-
-
-def _copy_attributes(source: Dialect, target: Dialect) -> None:
-    for name, value in vars(source).items():
-        # convostore_* and _convostore_* (the keyring): what the column types read.
-        if "convostore_" in name[:12] and getattr(target, name, _MISSING) is not value:
-            setattr(target, name, value)
 
 
 def _sync_engine(engine: AsyncEngine) -> Engine:
@@ -382,7 +433,7 @@ def _sync_engine(engine: AsyncEngine) -> Engine:
     url = engine.url.set(drivername="sqlite+pysqlite")
     sync = create_sync_engine(url, poolclass=NullPool, connect_args={"check_same_thread": False})
 
-    configure = sqlite_configurer(deadline_of(engine.get_execution_options()))
+    configure = sqlite_configurer(profile_of(engine).deadline)
 
     def connect(dbapi_connection: Any, record: Any) -> None:
         configure(dbapi_connection, record)
@@ -406,7 +457,7 @@ def writer_for(engine: AsyncEngine) -> SQLiteWriter | None:
     writer on (the default); engines made elsewhere keep every statement on themselves.
     """
     sync_engine = engine.sync_engine
-    path = getattr(sync_engine.dialect, WRITER_ATTRIBUTE, None)
+    path = profile_of(engine).sqlite_writer
     if path is None:
         return None
     with _writers_lock:
