@@ -84,6 +84,8 @@ class DirectConnection:
 
     async def begin(self) -> None:
         adapter = self._adapter
+        if adapter.isolation_level == "autocommit":
+            return  # an engine made with isolation_level="AUTOCOMMIT": no BEGIN, as on Core
         transaction = self._driver.transaction(
             isolation=adapter.isolation_level,
             readonly=adapter.readonly,
