@@ -48,7 +48,7 @@ from convostore.integrations.langchain import (
     ConvostoreChatMessageHistory,
     message_role,
 )
-from convostore.sql.profile import profile_of
+from convostore.sql.profile import committers_of, profile_of
 from convostore.sql.tables import ContextMessageRecord
 from tests.backends.encrypted import ring
 from tests.conftest import _servers, empty_tables, run_sync
@@ -270,7 +270,7 @@ def test_the_sync_twin_engine_has_the_profile_of_its_source(sync_url: URL) -> No
             7.0,
             profile_of(source).keyring,
         )
-        assert profile_of(twin).committers is not profile_of(source).committers
+        assert committers_of(twin) is not committers_of(source)
     finally:
         history.close()
         run_sync(source.dispose())
