@@ -74,10 +74,14 @@ def create_app(
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.globals.update(
-        link=_link, when=_when, pretty=_pretty, image_src=_image_src, adk_parts=_adk_parts
-    )
-    env.globals["database"] = redact(engine.url)
+    env.globals |= {
+        "link": _link,
+        "when": _when,
+        "pretty": _pretty,
+        "image_src": _image_src,
+        "adk_parts": _adk_parts,
+        "database": redact(engine.url),
+    }
     env.tests["unreadable"] = lambda value: isinstance(value, browse.Unreadable)
 
     def page(name: str, **values: Any) -> HTMLResponse:
