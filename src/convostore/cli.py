@@ -773,7 +773,7 @@ def search_history(
     backfill: Annotated[
         bool,
         typer.Option(
-            "--backfill", help="Index messages written before search existed, in batches."
+            "--backfill", help="Deprecated: use `convostore reindex` (removed in the next release)."
         ),
     ] = False,
     batch_size: Annotated[
@@ -782,14 +782,20 @@ def search_history(
     url: UrlOption = None,
     json: JsonOption = False,
 ) -> None:
-    """Find messages by what was said in them (or, with --backfill, index old messages)."""
+    """Find messages by what was said in them."""
     if backfill:
         if query is not None:
             raise typer.BadParameter("give a query or --backfill, not both")
-        _search_backfill(url, batch_size, json)
+        # On stderr, so that --json output stays one JSON document.
+        _err().print(
+            "convostore search --backfill is deprecated and goes in the next release: "
+            "run convostore reindex",
+            markup=False,
+        )
+        _reindex(url, batch_size, json)
         return
     if query is None:
-        raise typer.BadParameter("give the words to search for (or --backfill)")
+        raise typer.BadParameter("give the words to search for")
     if (project is None) == (agent is None):
         raise typer.BadParameter("give --project (context store) or --agent (agent database)")
     if project is not None and (user is not None or thread is not None):
@@ -854,7 +860,19 @@ def search_history(
         out.print("no messages found")
 
 
-def _search_backfill(url: str | None, batch_size: int, json: bool) -> None:
+@app.command("reindex")
+def reindex(
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Messages per transaction.")
+    ] = transfer.reindex.DEFAULT_BATCH_SIZE,
+    url: UrlOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Index the messages written before search existed, in batches (resumable)."""
+    _reindex(url, batch_size, json)
+
+
+def _reindex(url: str | None, batch_size: int, json: bool) -> None:
     async def work() -> transfer.ReindexReport:
         async with _database(url, write=True) as engine:
             with _progress() as bar:

@@ -1,7 +1,8 @@
-"""``convostore search``: queries on both interfaces, and the back-fill."""
+"""``convostore search``: queries on both interfaces; ``convostore reindex``: the back-fill."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 from tests.cli.conftest import json_out, ok, run_cli
@@ -41,18 +42,33 @@ def test_search_an_agent(seeded: str) -> None:
     ] == ["t-9"]
 
 
-def test_backfill_indexes_old_messages(seeded: str) -> None:
-    with sqlite3.connect(seeded) as conn:
+def _forget_the_index(path: str) -> None:
+    with sqlite3.connect(path) as conn:
         conn.execute("UPDATE context_messages SET search_text = NULL")
         conn.execute("UPDATE messages SET search_text = NULL")
+
+
+def test_reindex_indexes_old_messages(seeded: str) -> None:
+    _forget_the_index(seeded)
     assert json_out("search", "hello", "--project", "/work/alpha", "--url", seeded) == []
-    report = json_out("search", "--backfill", "--batch-size", "1", "--url", seeded)
+    report = json_out("reindex", "--batch-size", "1", "--url", seeded)
     assert report == {"indexed": {"context_messages": 3, "messages": 4}}
     assert len(json_out("search", "hello", "--project", "/work/alpha", "--url", seeded)) == 1
     assert (
-        "indexed 0 context messages and 0 agent messages"
-        in ok("search", "--backfill", "--url", seeded).stdout
+        "indexed 0 context messages and 0 agent messages" in ok("reindex", "--url", seeded).stdout
     )
+
+
+def test_search_backfill_still_reindexes_with_a_deprecation_message(seeded: str) -> None:
+    """Kept for one release: the same work as ``reindex``, and a message on stderr saying
+    what replaces it (stdout stays the JSON report)."""
+    _forget_the_index(seeded)
+    result = run_cli("search", "--backfill", "--batch-size", "2", "--json", "--url", seeded)
+    assert result.exit_code == 0, result.stderr
+    assert "deprecated" in result.stderr
+    assert "convostore reindex" in result.stderr
+    assert json.loads(result.stdout) == {"indexed": {"context_messages": 3, "messages": 4}}
+    assert len(json_out("search", "hello", "--project", "/work/alpha", "--url", seeded)) == 1
 
 
 def test_usage_errors(seeded: str) -> None:
@@ -63,6 +79,8 @@ def test_usage_errors(seeded: str) -> None:
         ["search", "x", "--project", "/p", "--user", "u", "--url", seeded],
         ["search", "x", "--agent", "a", "--session", "s", "--url", seeded],
         ["search", "x", "--backfill", "--url", seeded],
+        ["reindex", "--batch-size", "0", "--url", seeded],
+        ["reindex", "x", "--url", seeded],
     ):
         assert run_cli(*args).exit_code == 2, args
     bad = run_cli("search", "***", "--project", "/p", "--url", seeded)
