@@ -66,7 +66,7 @@ from convostore.models import check_id, check_optional_int
 from convostore.pairs import Pairing, check_exact, widened_start
 from convostore.rules import ADK_KEY_LENGTH
 from convostore.settings import redact
-from convostore.sql.dialects import Executor
+from convostore.sql.dml import Executor
 from convostore.sql.engine import create_engine
 from convostore.sql.repositories import adk as repo
 from convostore.sql.repositories.adk import SessionKey

@@ -88,7 +88,7 @@ from convostore.rules import (
     LANGGRAPH_THREAD_ID_LENGTH,
 )
 from convostore.settings import redact
-from convostore.sql.dialects import Executor
+from convostore.sql.dml import Executor
 from convostore.sql.engine import create_engine
 from convostore.sql.repositories import langgraph as repo
 from convostore.sql.runner import TransactionRunner

@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from convostore import encryption
 from convostore.encryption import Keyring
 from convostore.errors import ConfigurationError, ConvostoreError
-from convostore.sql.dialects import Executor
+from convostore.sql.dml import Executor
 from convostore.sql.engine import family
 from convostore.sql.repositories import admin
 from convostore.sql.runner import TransactionRunner

@@ -9,7 +9,7 @@ from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore.errors import ConflictError
-from convostore.sql.dialects import Executor
+from convostore.sql.dml import Executor
 from convostore.sql.repositories.admin import TransferRepository
 from convostore.sql.runner import TransactionRunner
 from convostore.transfer._format import (

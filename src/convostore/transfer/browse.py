@@ -19,8 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore import codec, encryption
 from convostore.errors import DecryptionError, EncryptionError, SerializationError
-from convostore.sql.dialects import Executor
-from convostore.sql.repositories import NO_PREVIEW, admin
+from convostore.models import NO_PREVIEW
+from convostore.sql.dml import Executor
+from convostore.sql.repositories import admin
 from convostore.sql.repositories import browse as repo
 from convostore.sql.runner import TransactionRunner
 from convostore.transfer._format import CONTEXT_MESSAGES, MESSAGES

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore.errors import DatabaseError
 from convostore.settings import redact
-from convostore.sql.dialects import Executor
+from convostore.sql.dml import Executor
 from convostore.sql.repositories.admin import TransferRepository
 from convostore.transfer._format import (
     EXPORT_FORMAT,

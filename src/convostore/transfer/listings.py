@@ -12,9 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from convostore.context import SQLAlchemyContextStore
 from convostore.database import DEFAULT_AGENT_KEY, SQLAlchemyDatabase
 from convostore.errors import NotFoundError, ValidationError
-from convostore.models import ContextMessage, Message, SessionInfo
-from convostore.sql.dialects import Executor
-from convostore.sql.repositories import NO_PREVIEW, admin, message_from_row
+from convostore.models import NO_PREVIEW, ContextMessage, Message, SessionInfo
+from convostore.sql.dml import Executor
+from convostore.sql.repositories import admin
+from convostore.sql.repositories.rows import message_from_row
 from convostore.sql.runner import TransactionRunner
 from convostore.transfer._format import MESSAGES
 

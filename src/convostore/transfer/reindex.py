@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore import search
 from convostore.errors import ValidationError
-from convostore.sql.dialects import Executor
+from convostore.sql.dml import Executor
 from convostore.sql.repositories import admin
 from convostore.sql.runner import TransactionRunner
 from convostore.sql.tables import ContextMessageRecord, MessageRecord

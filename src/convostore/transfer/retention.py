@@ -11,7 +11,7 @@ from sqlalchemy import Select, Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore.errors import ValidationError
-from convostore.sql.dialects import Executor
+from convostore.sql.dml import Executor
 from convostore.sql.repositories.admin import (
     Key,
     TransferRepository,

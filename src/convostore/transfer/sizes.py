@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore import codec, encryption
 from convostore.settings import redact
-from convostore.sql.dialects import Executor
+from convostore.sql.dml import Executor
 from convostore.sql.repositories.admin import TransferRepository
 from convostore.transfer._format import (
     CONTEXT_MESSAGES,

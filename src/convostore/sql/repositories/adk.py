@@ -4,7 +4,7 @@ Tables of revision 0003: ``adk_sessions`` (one row per session: its own state, t
 counter, times), ``adk_events`` (each event at a gap-free position), ``adk_app_states`` and
 ``adk_user_states`` (the ``app:`` and ``user:`` scopes). The service checks arguments,
 converts ADK's objects and decides what runs in one transaction; every statement is here.
-Like every repository, these functions run on an :data:`~convostore.sql.dialects.Executor`
+Like every repository, these functions run on an :data:`~convostore.sql.dml.Executor`
 and never commit. Nothing here imports ADK.
 """
 
@@ -16,7 +16,7 @@ from typing import Any, Final, NamedTuple
 
 from sqlalchemy import Row, Select, Table, delete, insert, select, tuple_, update
 
-from convostore.sql.dialects import Executor, family_of, insert_ignore
+from convostore.sql.dml import Executor, family_of, insert_ignore
 from convostore.sql.repositories.admin import table_of
 from convostore.sql.tables import (
     AdkAppStateRecord,

@@ -3,7 +3,7 @@
 The modules of :mod:`convostore.transfer` (export, import, stats, prune, ``inspect``
 listings, the search back-fill) and :mod:`convostore.sql.rotation` decide *what* to do and
 in which batches; every statement they run is built and executed here. Like the other
-repositories, everything here runs on an :data:`~convostore.sql.dialects.Executor` and
+repositories, everything here runs on an :data:`~convostore.sql.dml.Executor` and
 never commits: each caller runs it inside
 :meth:`convostore.sql.runner.TransactionRunner.run`, which owns the transaction, retries
 transient conflicts and translates driver errors.
@@ -38,8 +38,7 @@ from sqlalchemy import (
 )
 
 from convostore import search
-from convostore.sql import dialects
-from convostore.sql.dialects import Executor, family_of
+from convostore.sql.dml import Executor, family_of, insert_ignore
 from convostore.sql.tables import (
     Base,
     ContextMessageRecord,
@@ -179,7 +178,7 @@ class TransferRepository:
         elif table is CONTEXT_MESSAGES:
             await self._insert_parents(SESSIONS, rows, ("project", "session_id"), floors)
             rows = [{**row, "search_text": search.context_feed(row["content"])} for row in rows]
-        stmt = dialects.insert_ignore(self.family, table, {}, key=list(key))
+        stmt = insert_ignore(self.family, table, {}, key=list(key))
         await self.executor.execute(stmt, list(rows))
         keys = {tuple(row[name] for name in key) for row in rows}
         key_cols = tuple_(*(table.c[name] for name in key))
@@ -225,7 +224,7 @@ class TransferRepository:
                 }
                 for (p, s), at in parents.items()
             ]
-        stmt = dialects.insert_ignore(self.family, table, {}, key=list(key))
+        stmt = insert_ignore(self.family, table, {}, key=list(key))
         await self.executor.execute(stmt, values)
 
     async def raise_counters(

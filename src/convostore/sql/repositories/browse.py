@@ -5,7 +5,7 @@ Every read is bounded by a key range of an index whose leading columns are the s
 thousandth (``tests/ui/test_query_plans.py`` checks the plans). Payload columns are read as
 their stored bytes: the caller decodes them value by value, so one it cannot decrypt does
 not fail the page. Like every repository, these functions run on an
-:data:`~convostore.sql.dialects.Executor` and never commit.
+:data:`~convostore.sql.dml.Executor` and never commit.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from sqlalchemy import (
     type_coerce,
 )
 
-from convostore.sql.dialects import Executor
+from convostore.sql.dml import Executor
 from convostore.sql.repositories.admin import (
     CONTEXT_MESSAGES,
     MESSAGES,

@@ -6,7 +6,7 @@ values), ``langgraph_checkpoint_blobs`` (each channel's value once per version) 
 checks arguments, serializes payloads and decides what runs in one transaction; every
 statement it runs is here, the hot ones (put, get, the writes and blobs of a read) built
 once per dialect family and cached. Like every repository, these functions run on an
-:data:`~convostore.sql.dialects.Executor` and never commit. Nothing here imports LangGraph.
+:data:`~convostore.sql.dml.Executor` and never commit. Nothing here imports LangGraph.
 """
 
 from __future__ import annotations
