@@ -60,6 +60,7 @@ class RotationReport:
         return sum(self.rewritten.values())
 
     def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready form (``--json`` output)."""
         return {
             "rows": self.rows,
             "rewritten": dict(self.rewritten),
