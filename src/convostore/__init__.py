@@ -48,6 +48,7 @@ if TYPE_CHECKING:
         User,
     )
     from convostore.sql.engine import Engine, create_engine
+    from convostore.sql.profile import EngineProfile, profile_of
     from convostore.sql.replicas import ReadReplicas
     from convostore.sql.types import CompressedJSON, UTCDateTime
 
@@ -69,6 +70,7 @@ _EXPORTS: dict[str, str] = {
     "DecryptionError": "convostore.errors",
     "EncryptionError": "convostore.errors",
     "Engine": "convostore.sql.engine",
+    "EngineProfile": "convostore.sql.profile",
     "InMemoryContextStore": "convostore.memory",
     "InMemoryDatabase": "convostore.memory",
     "InsufficientBalance": "convostore.errors",
@@ -89,6 +91,7 @@ _EXPORTS: dict[str, str] = {
     "ValidationError": "convostore.errors",
     "connect": "convostore.context",
     "create_engine": "convostore.sql.engine",
+    "profile_of": "convostore.sql.profile",
 }
 
 __all__ = [
@@ -108,6 +111,7 @@ __all__ = [
     "DecryptionError",
     "EncryptionError",
     "Engine",
+    "EngineProfile",
     "InMemoryContextStore",
     "InMemoryDatabase",
     "InsufficientBalance",
@@ -128,6 +132,7 @@ __all__ = [
     "ValidationError",
     "connect",
     "create_engine",
+    "profile_of",
 ]
 
 __version__ = "0.1.0"

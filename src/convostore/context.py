@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore import arguments, pairs
 from convostore.codec import Encoded
-from convostore.encryption import Keyring, install
+from convostore.encryption import Keyring
 from convostore.errors import ConfigurationError
 from convostore.facade import Facade
 from convostore.interfaces import ContextStore
@@ -35,7 +35,7 @@ from convostore.settings import redact
 from convostore.sql.dialects import Executor, appends_in_one_statement
 from convostore.sql.engine import Engine, create_engine, family, is_read_only
 from convostore.sql.group_commit import committer_for
-from convostore.sql.replicas import ReplicaUrls, attach_replicas, replica_set
+from convostore.sql.replicas import ReplicaUrls
 from convostore.sql.repositories import (
     ContextAppend,
     SessionRepository,
@@ -86,12 +86,12 @@ async def connect(
     """
     engine = create_engine(
         str(url) if isinstance(url, Path) else url,
+        encryption=encryption,
         search_index=search_index,
         read_only=read_only,
+        read_url=read_url,
     )
     try:
-        attach_replicas(engine, replica_set(read_url))
-        install(engine, encryption)
         from convostore import migrate as migrations  # Alembic loads on first use
 
         await migrations.prepare(engine, migrate=False if is_read_only(engine) else migrate)
@@ -145,7 +145,7 @@ class SQLAlchemyContextStore(Facade, ContextStore):
             session_id, project, namespace
         )
         self._start(
-            engine if engine is not None else create_engine(url),
+            engine if engine is not None else create_engine(url, encryption=encryption),
             owns_engine=engine is None,
             migrate=migrate,
             read_url=read_url,

@@ -94,7 +94,7 @@ class SQLAlchemyDatabase(Facade, AgentDatabase):
                 conn_str = configured_url() or f"sqlite://{DEFAULT_SQLITE_PATH}"
             self.conn_str = conn_str
             owns_engine = True
-            engine = create_engine(resolve_url(conn_str))
+            engine = create_engine(resolve_url(conn_str), encryption=encryption)
         else:
             self.conn_str = engine.url.render_as_string(hide_password=True)
             owns_engine = False

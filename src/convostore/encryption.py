@@ -22,8 +22,9 @@ current key read side by side; ``convostore rotate-keys`` (:func:`convostore.sql
 moves them all onto the current key.
 
 A :class:`Keyring` is given to :func:`convostore.connect`, :func:`convostore.create_engine`
-or a façade (``encryption=``); it then lives on the engine's dialect, which is what
-:class:`~convostore.sql.types.CompressedJSON` sees when it binds and reads values, so every
+or a façade (``encryption=``); it is then part of the engine's profile
+(:class:`~convostore.sql.profile.EngineProfile`), which is what
+:class:`~convostore.sql.types.CompressedJSON` reads when it binds and reads values, so every
 write path of the engine (group commit, imports, the thin SQLite driver) seals alike.
 ``cryptography`` is imported only when a keyring is made.
 """
@@ -40,7 +41,6 @@ from typing import TYPE_CHECKING, Any, Final
 
 from convostore.codec import ENCRYPTED, NONCE_SIZE, parse_envelope
 from convostore.errors import ConfigurationError, DecryptionError, KeyNotFoundError
-from convostore.sql.options import REPLICAS_OPTION
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Dialect
@@ -84,7 +84,6 @@ TEXT_PREFIX: Final = "convostore-sealed:"
 """How a sealed text column value starts: the prefix, then the envelope in base64."""
 
 _KEY_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
-_ATTRIBUTE: Final = "_convostore_keyring"
 
 KeySource = Mapping[str, bytes] | Callable[[str], bytes | None]
 """Keys by id: a mapping, or a function (a KMS lookup) returning ``None`` for unknown ids."""
@@ -318,32 +317,36 @@ def sealed_text_bytes(text: str) -> bytes | None:
 def install(engine: AsyncEngine, keyring: Keyring | None, *, replace: bool = False) -> None:
     """Make ``engine`` (and its read replicas) encrypt and decrypt with ``keyring``.
 
-    :func:`convostore.connect`, :func:`convostore.create_engine` and the façades'
-    ``encryption=`` call this; call it yourself for an engine made elsewhere. ``None``
-    does nothing unless ``replace`` (then it removes the keyring).
+    For an engine made elsewhere (``create_async_engine``): an engine convostore creates
+    takes its keyring as ``encryption=`` (:func:`convostore.create_engine`,
+    :func:`convostore.connect`, a façade given a URL). It replaces the engine's profile
+    (:class:`~convostore.sql.profile.EngineProfile`) with one holding ``keyring``, and
+    its replicas' likewise. A façade given an engine and ``encryption=`` calls this.
+    ``None`` does nothing unless ``replace`` (then it removes the keyring); the keyring
+    the engine already has does nothing.
 
     Raises:
         ConfigurationError: The engine already has another keyring and ``replace`` is off.
     """
-    present = keyring_of(engine)
-    if keyring is None and not replace:
+    from convostore.sql.profile import profile_of, replace_profile
+
+    present = profile_of(engine)
+    if present.keyring is keyring or (keyring is None and not replace):
         return
-    if present is not None and present is not keyring and not replace:
+    if present.keyring is not None and not replace:
         raise ConfigurationError("this engine already has another keyring (use replace=True)")
-    engines = [engine]
-    # Read from the option, as engine.py does: convostore.sql.replicas is above this module.
-    replicas = engine.get_execution_options().get(REPLICAS_OPTION)
-    if replicas is not None:
-        engines += replicas.engines
-    for each in engines:
-        setattr(each.sync_engine.dialect, _ATTRIBUTE, keyring)
+    replace_profile(engine, keyring=keyring)
+    if present.replicas is not None:
+        for replica in present.replicas.engines:
+            replace_profile(replica, keyring=keyring)
 
 
 def keyring_of(target: AsyncEngine | Dialect) -> Keyring | None:
-    """The keyring :func:`install` gave an engine (or its dialect), if any."""
-    dialect = getattr(target, "dialect", target)
-    found: Keyring | None = getattr(dialect, _ATTRIBUTE, None)
-    return found
+    """The keyring of an engine (or its dialect), if any: its profile's
+    (:attr:`convostore.sql.profile.EngineProfile.keyring`)."""
+    from convostore.sql.profile import profile_of
+
+    return profile_of(target).keyring
 
 
 def clear_text_allowed(target: AsyncEngine | Dialect) -> bool:
@@ -353,8 +356,9 @@ def clear_text_allowed(target: AsyncEngine | Dialect) -> bool:
     ``NULL``, the ``message`` text is sealed, and features that index text (full-text
     search) must store nothing.
     """
-    keyring = keyring_of(target)
-    return keyring is None or keyring.clear_text
+    from convostore.sql.profile import profile_of
+
+    return profile_of(target).clear_text
 
 
 def require_clear_text(target: AsyncEngine | Dialect, what: str) -> None:

@@ -23,8 +23,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from convostore.encryption import Keyring, install
 from convostore.errors import ConfigurationError
-from convostore.sql.engine import is_read_only
-from convostore.sql.replicas import ReplicaSet, ReplicaUrls, replica_set
+from convostore.sql.engine import is_read_only, replica_set
+from convostore.sql.profile import profile_of
+from convostore.sql.replicas import ReplicaSet, ReplicaUrls
 from convostore.sql.runner import TransactionRunner
 
 __all__ = ["Facade"]
@@ -48,14 +49,16 @@ class Facade:
         read_url: ReplicaUrls | None,
         encryption: Keyring | None = None,
     ) -> None:
-        """Set up the runner on ``engine``; ``owns_engine``: :meth:`close` disposes it."""
+        """Set up the runner on ``engine``; ``owns_engine``: :meth:`close` disposes it.
+
+        An engine the façade created got ``encryption`` from ``create_engine``; one it was
+        given gets it here (:func:`~convostore.encryption.install`), if it has no other.
+        """
         self._owns_engine = owns_engine
         self._migrate = migrate
-        self._replicas = replica_set(read_url)
         install(engine, encryption)
-        if self._replicas is not None:
-            for replica in self._replicas.engines:
-                install(replica, encryption)
+        # The façade's own replicas decrypt as the engine does.
+        self._replicas = replica_set(read_url, encryption=profile_of(engine).keyring)
         self._runner = TransactionRunner(engine, replicas=self._replicas, writer=True)
 
     @property

@@ -31,7 +31,7 @@ from langchain_core.messages import (
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 from langchain_core.runnables import RunnableLambda
 from langchain_core.runnables.history import RunnableWithMessageHistory
-from sqlalchemy import URL
+from sqlalchemy import URL, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore import (
@@ -42,11 +42,15 @@ from convostore import (
     ValidationError,
     create_engine,
 )
+from convostore.integrations import langchain
 from convostore.integrations.langchain import (
     DEFAULT_PROJECT,
     ConvostoreChatMessageHistory,
     message_role,
 )
+from convostore.sql.profile import profile_of
+from convostore.sql.tables import ContextMessageRecord
+from tests.backends.encrypted import ring
 from tests.conftest import _servers, empty_tables, run_sync
 from tests.frameworks.conftest import MakeStore
 
@@ -245,6 +249,40 @@ def test_runnable_with_message_history_sync(sync_url: URL) -> None:
     finally:
         for history in opened:
             history.close()
+
+
+def test_the_sync_twin_engine_has_the_profile_of_its_source(sync_url: URL) -> None:
+    # The twin of a search_index=False engine used to write search feeds again: it copied
+    # only the keyring. It copies the whole profile now.
+    source = create_engine(
+        sync_url, search_index=False, deadline=7, encryption=ring("k1", current="k1")
+    )
+    history = ConvostoreChatMessageHistory("s1", source)
+    try:
+        history.add_messages([HumanMessage(content="words a search would find")])
+        assert [m.content for m in history.messages] == ["words a search would find"]
+        # Stored, with no feed: NULL (a LangChain message's feed, written, is '').
+        assert run_sync(_search_feeds(sync_url)) == [None]
+        twin = langchain._bridge.twin_engine(source)
+        assert twin is not source
+        assert profile_of(twin) == profile_of(source)
+        assert (profile_of(twin).deadline, profile_of(twin).keyring) == (
+            7.0,
+            profile_of(source).keyring,
+        )
+        assert profile_of(twin).committers is not profile_of(source).committers
+    finally:
+        history.close()
+        run_sync(source.dispose())
+
+
+async def _search_feeds(url: URL) -> list[Any]:
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            return list((await conn.execute(select(ContextMessageRecord.search_text))).scalars())
+    finally:
+        await engine.dispose()
 
 
 async def test_sync_and_async_methods_share_the_conversation(

@@ -16,6 +16,7 @@ from convostore.errors import (
     KeyNotFoundError,
     SerializationError,
 )
+from convostore.sql.profile import EngineProfile, store_profile
 from convostore.sql.types import ClearOnlyText, CompressedJSON, SealableText
 
 K1, K2 = decode_key(generate_key()), decode_key(generate_key())
@@ -144,7 +145,7 @@ def test_types_seal_on_a_dialect_with_a_keyring() -> None:
     assert payload.process_bind_param(VALUE, dialect) == codec.encode(VALUE)
     assert text.process_bind_param("hi", dialect) == "hi"
     ring = Keyring({"k1": K1}, current="k1", clear_text=False)
-    setattr(dialect, encryption._ATTRIBUTE, ring)  # what encryption.install does
+    store_profile(dialect, EngineProfile(family="sqlite", keyring=ring))  # as create_engine
     stored = payload.process_bind_param(VALUE, dialect)
     assert stored is not None
     assert encryption.key_id_of(stored) == "k1"
@@ -157,7 +158,9 @@ def test_types_seal_on_a_dialect_with_a_keyring() -> None:
     assert preview.process_bind_param("a preview", dialect) is None
     assert not encryption.clear_text_allowed(dialect)
     # clear_text=True: text stays clear, unless it looks sealed (then it is sealed).
-    setattr(dialect, encryption._ATTRIBUTE, Keyring({"k1": K1}, current="k1"))
+    store_profile(
+        dialect, EngineProfile(family="sqlite", keyring=Keyring({"k1": K1}, current="k1"))
+    )
     assert text.process_bind_param("hi", dialect) == "hi"
     tricky = encryption.TEXT_PREFIX + "x"
     stored_tricky = text.process_bind_param(tricky, dialect)

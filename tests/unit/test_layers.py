@@ -146,12 +146,7 @@ PURE = [
 """Modules that know no backend: they never load SQLAlchemy, let alone ``convostore.sql``
 (docs/architecture.md, "The tree")."""
 
-NOT_YET_PURE: dict[str, str] = {
-    "convostore.encryption": (
-        "install() and keyring_of() keep the keyring on the engine and read its replicas "
-        "from convostore.sql.options, until the EngineProfile holds the keyring"
-    ),
-}
+NOT_YET_PURE: dict[str, str] = {}
 """Pure modules known to load SQL still, each a strict xfail with its reason: when one
 becomes pure, the xfail passes and fails the suite until it leaves this list."""
 

@@ -7,11 +7,13 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from convostore import SQLAlchemyDatabase, create_engine
 from convostore.errors import ConfigurationError
-from convostore.sql.options import DEFAULT_DEADLINE_S, deadline_of, parse_deadline
+from convostore.sql.options import DEFAULT_DEADLINE_S, parse_deadline
+from convostore.sql.profile import profile_of
 from convostore.sql.runner import TransactionRunner
 from convostore.sql.types import writes_search_index
 from tests.conftest import _servers, require_backend
@@ -85,9 +87,7 @@ def test_search_index_comes_from_the_url_or_the_argument() -> None:
 
 
 def test_deadlines() -> None:
-    assert deadline_of(create_engine("postgresql://u@h/db").get_execution_options()) == (
-        DEFAULT_DEADLINE_S
-    )
+    assert profile_of(create_engine("postgresql://u@h/db")).deadline == DEFAULT_DEADLINE_S
     assert TransactionRunner(create_engine("postgresql://u@h/db?deadline=2.5")).deadline == 2.5
     assert TransactionRunner(create_engine("postgresql://u@h/db?deadline=0")).deadline is None
     assert TransactionRunner(create_engine("postgresql://u@h/db?deadline=off")).deadline is None
@@ -97,7 +97,9 @@ def test_deadlines() -> None:
         TransactionRunner(create_engine("postgresql://u@h/db?deadline=1", deadline=0)).deadline
         is None
     )
-    assert deadline_of({}) == DEFAULT_DEADLINE_S
+    assert profile_of(create_async_engine("postgresql+asyncpg://u@h/db")).deadline == (
+        DEFAULT_DEADLINE_S
+    )
     assert parse_deadline(None) is None
     with pytest.raises(ConfigurationError):
         parse_deadline(True)

@@ -24,7 +24,8 @@ from convostore.errors import ConflictError, DeadlineExceeded
 from convostore.sql import sqlite_writer
 from convostore.sql.dialects import Executor
 from convostore.sql.engine import Engine
-from convostore.sql.sqlite_writer import PRECOMPILE_ATTRIBUTE, writer_for
+from convostore.sql.profile import replace_profile
+from convostore.sql.sqlite_writer import writer_for
 
 _NOW = datetime(2026, 12, 7, 12, 0, 0, 123456, tzinfo=UTC)
 
@@ -117,7 +118,7 @@ async def test_precompiled_statements_write_what_core_writes(
         "core": await connect(paths["core"]),
         "async": await connect(f"sqlite+aiosqlite:///{paths['async']}?sqlite_writer=false"),
     }
-    setattr(engines["core"].sync_engine.dialect, PRECOMPILE_ATTRIBUTE, False)
+    replace_profile(engines["core"], sqlite_precompile=False)
     try:
         for engine in engines.values():
             await _workload(engine)

@@ -3,9 +3,11 @@
 An asyncio driver's connection belongs to the loop that opened it, so an adapter whose
 framework calls it from sync code (LangChain's ``invoke``, LangGraph's sync graphs) cannot
 use the caller's engine there. It runs the call on one background loop of its own instead,
-on a second engine for the same URL opened the first time sync code needs it. Each twin is
-disposed of when its source engine is garbage-collected, or when the adapter owning the
-source engine is closed (:meth:`SyncBridge.forget`).
+on a twin engine opened the first time sync code needs it: the same database, with a copy
+of the source engine's profile (:func:`convostore.sql.engine.twin_engine`), so it writes
+exactly as the source does. Each twin is disposed of when its source engine is
+garbage-collected, or when the adapter owning the source engine is closed
+(:meth:`SyncBridge.forget`).
 """
 
 from __future__ import annotations
@@ -19,10 +21,9 @@ from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from convostore.encryption import keyring_of
 from convostore.errors import ConfigurationError
 from convostore.settings import is_memory_sqlite
-from convostore.sql.engine import create_engine
+from convostore.sql.engine import twin_engine
 
 __all__ = ["SyncBridge"]
 
@@ -76,10 +77,9 @@ class SyncBridge:
         with self._lock:
             twin = self._twins.get(id(source))
             if twin is None:
-                # The twin reads and writes as its source does, keyring included.
-                twin = self._twins[id(source)] = create_engine(
-                    source.url, encryption=keyring_of(source)
-                )
+                # The twin reads and writes as its source does: a copy of its profile
+                # (keyring, search switch, deadline, read-only, replicas...).
+                twin = self._twins[id(source)] = twin_engine(source)
                 weakref.finalize(source, self._dispose, id(source))
             return twin
 

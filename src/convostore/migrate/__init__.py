@@ -50,7 +50,7 @@ from convostore.errors import (
 )
 from convostore.settings import redact
 from convostore.sql.engine import create_engine, family, family_from_name
-from convostore.sql.options import deadline_of
+from convostore.sql.profile import profile_of
 
 __all__ = [
     "DEADLINE_ATTRIBUTE",
@@ -233,7 +233,7 @@ async def prepare(engine: AsyncEngine, *, migrate: bool | None = None) -> None:
         return
     if migrate is None:
         migrate = family(engine) == "sqlite"
-    deadline = Deadline(deadline_of(engine.get_execution_options()))
+    deadline = Deadline(profile_of(engine).deadline)
     async with deadline, _preparing_lock(engine):
         if engine in _prepared:  # another task prepared it while this one waited
             return

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Protocol, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from sqlalchemy import URL, event
 from sqlalchemy.dialects.sqlite.aiosqlite import SQLiteDialect_aiosqlite
@@ -22,24 +23,23 @@ from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, QueuePool
 
-from convostore.encryption import Keyring, install
 from convostore.errors import ConfigurationError
 from convostore.settings import is_memory_sqlite, redact, resolve_url
 from convostore.sql import driver_logs, pgbouncer, sqlite_driver
-from convostore.sql.options import (
-    DEADLINE_OPTION,
-    PGBOUNCER_OPTION,
-    QUERY_KEYS,
-    REPLICAS_OPTION,
-    UrlOptions,
-    parse_deadline,
-    url_options,
-)
+from convostore.sql.options import QUERY_KEYS, UrlOptions, parse_deadline, url_options
 from convostore.sql.packet_limit import PacketLimit
-from convostore.sql.types import SEARCH_INDEX_ATTRIBUTE
+from convostore.sql.profile import (
+    EngineProfile,
+    Family,
+    SQLiteDriver,
+    family_from_name,
+    profile_of,
+    store_profile,
+)
+from convostore.sql.replicas import ReadReplicas, ReplicaSet, ReplicaUrls
 
-# The dialect attribute convostore.sql.sqlite_writer reads (it imports this module).
-WRITER_ATTRIBUTE = "convostore_sqlite_writer"
+if TYPE_CHECKING:
+    from convostore.encryption import Keyring
 
 __all__ = [
     "Engine",
@@ -48,10 +48,10 @@ __all__ = [
     "family",
     "family_from_name",
     "is_read_only",
+    "replica_set",
     "sqlite_path",
+    "twin_engine",
 ]
-
-Family = Literal["sqlite", "postgresql", "mysql"]
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
 CONNECT_TIMEOUT_S = 30.0
@@ -67,10 +67,6 @@ SQLITE_PRAGMAS = (
     "PRAGMA synchronous=NORMAL",
     "PRAGMA foreign_keys=ON",
 )
-
-
-class _Disposable(Protocol):
-    async def dispose(self) -> None: ...
 
 
 class Engine(AsyncEngine):
@@ -92,9 +88,7 @@ class Engine(AsyncEngine):
     async def dispose(self, close: bool = True) -> None:
         """Close every pooled connection, and those of the read replicas it was given."""
         await super().dispose(close)
-        # Read from the option, not through convostore.sql.replicas, which creates its engines
-        # with this module: engine.py stays below replicas.py in the import graph.
-        replicas: _Disposable | None = self.get_execution_options().get(REPLICAS_OPTION)
+        replicas = profile_of(self).replicas
         if replicas is not None:
             await replicas.dispose()
 
@@ -122,11 +116,15 @@ def create_engine(
     search_index: bool | None = None,
     read_only: bool = False,
     sqlite_writer: bool | None = None,
+    read_url: ReplicaUrls | None = None,
     **kwargs: Any,
 ) -> Engine:
     """Create an :class:`Engine` (an ``AsyncEngine``) with convostore's defaults.
 
-    No connection is opened until the engine is first used.
+    No connection is opened until the engine is first used. What it decides about the
+    engine (the settings below, from the URL and the arguments) is the engine's
+    :class:`~convostore.sql.profile.EngineProfile`: read it with
+    :func:`~convostore.sql.profile.profile_of`.
 
     * SQLite file: WAL journal, 5 s busy timeout, ``synchronous=NORMAL``, foreign keys on;
       its directory must exist (none is created).
@@ -173,6 +171,9 @@ def create_engine(
             engine, where its event listeners (``before_cursor_execute``, ``echo``) see it.
             Default: the URL's ``sqlite_writer``, else ``CONVOSTORE_SQLITE_WRITER``
             (``off`` turns it off), else ``True``.
+        read_url: PostgreSQL read replicas (one URL, a list, or
+            :class:`~convostore.sql.replicas.ReadReplicas`) the engine's stores read from,
+            each created by this function with the same keyring; disposed with the engine.
         **kwargs: Passed to :func:`sqlalchemy.ext.asyncio.create_async_engine`, overriding
             the defaults and the URL's pool options.
 
@@ -239,11 +240,6 @@ def create_engine(
             pool.pop(name, None)
     options.update(pool)
     options.update(kwargs)
-    options["execution_options"] = {
-        DEADLINE_OPTION: deadline,
-        PGBOUNCER_OPTION: from_url.pgbouncer == "transaction",
-        **options.get("execution_options", {}),
-    }
     if kind == "sqlite":
         # SQLite's dialects would warn about query arguments they do not know.
         resolved = resolved.difference_update_query(QUERY_KEYS)
@@ -278,16 +274,68 @@ def create_engine(
         event.listen(engine.sync_engine, "checkout", _drop_other_loops)
     if not engine.sync_engine.pool._pre_ping and resolved.drivername == "postgresql+asyncpg":
         event.listen(engine.sync_engine, "checkout", _drop_closed_asyncpg)
-    if writer_path is not None:
-        # Read by convostore.sql.sqlite_writer.writer_for: this engine's writes may go to
-        # the file's writer thread.
-        setattr(engine.sync_engine.dialect, WRITER_ATTRIBUTE, writer_path)
-    install(engine, encryption)
-    if read_only:
-        setattr(engine.sync_engine.dialect, READ_ONLY_ATTRIBUTE, True)
-    if not (from_url.search_index if search_index is None else search_index):
-        setattr(engine.sync_engine.dialect, SEARCH_INDEX_ATTRIBUTE, False)
+    driver: SQLiteDriver | None = None
+    if kind == "sqlite":
+        # A caller's own async_creator replaces the thin driver.
+        thin = thin_driver is not None and options["async_creator"] is thin_driver
+        driver = "thin" if thin else "aiosqlite"
+    replicas = replica_set(read_url, encryption=encryption)
+    store_profile(
+        engine,
+        EngineProfile(
+            family=kind,
+            deadline=deadline,
+            pgbouncer=from_url.pgbouncer,
+            replicas=replicas,
+            keyring=encryption,
+            search_index=from_url.search_index if search_index is None else search_index,
+            read_only=read_only,
+            sqlite_driver=driver,
+            # Read by convostore.sql.sqlite_writer.writer_for: this engine's writes may go
+            # to the file's writer thread.
+            sqlite_writer=writer_path,
+        ),
+    )
     return engine
+
+
+def replica_set(read_url: ReplicaUrls | None, **engine_options: Any) -> ReplicaSet | None:
+    """Engines for ``read_url`` (each created by :func:`create_engine` with
+    ``engine_options``), and how reads use them (:mod:`convostore.sql.replicas`)."""
+    if read_url is None:
+        return None
+    options = read_url if isinstance(read_url, ReadReplicas) else ReadReplicas(read_url)
+    urls = options.urls
+    listed = [urls] if isinstance(urls, str | URL) else list(urls)
+    engines = [create_engine(resolve_url(url), **engine_options) for url in listed]
+    return ReplicaSet(engines, options)
+
+
+def twin_engine(source: AsyncEngine) -> Engine:
+    """A new engine on ``source``'s database with a copy of its profile.
+
+    The same settings (deadline, PgBouncer mode, keyring, search switch, read-only, SQLite
+    driver and writer), its own pool and group committers, and its own engines for the
+    same read replicas: what an adapter's sync methods use on their background event
+    loop, where ``source``'s connections cannot go. ``create_engine`` arguments that are
+    not settings of the profile (``poolclass``, ``connect_args``...) are not copied.
+    """
+    profile = profile_of(source)
+    twin = create_engine(
+        source.url,
+        fast_sqlite=None if profile.sqlite_driver is None else profile.sqlite_driver == "thin",
+        deadline=profile.deadline,
+        encryption=profile.keyring,
+        search_index=profile.search_index,
+        read_only=profile.read_only,
+        sqlite_writer=profile.sqlite_writer is not None,
+        read_url=None if profile.replicas is None else profile.replicas.options,
+    )
+    # What create_engine takes no argument for.
+    store_profile(
+        twin, dataclasses.replace(profile_of(twin), sqlite_precompile=profile.sqlite_precompile)
+    )
+    return twin
 
 
 def _connect_arguments(from_url: UrlOptions, deadline: float | None) -> Any:
@@ -335,7 +383,7 @@ def _bounded_connect(
 
 def family(engine: AsyncEngine) -> Family:
     """The backend family of an engine; MySQL and MariaDB are one family."""
-    return family_from_name(engine.dialect.name)
+    return profile_of(engine).family
 
 
 def sqlite_path(url: URL) -> Path | None:
@@ -346,17 +394,6 @@ def sqlite_path(url: URL) -> Path | None:
     if database.startswith("file:"):
         database = database[len("file:") :].split("?", 1)[0]
     return Path(database)
-
-
-def family_from_name(name: str) -> Family:
-    """The backend family of a dialect name; MySQL and MariaDB are one family."""
-    if name == "sqlite":
-        return "sqlite"
-    if name == "postgresql":
-        return "postgresql"
-    if name in ("mysql", "mariadb"):
-        return "mysql"
-    raise ConfigurationError(f"unsupported database backend {name!r}")
 
 
 def _drop_closed_asyncpg(
@@ -442,12 +479,9 @@ def _drop_other_loops(
         raise DisconnectionError("this connection belongs to another event loop")
 
 
-READ_ONLY_ATTRIBUTE = "convostore_read_only"
-
-
 def is_read_only(engine: AsyncEngine) -> bool:
     """Whether ``engine`` opens its SQLite file read-only (``read_only=True``, ``?mode=ro``)."""
-    return bool(getattr(engine.sync_engine.dialect, READ_ONLY_ATTRIBUTE, False))
+    return profile_of(engine).read_only
 
 
 def _read_only_sqlite(url: URL) -> URL:

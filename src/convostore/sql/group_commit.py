@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -71,9 +70,10 @@ from convostore.errors import (
 )
 from convostore.sql.dialects import Executor
 from convostore.sql.engine import family
+from convostore.sql.profile import profile_of
 from convostore.sql.runner import TransactionRunner
 
-__all__ = ["MAX_BATCH", "GroupCommitter", "committer_for", "queued"]
+__all__ = ["MAX_BATCH", "GroupCommitter", "committer_for", "committer_loops", "queued"]
 
 P = TypeVar("P")
 
@@ -314,15 +314,6 @@ def _settle(
         future.set_result(result)
 
 
-# Per engine (weakly), per event loop (weakly: a closed loop's committers go with it), per
-# kind. Several threads may ask at once, each for its own loop.
-_committers: weakref.WeakKeyDictionary[
-    AsyncEngine,
-    weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, GroupCommitter[Any]]],
-] = weakref.WeakKeyDictionary()
-_registry_lock = threading.Lock()
-
-
 def committer_for(
     engine: AsyncEngine,
     kind: str,
@@ -335,30 +326,29 @@ def committer_for(
     created on first use.
 
     Every store on one engine and loop shares it, so their concurrent writes can join;
-    the write functions must be the same for every call with the same ``kind``.
+    the write functions must be the same for every call with the same ``kind``. The
+    committers live in the engine's profile
+    (:attr:`~convostore.sql.profile.EngineProfile.committers`), so they go with the engine.
     """
-    loop = asyncio.get_running_loop()
-    with _registry_lock:
-        per_loop = _committers.get(engine)
-        if per_loop is None:
-            per_loop = _committers[engine] = weakref.WeakKeyDictionary()
-        per_kind = per_loop.get(loop)
-        if per_kind is None:
-            per_kind = per_loop[loop] = {}
-        committer = per_kind.get(kind)
-        if committer is None:
-            committer = per_kind[kind] = GroupCommitter(
-                TransactionRunner(engine, writer=True),
-                write_batch,
-                write_one,
-                one_autocommit=one_autocommit,
-            )
+    committer: GroupCommitter[Any] = profile_of(engine).committers.get(
+        asyncio.get_running_loop(),
+        kind,
+        lambda: GroupCommitter(
+            TransactionRunner(engine, writer=True),
+            write_batch,
+            write_one,
+            one_autocommit=one_autocommit,
+        ),
+    )
     return committer
+
+
+def committer_loops(engine: AsyncEngine) -> int:
+    """How many open event loops have committers of ``engine``."""
+    return profile_of(engine).committers.loops()
 
 
 def queued(engine: AsyncEngine) -> int:
     """Items waiting for a batch in ``engine``'s committers on the running loop."""
-    with _registry_lock:
-        per_loop = _committers.get(engine)
-        per_kind = None if per_loop is None else per_loop.get(asyncio.get_running_loop())
-        return 0 if per_kind is None else sum(c.queued for c in per_kind.values())
+    committers = profile_of(engine).committers.on(asyncio.get_running_loop())
+    return sum(committer.queued for committer in committers)

@@ -20,7 +20,8 @@ They let a deployment tune convostore from the one string it already configures
                    see every statement (see :mod:`convostore.sql.sqlite_writer`)
 =================  ==========================================================================
 
-Keyword arguments of :func:`convostore.create_engine` with the same names override the URL.
+Keyword arguments of :func:`convostore.create_engine` with the same names override the URL;
+what an engine ends up with is its :class:`~convostore.sql.profile.EngineProfile`.
 """
 
 from __future__ import annotations
@@ -34,13 +35,9 @@ from sqlalchemy import URL
 from convostore.errors import ConfigurationError
 
 __all__ = [
-    "DEADLINE_OPTION",
     "DEFAULT_DEADLINE_S",
-    "PGBOUNCER_OPTION",
     "QUERY_KEYS",
-    "REPLICAS_OPTION",
     "UrlOptions",
-    "deadline_of",
     "parse_deadline",
     "url_options",
 ]
@@ -49,13 +46,6 @@ DEFAULT_DEADLINE_S = 30.0
 """The default per-call deadline: long enough for any call of a healthy database under load
 (the retry pauses add up to 0.71 s; a lock is normally held for milliseconds), short enough
 that a stuck lock or an unreachable server surfaces as an error rather than a hang."""
-
-# Execution options of the engine carrying what the URL said (SQLAlchemy keeps user-defined
-# execution options with the engine and every connection made from it).
-DEADLINE_OPTION = "convostore_deadline"
-PGBOUNCER_OPTION = "convostore_pgbouncer"
-# The read replicas connect() attached to an engine (a convostore.sql.replicas.ReplicaSet).
-REPLICAS_OPTION = "convostore_replicas"
 
 PoolerMode = Literal["transaction", "session"]
 
@@ -166,14 +156,6 @@ def parse_deadline(value: float | str | None) -> float | None:
     if not math.isfinite(value) or value < 0:
         raise ConfigurationError(f"deadline={value!r}: expected a finite number >= 0")
     return None if value == 0 else float(value)
-
-
-def deadline_of(execution_options: dict[str, Any]) -> float | None:
-    """The per-call deadline an engine carries (the default for engines made elsewhere)."""
-    if DEADLINE_OPTION in execution_options:
-        value: float | None = execution_options[DEADLINE_OPTION]
-        return value
-    return DEFAULT_DEADLINE_S
 
 
 def _single(query: Any, name: str) -> str:

@@ -34,7 +34,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from convostore.errors import ConfigurationError
 from convostore.sql.engine import family
-from convostore.sql.options import DEADLINE_OPTION
 from convostore.sql.runner import TransactionRunner
 
 __all__ = ["SCOPES", "drop_partition", "partition_by_scope", "partition_names"]
@@ -113,7 +112,9 @@ async def drop_partition(engine: AsyncEngine, table: str, partition: str) -> Non
 def _runner(engine: AsyncEngine) -> TransactionRunner:
     # The one transaction boundary, its retries and typed errors; an administrator's DDL
     # on a large table may take longer than any call's deadline, so that is off here.
-    return TransactionRunner(engine.execution_options(**{DEADLINE_OPTION: None}))
+    runner = TransactionRunner(engine)
+    runner.deadline = None
+    return runner
 
 
 async def _parent_of(conn: AsyncConnection, relation: str) -> str | None:

@@ -30,7 +30,7 @@ from uuid import uuid4
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from convostore.sql.options import PGBOUNCER_OPTION
+from convostore.sql.profile import profile_of
 
 __all__ = ["DRIVER_ARGUMENTS", "runs_in_transactions", "unique_statement_name"]
 
@@ -50,4 +50,4 @@ DRIVER_ARGUMENTS: dict[str, Any] = {
 
 def runs_in_transactions(engine: AsyncEngine) -> bool:
     """Whether every statement on ``engine`` must run inside an explicit transaction."""
-    return bool(engine.get_execution_options().get(PGBOUNCER_OPTION))
+    return profile_of(engine).runs_in_transactions

@@ -31,7 +31,7 @@ import itertools
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Literal, TypeVar
 
 from sqlalchemy import URL, text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -42,18 +42,15 @@ from convostore.errors import (
     DeadlineExceeded,
     translate_errors,
 )
-from convostore.settings import redact, resolve_url
-from convostore.sql.engine import create_engine
-from convostore.sql.options import REPLICAS_OPTION
+from convostore.settings import redact
+from convostore.sql.profile import profile_of, replace_profile
 
 __all__ = [
-    "REPLICAS_OPTION",
     "ReadReplicas",
     "ReadYourWrites",
     "ReplicaSet",
     "ReplicaUrls",
     "attach_replicas",
-    "replica_set",
     "replicas_of",
 ]
 
@@ -214,28 +211,17 @@ class ReplicaSet:
                     pause = min(_MAX_POLL_S, pause * 2)
 
 
-def replica_set(
-    read_url: ReplicaUrls | None, *, deadline: Any = None, **engine_options: Any
-) -> ReplicaSet | None:
-    """Engines for ``read_url`` (each created by :func:`convostore.create_engine`)."""
-    if read_url is None:
-        return None
-    options = read_url if isinstance(read_url, ReadReplicas) else ReadReplicas(read_url)
-    urls = options.urls
-    listed = [urls] if isinstance(urls, str | URL) else list(urls)
-    if deadline is not None:
-        engine_options["deadline"] = deadline
-    engines = [create_engine(resolve_url(url), **engine_options) for url in listed]
-    return ReplicaSet(engines, options)
-
-
 def attach_replicas(engine: AsyncEngine, replicas: ReplicaSet | None) -> None:
-    """Make every façade on ``engine`` read from ``replicas`` (disposed with the engine)."""
+    """Make every façade on ``engine`` read from ``replicas`` (disposed with the engine).
+
+    For an engine made elsewhere: it replaces the engine's profile with one holding
+    ``replicas``. An engine convostore creates takes them as ``read_url=``
+    (:func:`convostore.create_engine`, :func:`convostore.connect`).
+    """
     if replicas is not None:
-        engine.sync_engine.update_execution_options(**{REPLICAS_OPTION: replicas})
+        replace_profile(engine, replicas=replicas)
 
 
 def replicas_of(engine: AsyncEngine) -> ReplicaSet | None:
-    """The replicas :func:`attach_replicas` gave ``engine``, if any."""
-    found: ReplicaSet | None = engine.get_execution_options().get(REPLICAS_OPTION)
-    return found
+    """The replicas ``engine`` reads from (its profile's ``replicas``), if any."""
+    return profile_of(engine).replicas

@@ -48,9 +48,8 @@ from convostore.errors import (
     translate_errors,
 )
 from convostore.sql.dialects import Executor, is_retryable
-from convostore.sql.options import deadline_of
-from convostore.sql.pgbouncer import runs_in_transactions
-from convostore.sql.replicas import REPLICAS_OPTION, ReadYourWrites, ReplicaSet
+from convostore.sql.profile import profile_of
+from convostore.sql.replicas import ReadYourWrites, ReplicaSet
 from convostore.sql.sqlite_driver import OWNED
 from convostore.sql.sqlite_writer import SQLiteWriter, writer_for
 from convostore.telemetry import note_retry
@@ -90,14 +89,13 @@ class TransactionRunner:
         self._owned = engine.execution_options(**{OWNED: True})
         # The same pool; the connection is switched to autocommit for the checkout only.
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        profile = profile_of(engine)
         # Behind PgBouncer's transaction pooling nothing may run outside a transaction.
-        self._transactions_only = runs_in_transactions(engine)
-        self.deadline = deadline_of(engine.get_execution_options())
+        self._transactions_only = profile.runs_in_transactions
+        self.deadline = profile.deadline
         # Where reads may go (convostore.sql.replicas), and what this runner's owner wrote:
         # shared by every view and copy made from the owner, as read-your-writes requires.
-        self.replicas: ReplicaSet | None = replicas or engine.get_execution_options().get(
-            REPLICAS_OPTION
-        )
+        self.replicas: ReplicaSet | None = replicas or profile.replicas
         self.consistency = ReadYourWrites()
         # Set when the transaction() block a bound view came from is over: the view (and
         # any fork or with_session made from it) must not start a new, uncommitted one.

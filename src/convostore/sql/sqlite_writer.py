@@ -46,17 +46,16 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import NullPool
 
 from convostore.sql.dialects import Executor, is_cached
-from convostore.sql.engine import WRITER_ATTRIBUTE, sqlite_configurer
-from convostore.sql.options import deadline_of
+from convostore.sql.engine import sqlite_configurer
 from convostore.sql.precompiled import Precompiled, compile_hot
+from convostore.sql.profile import profile_of, store_profile, stored_profile
 from convostore.sql.sqlite_driver import hand_over
 
-__all__ = ["EXECUTION_EVENTS", "WRITER_ATTRIBUTE", "SQLiteWriter", "SyncExecutor", "writer_for"]
+__all__ = ["EXECUTION_EVENTS", "SQLiteWriter", "SyncExecutor", "writer_for"]
 
 EXECUTION_EVENTS = (
     "before_execute",
@@ -74,9 +73,6 @@ EXECUTION_EVENTS = (
 ``handle_error`` listeners and ``echo``)."""
 
 T = TypeVar("T")
-
-PRECOMPILE_ATTRIBUTE = "convostore_sqlite_precompile"
-"""Set to ``False`` on a dialect to run every writer statement through Core (tests)."""
 
 _MISSING: Any = object()
 
@@ -341,11 +337,14 @@ class SQLiteWriter:
         return conn
 
     def _unit(self, thread: _FileThread, job: _Job, work: Callable[[Executor], Awaitable[T]]) -> T:
-        # On the writer thread: the keyring and search switch of the async engine (they
-        # may be installed after this engine was made), then the whole transaction.
-        _copy_attributes(self._async_dialect, self._sync.dialect)
+        # On the writer thread: the profile of the async engine (the column types read its
+        # keyring and search switch; a keyring may be installed after this engine was
+        # made, which replaces the profile), then the whole transaction.
+        profile = profile_of(self._async_dialect)
+        if stored_profile(self._sync.dialect) is not profile:
+            store_profile(self._sync.dialect, profile)
         conn = self._connection()
-        plans = self._plans if getattr(self._async_dialect, PRECOMPILE_ATTRIBUTE, True) else None
+        plans = self._plans if profile.sqlite_precompile else None
         executor = SyncExecutor(conn, plans, thread, job)
         thread.started(job, executor._dbapi)
         try:
@@ -365,13 +364,6 @@ def _is_hand_over(hook: Any) -> bool:
     )
 
 
-def _copy_attributes(source: Dialect, target: Dialect) -> None:
-    for name, value in vars(source).items():
-        # convostore_* and _convostore_* (the keyring): what the column types read.
-        if "convostore_" in name[:12] and getattr(target, name, _MISSING) is not value:
-            setattr(target, name, value)
-
-
 def _sync_engine(engine: AsyncEngine) -> Engine:
     """A pysqlite engine on the async engine's file, with its ``connect`` hooks.
 
@@ -382,7 +374,7 @@ def _sync_engine(engine: AsyncEngine) -> Engine:
     url = engine.url.set(drivername="sqlite+pysqlite")
     sync = create_sync_engine(url, poolclass=NullPool, connect_args={"check_same_thread": False})
 
-    configure = sqlite_configurer(deadline_of(engine.get_execution_options()))
+    configure = sqlite_configurer(profile_of(engine).deadline)
 
     def connect(dbapi_connection: Any, record: Any) -> None:
         configure(dbapi_connection, record)
@@ -406,7 +398,7 @@ def writer_for(engine: AsyncEngine) -> SQLiteWriter | None:
     writer on (the default); engines made elsewhere keep every statement on themselves.
     """
     sync_engine = engine.sync_engine
-    path = getattr(sync_engine.dialect, WRITER_ATTRIBUTE, None)
+    path = profile_of(engine).sqlite_writer
     if path is None:
         return None
     with _writers_lock:

@@ -16,6 +16,7 @@ from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from convostore import codec, encryption
 from convostore.errors import ConfigurationError, SerializationError
+from convostore.sql.profile import profile_of, stored_profile
 
 __all__ = [
     "ClearOnlyText",
@@ -75,7 +76,7 @@ class CompressedJSON(TypeDecorator[Any]):
         else:
             data = codec.encode(value, threshold=self.threshold, max_size=self.max_size)
         # Sealed here rather than in codec.Encoded: every write path binds through this type.
-        keyring = encryption.keyring_of(dialect)
+        keyring = _keyring(dialect)
         if keyring is not None and keyring.current is not None:
             return keyring.seal(data)
         return data
@@ -85,7 +86,7 @@ class CompressedJSON(TypeDecorator[Any]):
             return None
         data = bytes(value)
         if data[:1] == b"\x10":
-            data = encryption.open_payload(data, encryption.keyring_of(dialect))
+            data = encryption.open_payload(data, _keyring(dialect))
         return codec.decode(data, max_size=self.max_size)
 
     def __repr__(self) -> str:
@@ -117,7 +118,7 @@ class SealableText(TypeDecorator[str]):
         return self.impl_instance
 
     def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
-        keyring = encryption.keyring_of(dialect)
+        keyring = _keyring(dialect)
         if value is None or keyring is None or keyring.current is None:
             return value
         if not keyring.clear_text or value.startswith(encryption.TEXT_PREFIX):
@@ -127,7 +128,7 @@ class SealableText(TypeDecorator[str]):
     def process_result_value(self, value: str | None, dialect: Dialect) -> str | None:
         if value is None or not value.startswith(encryption.TEXT_PREFIX):
             return value
-        return encryption.open_text(value, encryption.keyring_of(dialect))
+        return encryption.open_text(value, _keyring(dialect))
 
     def __repr__(self) -> str:
         return "SealableText()"
@@ -141,7 +142,7 @@ class ClearOnlyText(TypeDecorator[str]):
     cache_ok = True
 
     def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
-        if value is not None and not encryption.clear_text_allowed(dialect):
+        if value is not None and not _clear_text(dialect):
             return None
         return value
 
@@ -216,16 +217,24 @@ def _feed_to_write(value: str | None, dialect: Dialect) -> str | None:
     return value if value is not None and writes_search_index(dialect) else None
 
 
-SEARCH_INDEX_ATTRIBUTE = "convostore_search_index"
-"""The dialect attribute :func:`convostore.create_engine` sets to ``False`` for
-``search_index=False``."""
+def _keyring(dialect: Dialect) -> encryption.Keyring | None:
+    # The engine's profile (convostore.sql.profile); none on a dialect convostore never
+    # saw (a migration rendering offline): no keyring.
+    profile = stored_profile(dialect)
+    return None if profile is None else profile.keyring
+
+
+def _clear_text(dialect: Dialect) -> bool:
+    profile = stored_profile(dialect)
+    return profile is None or profile.clear_text
 
 
 def writes_search_index(target: Any) -> bool:
     """Whether an engine (or its dialect) writes the search feed: not with
-    ``search_index=False``, nor with a keyring that stores nothing in clear."""
-    dialect = getattr(target, "dialect", target)
-    return getattr(dialect, SEARCH_INDEX_ATTRIBUTE, True) and encryption.clear_text_allowed(dialect)
+    ``search_index=False``, nor with a keyring that stores nothing in clear (see
+    :attr:`~convostore.sql.profile.EngineProfile.writes_search_index`)."""
+    profile = stored_profile(getattr(target, "dialect", target))
+    return profile is None or profile.writes_search_index
 
 
 def require_search_index(target: Any, what: str) -> None:
@@ -235,13 +244,13 @@ def require_search_index(target: Any, what: str) -> None:
         ConfigurationError: The engine was made with ``search_index=False``, or its keyring
             stores nothing in clear.
     """
-    dialect = getattr(target, "dialect", target)
-    if not getattr(dialect, SEARCH_INDEX_ATTRIBUTE, True):
+    profile = profile_of(target)
+    if not profile.search_index:
         raise ConfigurationError(
             f"{what} needs the search index, and this engine was created with "
             "search_index=False: messages it writes are not indexed"
         )
-    encryption.require_clear_text(dialect, what)
+    encryption.require_clear_text(target, what)
 
 
 class SearchVector(TypeDecorator[str]):
