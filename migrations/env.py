@@ -29,8 +29,9 @@ target_metadata = Base.metadata
 def _include_object(
     _object: object, name: str | None, type_: str, _reflected: bool, _compare_to: object
 ) -> bool:
-    # The search index of revision 0005 is backend-specific SQL the models do not describe.
-    return described_here(name, type_)
+    # The search index of revisions 0005 and 0007 is backend-specific SQL the models do not
+    # describe.
+    return described_here(name, type_, context.get_context().dialect.name)
 
 
 def _url() -> str | None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Self
 from uuid import uuid4
 
-from sqlalchemy import URL
+from sqlalchemy import URL, Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore import arguments, pairs
@@ -32,6 +32,7 @@ from convostore.models import (
 )
 from convostore.rules import check_client_key, default_project
 from convostore.settings import redact
+from convostore.sql import search_index
 from convostore.sql.dialects import Executor, appends_in_one_statement
 from convostore.sql.engine import Engine, create_engine, family, is_read_only
 from convostore.sql.group_commit import committer_for
@@ -42,8 +43,11 @@ from convostore.sql.repositories import (
     append_context_batch,
     search_context,
 )
-from convostore.sql.types import require_search_index, writes_search_index
+from convostore.sql.tables import ContextMessageRecord
+from convostore.sql.types import feeds_in_rows, require_search_index
 from convostore.telemetry import traced
+
+CONTEXT_MESSAGES: Table = ContextMessageRecord.__table__  # type: ignore[assignment]
 
 __all__ = ["SQLAlchemyContextStore", "connect", "default_project"]
 
@@ -441,16 +445,23 @@ class SQLAlchemyContextStore(Facade, ContextStore):
         parsed, session = arguments.search_context(query, limit, before, session_id)
         require_search_index(self.engine, "search")
         await self._ensure_ready()
+        pending = await search_index.prepare_search(self._runner, self.engine, CONTEXT_MESSAGES)
         return await self._runner.run(
             lambda s: search_context(
-                s, self._scope, parsed, session_id=session, limit=limit, before=before
+                s,
+                self._scope,
+                parsed,
+                session_id=session,
+                limit=limit,
+                before=before,
+                pending=pending,
             ),
             read=True,
         )
 
     def _feed(self) -> bool:
-        # The search feed is computed only for an engine that stores it.
-        return writes_search_index(self.engine)
+        # The search feed is computed only for an engine that stores it in the row.
+        return feeds_in_rows(self.engine)
 
     def _repo(self, session: Executor) -> SessionRepository:
         return SessionRepository(session, self._scope, self._session_id)

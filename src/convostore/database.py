@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Self
 
-from sqlalchemy import URL
+from sqlalchemy import URL, Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore import arguments
@@ -33,6 +33,7 @@ from convostore.models import (
 )
 from convostore.rules import DEFAULT_AGENT_KEY
 from convostore.settings import DEFAULT_SQLITE_PATH, configured_url, redact, resolve_url
+from convostore.sql import search_index
 from convostore.sql.dialects import Executor, appends_in_one_statement
 from convostore.sql.engine import create_engine, family
 from convostore.sql.group_commit import committer_for
@@ -45,8 +46,11 @@ from convostore.sql.repositories import (
     message_from_row,
     search_messages,
 )
-from convostore.sql.types import require_search_index, writes_search_index
+from convostore.sql.tables import MessageRecord
+from convostore.sql.types import feeds_in_rows, require_search_index
 from convostore.telemetry import traced
+
+MESSAGES: Table = MessageRecord.__table__  # type: ignore[assignment]
 
 __all__ = ["DEFAULT_AGENT_KEY", "Database", "SQLAlchemyDatabase"]
 
@@ -215,7 +219,7 @@ class SQLAlchemyDatabase(Facade, AgentDatabase):
             satoshis,
             extra_inputs,
             extra_outputs,
-            feed=writes_search_index(self.engine),
+            feed=feeds_in_rows(self.engine),
         )
         if client_id is not None or self._runner.bound is not None:
             # A retry key must be looked up first, and a caller's transaction is its own.
@@ -241,7 +245,7 @@ class SQLAlchemyDatabase(Facade, AgentDatabase):
         self, thread_id: str, user_id: str, messages: Iterable[Mapping[str, Any]]
     ) -> list[Message]:
         news, client_ids = arguments.add_messages(
-            thread_id, user_id, messages, feed=writes_search_index(self.engine)
+            thread_id, user_id, messages, feed=feeds_in_rows(self.engine)
         )
         return await self._add(thread_id, user_id, news, client_ids)
 
@@ -357,6 +361,7 @@ class SQLAlchemyDatabase(Facade, AgentDatabase):
         parsed = arguments.search_messages(query, limit, before, user_id, thread_id)
         require_search_index(self.engine, "search")
         await self.async_init()
+        pending = await search_index.prepare_search(self._runner, self.engine, MESSAGES)
         return await self._runner.run(
             lambda s: search_messages(
                 s,
@@ -367,6 +372,7 @@ class SQLAlchemyDatabase(Facade, AgentDatabase):
                 thread_id=thread_id,
                 limit=limit,
                 before=before,
+                pending=pending,
             ),
             read=True,
         )
@@ -434,7 +440,7 @@ def _message_row(
         "extra_outputs": new.encoded_outputs,
         "created_at": now,
         "client_id": client_id,
-        "search_text": new.search_text,
+        **({} if new.search_text is None else {"search_text": new.search_text}),
     }
 
 

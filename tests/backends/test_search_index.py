@@ -2,7 +2,9 @@
 
 Rows written before revision 0005 have no ``search_text``; ``transfer.backfill`` (the CLI's
 ``convostore reindex``) indexes them in batches, one transaction each, and a
-back-fill that stops part-way resumes where it left off.
+back-fill that stops part-way resumes where it left off. On SQLite (revision 0007) rows
+carry no feed and the index catches up by itself (tests/backends/test_search_catch_up.py);
+the back-fill runs that catch-up to the end.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from convostore import (
     migrate,
     transfer,
 )
+from convostore.transfer import browse
 
 
 def user(words: str) -> ContextMessage:
@@ -35,6 +38,23 @@ def user(words: str) -> ContextMessage:
 
 class BackfillInterruptedError(Exception):
     pass
+
+
+async def forget_the_index(engine: AsyncEngine) -> None:
+    """What a database migrated from revision 0004 holds: rows that are not indexed."""
+    async with engine.begin() as conn:
+        if engine.dialect.name != "sqlite":
+            await conn.execute(text("UPDATE context_messages SET search_text = NULL"))
+            await conn.execute(text("UPDATE messages SET search_text = NULL"))
+            return
+        for index in ("context_search", "message_search"):
+            await conn.execute(text(f"INSERT INTO {index} ({index}) VALUES ('delete-all')"))
+            await conn.execute(text(f"DELETE FROM {index}_docs"))
+        await conn.execute(text("UPDATE search_state SET watermark = 0"))
+
+
+async def pending(engine: AsyncEngine) -> dict[str, int]:
+    return await browse.search_pending(engine)
 
 
 class StopAfter:
@@ -61,17 +81,14 @@ async def test_backfill_indexes_old_rows_in_batches_and_resumes(engine: AsyncEng
     await store.append_many([user(f"archived note {n}") for n in range(25)])
     db = SQLAlchemyDatabase(engine=engine, agent_name="agent")
     await db.add_message("t", "alice", "user", message="archived invoice")
-    async with engine.begin() as conn:
-        # What a database migrated from revision 0004 holds: rows without a feed.
-        await conn.execute(text("UPDATE context_messages SET search_text = NULL"))
-        await conn.execute(text("UPDATE messages SET search_text = NULL"))
-    assert await store.search("archived") == []
+    await forget_the_index(engine)
+    assert await pending(engine) == {"context_messages": 25, "messages": 1}
 
     stopped = StopAfter(batches=2)
     with pytest.raises(BackfillInterruptedError):
         await transfer.backfill(engine, batch_size=10, progress=stopped)
-    # The two finished batches were committed and are found already.
-    assert len(await store.search("archived", limit=100)) == 20
+    # The two finished batches were committed.
+    assert await pending(engine) == {"context_messages": 5, "messages": 1}
     assert stopped.labels == [("indexing context_messages", 25)]
 
     resumed = StopAfter()
@@ -120,7 +137,7 @@ async def test_a_database_with_history_migrates_to_0005_and_is_searchable_after_
             )
         await migrate.upgrade(engine)
         store = SQLAlchemyContextStore(engine, project="/p", session_id="s")
-        assert await store.search("search") == []
+        assert await pending(engine) == {"context_messages": 2, "messages": 0}
         report = await transfer.backfill(engine)
         assert report.indexed["context_messages"] == 2
         (hit,) = await store.search("search existed")
@@ -193,10 +210,7 @@ async def test_an_engine_without_the_index_writes_no_feed_and_refuses_search(
         await store.append_many([user("more unindexed words")])
         db = SQLAlchemyDatabase(engine=plain, agent_name="agent")
         await db.add_message("t", "alice", "user", message="unindexed invoice")
-        async with plain.connect() as conn:
-            for table in ("context_messages", "messages"):
-                query = f"SELECT count(*) FROM {table} WHERE search_text IS NOT NULL"
-                assert (await conn.execute(text(query))).scalar_one() == 0
+        assert await pending(plain) == {"context_messages": 2, "messages": 1}
         with pytest.raises(ConfigurationError, match="search_index=False"):
             await store.search("unindexed")
         with pytest.raises(ConfigurationError, match="search_index=False"):
@@ -215,41 +229,90 @@ async def test_an_engine_without_the_index_writes_no_feed_and_refuses_search(
         await indexing.dispose()
 
 
-async def test_backfill_leaves_a_row_replaced_meanwhile_for_the_next_run(
+async def test_no_other_process_writes_between_the_catch_ups_read_and_its_writes(
     sqlite_file: Path,
 ) -> None:
-    # Between the back-fill's read of a batch and its update, another writer (one that
-    # indexes nothing) replaces the history: the words read must not land on the new row.
+    # The driver begins a transaction only at its first write: the catch-up writes first,
+    # so it holds SQLite's write lock before it reads. Another process that replaced the
+    # message between the read and the writes would get its old words in the index, or
+    # append a row the watermark then passes.
     url = URL.create("sqlite+aiosqlite", database=str(sqlite_file))
     plain = create_engine(url, search_index=False)
     indexing = create_engine(url)
     try:
         await SQLAlchemyContextStore(plain, project="/p", session_id="s").append(user("apple"))
-        replaced: list[bool] = []
+        refused: list[str] = []
 
         def replace_meanwhile(
             conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
         ) -> None:
-            if statement.startswith("UPDATE context_messages SET search_text") and not replaced:
-                replaced.append(True)
-                with sqlite3.connect(sqlite_file) as other:
-                    other.execute(
-                        "UPDATE context_messages SET content = ? WHERE project = '/p'",
-                        (codec.encode([{"type": "text", "text": "brand new banana"}]),),
-                    )
+            if statement.startswith("INSERT INTO context_search_docs") and not refused:
+                with sqlite3.connect(sqlite_file, timeout=0) as other:
+                    try:
+                        other.execute(
+                            "UPDATE context_messages SET content = ? WHERE project = '/p'",
+                            (codec.encode([{"type": "text", "text": "brand new banana"}]),),
+                        )
+                    except sqlite3.OperationalError as exc:
+                        refused.append(str(exc))
 
         event.listen(indexing.sync_engine, "before_cursor_execute", replace_meanwhile)
         first = await transfer.backfill(indexing)
         event.remove(indexing.sync_engine, "before_cursor_execute", replace_meanwhile)
-        assert replaced
+        assert refused == ["database is locked"]
+        assert first.indexed["context_messages"] == 1
         store = SQLAlchemyContextStore(indexing, project="/p", session_id="s")
-        assert await store.search("apple") == []
-        # The row kept no feed and was not counted; the next run indexes what is there now.
-        assert first.indexed["context_messages"] == 0
-        second = await transfer.backfill(indexing)
-        assert second.indexed["context_messages"] == 1
-        (hit,) = await store.search("banana")
-        assert hit.snippet == "brand new banana"
+        (hit,) = await store.search("apple")
+        assert hit.snippet == "apple"
+        assert await store.search("banana") == []
     finally:
         await plain.dispose()
         await indexing.dispose()
+
+
+async def test_what_the_rows_hold_of_the_words_on_each_backend(engine: AsyncEngine) -> None:
+    # SQLite: nothing (migration 0007). PostgreSQL: the tsvector only, never the feed's
+    # text. MySQL/MariaDB: the feed in clear, which FULLTEXT needs (docs/encryption.md).
+    phrase = "zebra quantum marmalade"
+    filler = " ".join(f"filler{i}" for i in range(300))  # ~2 KB: the payload is compressed
+    store = SQLAlchemyContextStore(engine, project="/p", session_id="s")
+    await store.append(user(f"{filler} {phrase} {filler}"))
+    (hit,) = await store.search("quantum marmalade")
+    assert phrase in hit.snippet
+    name = engine.dialect.name
+    async with engine.connect() as conn:
+        content = (await conn.execute(text("SELECT content FROM context_messages"))).scalar_one()
+        assert phrase.encode() not in bytes(content)
+        if name == "sqlite":
+            columns = await conn.execute(text("PRAGMA table_info(context_messages)"))
+            assert "search_text" not in {row[1] for row in columns}
+            return
+        stored = (
+            await conn.execute(
+                text(
+                    "SELECT CAST(search_text AS TEXT) FROM context_messages"
+                    if name == "postgresql"
+                    else "SELECT search_text FROM context_messages"
+                )
+            )
+        ).scalar_one()
+    if name == "postgresql":
+        kind = await _column_type(engine, "context_messages", "search_text")
+        assert kind == "tsvector"
+        assert "zebra_" not in stored
+        assert phrase not in stored
+        assert "'zebra':" in stored  # lexemes with their positions
+    else:
+        assert "zebra_ quantum_ marmalade_" in stored
+
+
+async def _column_type(engine: AsyncEngine, table: str, column: str) -> str:
+    async with engine.connect() as conn:
+        found = await conn.execute(
+            text(
+                "SELECT data_type FROM information_schema.columns "
+                "WHERE table_name = :t AND column_name = :c"
+            ),
+            {"t": table, "c": column},
+        )
+        return str(found.scalar_one())

@@ -44,19 +44,20 @@ def test_search_an_agent(seeded: str) -> None:
 
 def _forget_the_index(path: str) -> None:
     with sqlite3.connect(path) as conn:
-        conn.execute("UPDATE context_messages SET search_text = NULL")
-        conn.execute("UPDATE messages SET search_text = NULL")
+        # Not indexed yet (revision 0007: the index catches up with rows above the mark).
+        for index in ("context_search", "message_search"):
+            conn.execute(f"INSERT INTO {index} ({index}) VALUES ('delete-all')")
+            conn.execute(f"DELETE FROM {index}_docs")
+        conn.execute("UPDATE search_state SET watermark = 0")
 
 
 def test_reindex_indexes_old_messages(seeded: str) -> None:
     _forget_the_index(seeded)
-    assert json_out("search", "hello", "--project", "/work/alpha", "--url", seeded) == []
     report = json_out("reindex", "--batch-size", "1", "--url", seeded)
     assert report == {"indexed": {"context_messages": 3, "messages": 4}}
     assert len(json_out("search", "hello", "--project", "/work/alpha", "--url", seeded)) == 1
-    assert (
-        "indexed 0 context messages and 0 agent messages" in ok("reindex", "--url", seeded).stdout
-    )
+    again = ok("reindex", "--url", seeded).stdout
+    assert "indexed 0 context messages and 0 agent messages" in again
 
 
 def test_search_backfill_still_reindexes_with_a_deprecation_message(seeded: str) -> None:

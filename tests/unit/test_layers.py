@@ -236,6 +236,10 @@ STATEMENTS_OUTSIDE_REPOSITORIES: dict[str, str] = {
     "sql/replicas.py": "the WAL position poll that routes a read to a standby that has "
     "caught up, run by the runner itself",
     "sql/tables.py": "text() as a partial index's predicate, part of the schema",
+    "sql/search_index.py": "SQLite's search index kept beside the tables (catch-up to a "
+    "watermark, FTS5 and its map, the read-only match of pending rows): machinery of one "
+    "backend's index, run by the writer thread and the search repository; its reads and "
+    "writes of messages are candidates for sql/repositories/search.py",
     "migrate/__init__.py": "the advisory locks around Alembic's upgrade, on the migration "
     "connection before any repository may run",
 }

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from convostore import ValidationError, search
 
@@ -73,3 +75,24 @@ def test_snippet_offsets_and_one_highlight_per_word() -> None:
     assert cut.text.startswith("…")
     assert cut.text.endswith("…")
     assert [cut.text[a:b] for a, b in cut.highlights] == ["target"]
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.text(min_size=1, max_size=3),
+            st.text(alphabet="aé字ﬁ", min_size=60, max_size=70),
+            st.sampled_from(["a", "I", "7", "Café", "x" * 65, "\uff46\uff55\uff4c\uff4c"]),
+        ),
+        max_size=40,
+    )
+)
+def test_the_feeds_fast_path_gives_the_words_one_at_a_time_give(parts: list[str]) -> None:
+    text = " ".join(parts)
+    assert search.feed(text) == search._bounded_feed(search.words(text))
+
+
+def test_a_feed_over_max_feed_is_cut_as_word_by_word() -> None:
+    text = "ab " * (search.MAX_FEED // 3) + "a " * 10
+    assert search.feed(text) == search._bounded_feed(search.words(text))
+    assert len(search.feed(text).encode()) <= search.MAX_FEED

@@ -49,6 +49,7 @@ from convostore.errors import (
     translate_errors,
 )
 from convostore.settings import redact
+from convostore.sql import search_feed
 from convostore.sql.engine import create_engine, family, family_from_name
 from convostore.sql.profile import profile_of
 
@@ -229,6 +230,8 @@ async def prepare(engine: AsyncEngine, *, migrate: bool | None = None) -> None:
         SchemaVersionError: The database is not at head and may not be migrated here.
         DeadlineExceeded: The server did not answer within the engine's deadline.
     """
+    # Engines made elsewhere too: deletes of indexed messages need it (SQLite).
+    search_feed.install(engine)
     if engine in _prepared:
         return
     if migrate is None:

@@ -25,7 +25,7 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, QueuePoo
 
 from convostore.errors import ConfigurationError
 from convostore.settings import is_memory_sqlite, redact, resolve_url
-from convostore.sql import driver_logs, pgbouncer, sqlite_driver
+from convostore.sql import driver_logs, pgbouncer, search_feed, sqlite_driver
 from convostore.sql.options import QUERY_KEYS, UrlOptions, parse_deadline, url_options
 from convostore.sql.packet_limit import PacketLimit
 from convostore.sql.profile import (
@@ -296,6 +296,9 @@ def create_engine(
             sqlite_writer=writer_path,
         ),
     )
+    if kind == "sqlite":
+        # The delete trigger's SQL function (before any connection opens).
+        search_feed.install(engine)
     return engine
 
 

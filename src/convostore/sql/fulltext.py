@@ -1,6 +1,7 @@
 """Full-text SQL: the rows whose ``search_text`` matches a search, with a rank that depends
-on the message alone: SQLite's FTS5, PostgreSQL's ``tsvector`` (``ts_rank``), MySQL/MariaDB's
-``MATCH … AGAINST`` in boolean mode (:func:`text_matches`).
+on the message alone: PostgreSQL's ``tsvector`` (``ts_rank``), MySQL/MariaDB's ``MATCH …
+AGAINST`` in boolean mode (:func:`text_matches`). SQLite's index has no such column since
+migration 0007: :mod:`convostore.sql.search_index`.
 """
 
 from __future__ import annotations
@@ -14,18 +15,14 @@ from sqlalchemy import (
     Select,
     Table,
     Text,
-    and_,
     bindparam,
-    column,
     func,
     literal,
     literal_column,
     select,
-    table,
 )
 from sqlalchemy import cast as sql_cast
 
-from convostore.search import PAD
 from convostore.sql.engine import Family
 
 __all__ = ["RANK_SCALE", "text_matches"]
@@ -33,8 +30,6 @@ __all__ = ["RANK_SCALE", "text_matches"]
 RANK_SCALE = 10**12
 """Ranks are the backend's score times this, as integers: exact keyset cursors everywhere."""
 
-# The SQLite search index of migration 0005, per message table.
-_SQLITE_INDEX = {"context_messages": "context_search", "messages": "message_search"}
 _SIMPLE: ColumnElement[Any] = literal_column("'simple'::regconfig")
 
 
@@ -54,62 +49,8 @@ def text_matches(
     are safe inside each backend's query syntax (passed as a bound parameter all the same).
     """
     if kind == "sqlite":
-        fts_name = _SQLITE_INDEX[target.name]
-        fts = table(fts_name, column("rowid"))
-        docs = table(
-            f"{fts_name}_docs", column("doc_id"), column("words"), *(column(n) for n in key)
-        )
-        expression = " ".join(f'"{word}"' + ("*" if prefix else "") for word, prefix in terms)
-        found = literal_column(fts_name).op("MATCH")(bindparam("search", expression))
-        in_scope = [docs.c[name] == value for name, value in scope.items()]
-        exact = [word.rstrip(PAD) for word, prefix in terms if not prefix]
-        if len(scope) > 1 or len(exact) != 1:
-            # The rank from each match's feed: for one session or thread (its few rows,
-            # each looked up in the index, cost less than walking every match in the
-            # table), and for several words or prefixes, whose matches (messages with all
-            # of them) are fewer than the entries of their most common word.
-            stmt = (
-                select(
-                    *(docs.c[name] for name in key),
-                    _density_rank(kind, target.c.search_text, terms).label("rank"),
-                )
-                .select_from(
-                    fts.join(docs, docs.c.doc_id == fts.c.rowid).join(
-                        target, and_(*(target.c[n] == docs.c[n] for n in key))
-                    )
-                )
-                .where(found, *in_scope)
-            )
-            if len(scope) > 1:
-                mine = docs.alias("mine")
-                stmt = stmt.where(
-                    fts.c.rowid.in_(
-                        select(mine.c.doc_id).where(
-                            *(mine.c[name] == value for name, value in scope.items())
-                        )
-                    )
-                )
-            return stmt
-        # One word over a whole project or agent, where it may match a large share of the
-        # table: the same rank from the index itself, no message row read. Its occurrences
-        # come from the fts5vocab view (one pass over the word's entries).
-        vocab = table(f"{fts_name}_vocab", column("term"), column("doc"))
-        occurrences = (
-            select(vocab.c.doc, func.count().label("n"))
-            .where(vocab.c.term.in_(exact))
-            .group_by(vocab.c.doc)
-            .subquery("occurrences")
-        )
-        prefixes = sum(1 for _, prefix in terms if prefix)
-        score = (occurrences.c.n + prefixes) * RANK_SCALE / docs.c.words
-        return (
-            select(
-                *(docs.c[name] for name in key),
-                sql_cast(func.round(score), BigInteger).label("rank"),
-            )
-            .select_from(occurrences.join(docs, docs.c.doc_id == occurrences.c.doc))
-            .where(occurrences.c.doc.in_(select(fts.c.rowid).where(found)), *in_scope)
-        )
+        # SQLite's index is kept apart from the rows: convostore.sql.search_index.
+        raise ValueError("SQLite's matches come from convostore.sql.search_index")
     words = target.c.search_text
     if kind == "postgresql":
         expression = " & ".join(word + (":*" if prefix else "") for word, prefix in terms)

@@ -49,11 +49,13 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import NullPool
 
+from convostore.sql import search_index
 from convostore.sql.dialects import Executor, is_cached
 from convostore.sql.engine import sqlite_configurer
 from convostore.sql.precompiled import Precompiled, compile_hot
 from convostore.sql.profile import profile_of, store_profile, stored_profile
 from convostore.sql.sqlite_driver import hand_over
+from convostore.sql.types import writes_search_index
 
 __all__ = ["EXECUTION_EVENTS", "SQLiteWriter", "SyncExecutor", "writer_for"]
 
@@ -75,6 +77,10 @@ EXECUTION_EVENTS = (
 T = TypeVar("T")
 
 _MISSING: Any = object()
+
+IDLE_AFTER = 0.05
+"""Seconds without a unit of work after which the writer thread does its idle work: the
+search index's catch-up, :data:`~convostore.sql.search_index.IDLE_BATCH` rows at a time."""
 
 
 class Interrupted(sa_exc.OperationalError):
@@ -112,6 +118,9 @@ class _FileThread:
     def __init__(self, path: str) -> None:
         self.path = path
         self.users = 0
+        # Work for idle moments, per writer on this file (SQLite's search catch-up): each
+        # does one bounded batch and says whether more is left.
+        self.idle: dict[int, Callable[[], bool]] = {}
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._current: _Job | None = None
@@ -146,7 +155,19 @@ class _FileThread:
 
     def _main(self) -> None:
         get = self._queue.get
-        while (job := get()) is not None:
+        behind = False  # a unit ran since the idle work last found nothing to do
+        while True:
+            if behind and self.idle:
+                try:
+                    job = get(timeout=IDLE_AFTER)
+                except queue.Empty:
+                    behind = self._run_idle()
+                    continue
+            else:
+                job = get()
+            if job is None:
+                break
+            behind = True
             with self._lock:
                 if job.cancelled:
                     continue
@@ -161,6 +182,13 @@ class _FileThread:
                 continue
             with contextlib.suppress(RuntimeError):  # the caller's loop is closed
                 job.loop.call_soon_threadsafe(_settle, job.future, ok, value)
+
+    def _run_idle(self) -> bool:
+        # One batch per writer, then back to the queue (a unit waits at most one batch).
+        more = False
+        for work in list(self.idle.values()):
+            more = work() or more
+        return more
 
 
 def _interrupted() -> Interrupted:
@@ -303,6 +331,7 @@ class SQLiteWriter:
             thread, self._thread = self._thread, None
         if thread is None:
             return
+        thread.idle.pop(id(self), None)
         done = threading.Event()
 
         def close_connection(_job: _Job) -> None:
@@ -323,9 +352,22 @@ class SQLiteWriter:
         if thread is None:
             with self._lock:
                 if self._thread is None:
-                    self._thread = _acquire(self._path)
+                    acquired = self._thread = _acquire(self._path)
+                    acquired.idle[id(self)] = lambda: self._idle(acquired)
                 thread = self._thread
         return thread
+
+    def _idle(self, thread: _FileThread) -> bool:
+        """On the thread, when it has had nothing to do: one batch of the search index's
+        catch-up; whether more is left. Failures (the file locked by another process, a
+        closed engine) are left for the next search, which catches up itself."""
+        profile = profile_of(self._async_dialect)
+        if not writes_search_index(self._async_dialect) or profile.read_only:
+            return False
+        try:
+            return self._unit(thread, _Job(_nothing, None, None), _idle_catch_up)
+        except Exception:
+            return False
 
     def _connection(self) -> Connection:
         conn = self._conn
@@ -354,6 +396,23 @@ class SQLiteWriter:
             if job.cancelled and "interrupted" in str(exc.orig):
                 raise _interrupted() from exc
             raise
+
+
+def _nothing(_job: _Job) -> None:
+    return None
+
+
+async def _idle_catch_up(executor: Executor) -> bool:
+    more = False
+    for table in search_index.TABLES:
+        if not await search_index.behind(executor, table):
+            continue
+        dialect = search_index.dialect_of(executor)
+        counts = await search_index.catch_up(
+            executor, dialect, table, limit=search_index.IDLE_BATCH
+        )
+        more = more or (counts is not None and counts[0] == search_index.IDLE_BATCH)
+    return more
 
 
 def _is_hand_over(hook: Any) -> bool:

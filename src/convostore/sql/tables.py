@@ -104,16 +104,22 @@ do not describe: SQLAlchemy has no portable spelling for them."""
 SEARCH_TABLE_PREFIXES = ("context_search", "message_search")
 """SQLite's FTS5 tables (and their shadow tables) and row-id maps, from migration 0005."""
 
+SEARCH_STATE_TABLE = "search_state"
+"""SQLite's catch-up watermarks, from migration 0007 (:mod:`convostore.sql.search_index`)."""
 
-def described_here(name: str | None, kind: str) -> bool:
+
+def described_here(name: str | None, kind: str, backend: str | None = None) -> bool:
     """Whether a schema object is one these models describe (``alembic check`` compares
-    only those): everything but the backend-specific search index of migration 0005."""
+    only those): everything but the backend-specific search index of migrations 0005 and
+    0007 (on SQLite, ``backend``, the message tables have no ``search_text`` column)."""
     if name is None:
         return True
     if kind == "index":
         return name not in SEARCH_INDEXES
     if kind == "table":
-        return not name.startswith(SEARCH_TABLE_PREFIXES)
+        return not name.startswith(SEARCH_TABLE_PREFIXES) and name != SEARCH_STATE_TABLE
+    if kind == "column" and name == "search_text":
+        return backend != "sqlite"
     return True
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "SearchText",
     "SearchVector",
     "UTCDateTime",
+    "feeds_in_rows",
     "key_string",
     "long_text",
     "require_search_index",
@@ -235,6 +236,14 @@ def writes_search_index(target: Any) -> bool:
     :attr:`~convostore.sql.profile.EngineProfile.writes_search_index`)."""
     profile = stored_profile(getattr(target, "dialect", target))
     return profile is None or profile.writes_search_index
+
+
+def feeds_in_rows(target: Any) -> bool:
+    """Whether an engine's appends compute the search feed and write it with the row:
+    as :func:`writes_search_index`, but never on SQLite, whose index catches up after the
+    append (:mod:`convostore.sql.search_index`)."""
+    dialect = getattr(target, "dialect", target)
+    return dialect.name != "sqlite" and writes_search_index(dialect)
 
 
 def require_search_index(target: Any, what: str) -> None:

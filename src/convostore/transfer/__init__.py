@@ -11,7 +11,8 @@ head, so it can be used from Python as well as through ``convostore`` on the com
 * :func:`import_axio` / :func:`import_agentstr` (:mod:`.importers`): copy an
   axio-context-sqlite database into the context store tables, or an agentstr SQLite
   database into the agent database tables.
-* :func:`backfill` (:mod:`.reindex`): index messages written before search existed.
+* :func:`backfill` (:mod:`.reindex`): index messages written before search existed;
+  :func:`rebuild_search_index`: SQLite's index emptied and built again from the messages.
 * :func:`prune` (:mod:`.retention`) and :func:`stats` (:mod:`.sizes`: rows, bytes,
   compression ratio).
 * :func:`list_sessions`, :func:`find_session_projects`, :func:`list_threads`,
@@ -47,7 +48,7 @@ from convostore.transfer.listings import (
     session_transcript,
     thread_messages,
 )
-from convostore.transfer.reindex import ReindexReport, backfill
+from convostore.transfer.reindex import ReindexReport, backfill, rebuild_search_index
 from convostore.transfer.retention import PruneReport, parse_age, prune
 from convostore.transfer.sizes import Stats, stats
 
@@ -73,6 +74,7 @@ __all__ = [
     "list_threads",
     "parse_age",
     "prune",
+    "rebuild_search_index",
     "session_transcript",
     "stats",
     "thread_messages",

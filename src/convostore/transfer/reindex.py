@@ -1,11 +1,14 @@
 """Back-filling the search index: messages written before migration 0005.
 
-Such rows have ``search_text`` ``NULL``. :func:`backfill` reads them in primary-key order,
-``batch_size`` at a time, builds each one's feed (:mod:`convostore.search`) from its
-decoded payload, and writes it in one short transaction per batch (the database's index
-follows the column: see migration 0005). The update only touches rows still ``NULL``, so
-a back-fill running beside live writers never overwrites anything, and one that is
-stopped resumes where it left off when run again: every finished batch is committed.
+On SQLite (since migration 0007) this is the index's own catch-up
+(:mod:`convostore.sql.search_index`), run to the end in batches of ``batch_size``, one
+transaction each. Elsewhere such rows have ``search_text`` ``NULL``. :func:`backfill`
+reads them in primary-key order, ``batch_size`` at a time, builds each one's feed
+(:mod:`convostore.search`) from its decoded payload, and writes it in one short
+transaction per batch (the database's index follows the column: see migration 0005).
+The update only touches rows still ``NULL``, so a back-fill running beside live writers
+never overwrites anything, and one that is stopped resumes where it left off when run
+again: every finished batch is committed.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore import search
 from convostore.errors import ValidationError
+from convostore.sql import search_index
 from convostore.sql.dml import Executor
 from convostore.sql.repositories import admin
 from convostore.sql.runner import TransactionRunner
@@ -25,7 +29,7 @@ from convostore.sql.tables import ContextMessageRecord, MessageRecord
 from convostore.sql.types import require_search_index
 from convostore.transfer._format import NoProgress, Progress
 
-__all__ = ["DEFAULT_BATCH_SIZE", "ReindexReport", "backfill", "drop_feeds"]
+__all__ = ["DEFAULT_BATCH_SIZE", "ReindexReport", "backfill", "drop_feeds", "rebuild_search_index"]
 
 DEFAULT_BATCH_SIZE: Final = 1000
 
@@ -70,8 +74,37 @@ async def backfill(
     runner = TransactionRunner(engine)
     report = ReindexReport()
     for table in (_CONTEXT, _MESSAGES):
-        report.indexed[str(table.name)] = await _backfill_table(runner, table, batch_size, progress)
+        if engine.dialect.name == "sqlite":
+            done = await _catch_up_table(runner, table, batch_size, progress)
+        else:
+            done = await _backfill_table(runner, table, batch_size, progress)
+        report.indexed[str(table.name)] = done
     return report
+
+
+async def _catch_up_table(
+    runner: TransactionRunner, table: Table, batch_size: int, progress: Progress
+) -> int:
+    async def count(session: Executor) -> int:
+        return await search_index.pending_count(session, table)
+
+    progress.start(f"indexing {table.name}", await runner.run(count, read=True))
+    done = 0
+    while True:
+
+        async def step(session: Executor) -> tuple[int, int] | None:
+            dialect = search_index.dialect_of(session)
+            return await search_index.catch_up(session, dialect, table, limit=batch_size)
+
+        counts = await runner.run(step)
+        if counts is None:
+            return done
+        # As on the other backends: every message looked at, with words or none.
+        read, _indexed = counts
+        done += read
+        progress.advance(read)
+        if read < batch_size:
+            return done
 
 
 async def _backfill_table(
@@ -100,6 +133,36 @@ async def _backfill_table(
         progress.advance(count_done)
 
 
+async def rebuild_search_index(
+    engine: AsyncEngine,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: Progress | None = None,
+) -> ReindexReport:
+    """SQLite: empty the search index and index every message again, in batches.
+
+    What a delete refused with :data:`~convostore.sql.search_feed.MISMATCH` asks for (a
+    message changed outside convostore, or words indexed by rules that have changed
+    since). Searches meanwhile find what has been indexed again so far, and the
+    rest as soon as the catch-up reaches it. Elsewhere: :func:`backfill`.
+
+    Raises:
+        ValidationError, ConfigurationError: As :func:`backfill`.
+    """
+    if type(batch_size) is not int or batch_size < 1:
+        raise ValidationError("batch_size must be a positive int")
+    require_search_index(engine, "rebuild_search_index")
+    if engine.dialect.name == "sqlite":
+        runner = TransactionRunner(engine)
+        for table in (_CONTEXT, _MESSAGES):
+
+            async def reset(session: Executor, t: Table = table) -> None:
+                await search_index.reset(session, t)
+
+            await runner.run(reset)
+    return await backfill(engine, batch_size=batch_size, progress=progress)
+
+
 async def drop_feeds(engine: AsyncEngine, *, batch_size: int = DEFAULT_BATCH_SIZE) -> int:
     """Remove every message's words from the search index, in batches; how many went.
 
@@ -109,6 +172,13 @@ async def drop_feeds(engine: AsyncEngine, *, batch_size: int = DEFAULT_BATCH_SIZ
     runner = TransactionRunner(engine)
     dropped = 0
     for table in (_CONTEXT, _MESSAGES):
+        if engine.dialect.name == "sqlite":
+
+            async def empty(session: Executor, t: Table = table) -> int:
+                return await search_index.drop(session, t)
+
+            dropped += await runner.run(empty)
+            continue
 
         async def step(session: Executor, t: Table = table) -> int:
             return await admin.clear_feeds(session, t, batch_size)

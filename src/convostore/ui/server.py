@@ -10,6 +10,7 @@ import uvicorn
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from convostore.sql.profile import replace_profile
 from convostore.ui.app import create_app
 from convostore.ui.security import LOOPBACK_HOSTS, TOKEN, new_token
 
@@ -42,6 +43,8 @@ def read_only(engine: AsyncEngine) -> AsyncEngine:
         dbapi_connection.commit()
 
     event.listen(engine.sync_engine, "connect", configure)
+    # What convostore reads to write nothing itself (SQLite's search catch-up included).
+    replace_profile(engine, read_only=True)
     return engine
 
 

@@ -170,14 +170,17 @@ class TransferRepository:
         """
         if table is MESSAGES:
             await self._insert_parents(THREADS, rows, ("agent_name", "thread_id"), floors)
-            # Indexed for search in the same transaction as any other write.
-            rows = [
-                {**row, "search_text": search.message_feed(row["message"], row["content"])}
-                for row in rows
-            ]
+            # Indexed for search in the same transaction as any other write (on SQLite,
+            # the index catches up after: convostore.sql.search_index).
+            if self.family != "sqlite":
+                rows = [
+                    {**row, "search_text": search.message_feed(row["message"], row["content"])}
+                    for row in rows
+                ]
         elif table is CONTEXT_MESSAGES:
             await self._insert_parents(SESSIONS, rows, ("project", "session_id"), floors)
-            rows = [{**row, "search_text": search.context_feed(row["content"])} for row in rows]
+            if self.family != "sqlite":
+                rows = [{**row, "search_text": search.context_feed(row["content"])} for row in rows]
         stmt = insert_ignore(self.family, table, {}, key=list(key))
         await self.executor.execute(stmt, list(rows))
         keys = {tuple(row[name] for name in key) for row in rows}

@@ -1,7 +1,8 @@
 """Search over message history: keyset pages of hits, best first, for both message tables.
 
-The matching and ranking SQL differs per backend (:func:`convostore.sql.dialects.text_matches`);
-here the page of keys is picked first, then only its rows are read in full.
+The matching and ranking SQL differs per backend (:func:`convostore.sql.dialects.text_matches`;
+SQLite's index: :mod:`convostore.sql.search_index`); here the page of keys is picked first,
+then only its rows are read in full.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import (
-    Row,
     Select,
     Table,
     and_,
@@ -24,7 +24,7 @@ from convostore.models import (
     MessageSearchHit,
     construct,
 )
-from convostore.sql import dialects
+from convostore.sql import dialects, search_index
 from convostore.sql.dialects import Executor
 from convostore.sql.repositories.rows import _context_messages, _messages, _stored, message_from_row
 from convostore.sql.tables import (
@@ -47,17 +47,21 @@ async def search_context(
     session_id: str | None,
     limit: int,
     before: ContextSearchHit | None,
+    pending: bool = False,
 ) -> list[ContextSearchHit]:
     """The project's messages (or one session's) matching ``query``, best first.
 
     Keyset pages: ``before`` is the last hit of the previous page; hits tie on rank are
-    ordered by session and position.
+    ordered by session and position. ``pending``: also match the rows SQLite's index has
+    not reached (:func:`convostore.sql.search_index.prepare_search`).
     """
     scope = {"project": project}
     if session_id is not None:
         scope["session_id"] = session_id
     cursor = None if before is None else (before.rank, (before.session_id, before.message.position))
-    rows = await _search(session, _context_messages, query, scope, {}, limit, cursor)
+    rows = await _search(
+        session, _context_messages, query, scope, {}, limit, cursor, pending=pending
+    )
     hits = []
     for row in rows:
         stored = _stored((row.position, row.role, row.content, row.created_at, row.client_id))
@@ -87,6 +91,7 @@ async def search_messages(
     thread_id: str | None,
     limit: int,
     before: MessageSearchHit | None,
+    pending: bool = False,
 ) -> list[MessageSearchHit]:
     """The agent's messages (or one user's, or one thread's) matching ``query``, best first.
 
@@ -99,7 +104,7 @@ async def search_messages(
         None if before is None else (before.rank, (before.message.thread_id, before.message.idx))
     )
     filters = {} if user_id is None else {"user_id": user_id}
-    rows = await _search(session, _messages, query, scope, filters, limit, cursor)
+    rows = await _search(session, _messages, query, scope, filters, limit, cursor, pending=pending)
     hits = []
     for row in rows:
         message = message_from_row(row, agent_name)
@@ -123,13 +128,18 @@ async def _search(
     filters: dict[str, Any],
     limit: int,
     cursor: Cursor | None,
-) -> list[Row[Any]]:
+    *,
+    pending: bool = False,
+) -> list[Any]:
     kind = dialects.family_of(session)
     # (scope, session or thread, position): the primary key of both message tables.
     key = tuple(column.name for column in target.primary_key.columns)
-    matches = dialects.text_matches(kind, target, key, query.indexed_terms(), scope).subquery(
-        "matches"
-    )
+    terms = query.indexed_terms()
+    if kind == "sqlite":
+        indexed = search_index.indexed_matches(target, terms, scope)
+    else:
+        indexed = dialects.text_matches(kind, target, key, terms, scope)
+    matches = indexed.subquery("matches")
     _, thread_column, position_column = key
 
     def same_key(table: Any, other: Any) -> Any:
@@ -154,10 +164,26 @@ async def _search(
             )
         )
     page = top.order_by(*order).limit(limit).subquery("page")
+    extra: list[Any] = []
+    if pending:
+        # A read-only SQLite engine cannot catch the index up: the rows it has not reached
+        # are matched here (first: see search_index.merge), with the same rank.
+        extra = await search_index.pending_hits(
+            session,
+            search_index.dialect_of(session),
+            target,
+            readable_columns(target),
+            terms,
+            scope,
+            filters,
+        )
     stmt: Select[Any] = (
         select(*readable_columns(target), page.c.rank)
         .join(page, same_key(target, page))
         .where(*(target.c[name] == value for name, value in scope.items()))
         .order_by(page.c.rank.desc(), page.c[thread_column], page.c[position_column])
     )
-    return list((await session.execute(stmt)).all())
+    rows = list((await session.execute(stmt)).all())
+    if not pending:
+        return rows
+    return search_index.merge(rows, extra, (thread_column, position_column), limit, cursor)

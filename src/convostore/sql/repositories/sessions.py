@@ -103,7 +103,7 @@ class SessionRepository:
                     "content": content,
                     "created_at": now,
                     "client_id": client_id,
-                    "search_text": content.search_text,
+                    **_feed(content.search_text),
                 }
                 for (role, content), client_id in zip(rows, client_ids, strict=True)
             ],
@@ -310,26 +310,22 @@ class SessionRepository:
             )
         )
         c = _context_messages.c
-        columns = [
-            "project",
-            "session_id",
-            "position",
-            "role",
-            "content",
-            "created_at",
-            "client_id",
-            "search_text",
-        ]
-        source = select(
+        columns = ["project", "session_id", "position", "role", "content", "created_at"]
+        copies: list[Any] = [
             c.project,
             literal(new_session_id, c.session_id.type),
             c.position,
             c.role,
             c.content,
             c.created_at,
-            c.client_id,
-            c.search_text,
-        ).where(*self._messages_key())
+        ]
+        columns.append("client_id")
+        copies.append(c.client_id)
+        if dialects.family_of(self._session) != "sqlite":
+            # The copies keep their words; on SQLite the index catches up with them.
+            columns.append("search_text")
+            copies.append(c.search_text)
+        source = select(*copies).where(*self._messages_key())
         if at is not None:
             source = source.where(c.position < at)
         await self._session.execute(insert(_context_messages).from_select(columns, source))
@@ -475,7 +471,7 @@ async def append_context_batch(session: Executor, items: Sequence[ContextAppend]
                 "content": item.content,
                 "created_at": item.created_at,
                 "client_id": None,
-                "search_text": item.content.search_text,
+                **_feed(item.content.search_text),
             }
             for item, position in zip(items, positions, strict=True)
         ],
@@ -490,3 +486,9 @@ def _session_activity(new: Any) -> dict[str, Any]:
 
 
 _SESSION_COLUMNS = tuple(_sessions.c.keys())
+
+
+def _feed(search_text: str | None) -> dict[str, Any]:
+    # The feed is in the row only where a backend indexes it with the row (PostgreSQL,
+    # MySQL/MariaDB); SQLite's rows have no such column (convostore.sql.search_index).
+    return {} if search_text is None else {"search_text": search_text}
