@@ -312,3 +312,18 @@ def test_the_statement_scan_resolves_names_through_imports(tmp_path: Path) -> No
         encoding="utf-8",
     )
     assert _statement_lines(sample) == [5, 6, 7]
+
+
+def test_repositories_never_end_a_transaction() -> None:
+    """Repositories run statements; committing, rolling back, closing (and beginning) belong
+    to the runner or the caller's unit of work."""
+    source = Path(convostore.__file__).parent / "sql" / "repositories"
+    ending = sorted(
+        f"{path.name}:{node.lineno} .{node.func.attr}()"
+        for path in source.rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in {"commit", "rollback", "close", "begin", "begin_nested"}
+    )
+    assert ending == []
