@@ -344,3 +344,62 @@ def test_only_statements_with_fixed_sql_and_plain_results_are_precompiled() -> N
     assert compile_hot(select(messages.c.content), dialect) is None
     expanding = select(counters.c.n).where(counters.c.k.in_(bindparam("ks", expanding=True)))
     assert compile_hot(expanding, dialect) is None
+
+
+def test_a_unit_converts_a_bound_datetime_once_and_binds_what_core_binds() -> None:
+    from sqlalchemy import bindparam, insert
+    from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
+
+    from convostore.sql.precompiled import Memo, compile_hot
+    from convostore.sql.tables import ContextMessageRecord
+
+    dialect = SQLiteDialect_pysqlite()
+    messages: Any = ContextMessageRecord.__table__
+    names = ("project", "session_id", "position", "role", "content", "created_at")
+    stmt = insert(messages).values(
+        {name: bindparam(name, type_=messages.c[name].type) for name in names}
+    )
+    plan = compile_hot(stmt, dialect)
+    assert plan is not None
+    calls: list[datetime] = []
+    binds: list[Any] = []
+    for name, process, fixed, constant in plan.binds:
+        if name == "created_at":
+            assert process is not None
+
+            def counting(value: Any, process: Any = process) -> Any:
+                calls.append(value)
+                return process(value)
+
+            binds.append((name, counting, fixed, constant))
+        else:
+            binds.append((name, process, fixed, constant))
+    plan.binds = tuple(binds)
+    from convostore.codec import encoded
+
+    values = {
+        "project": "/p",
+        "session_id": "s",
+        "position": 0,
+        "role": "user",
+        "content": encoded([{"type": "text", "text": "hi"}]),
+        "created_at": _NOW,
+    }
+    memo: Memo = {}
+    first = plan.parameters(values, memo)
+    # Bound again in the same unit (another statement, an equal but distinct datetime).
+    again = plan.parameters({**values, "position": 1}, memo)
+    other = plan.parameters({**values, "created_at": _NOW.replace()}, memo)
+    assert calls == [_NOW, _NOW]
+    assert calls[0] is not calls[1]
+    # What Core binds for the same values.
+    compiled = stmt.compile(dialect=dialect)
+    core = compiled.construct_params(values)
+    expected = tuple(
+        messages.c[name].type._cached_bind_processor(dialect)(core[name])
+        if messages.c[name].type._cached_bind_processor(dialect)
+        else core[name]
+        for name in compiled.positiontup or ()
+    )
+    assert first == expected == plan.parameters(values) == other
+    assert again[names.index("position")] == 1

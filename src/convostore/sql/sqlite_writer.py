@@ -52,7 +52,7 @@ from sqlalchemy.pool import NullPool
 from convostore.sql import search_index
 from convostore.sql.dialects import Executor, is_cached
 from convostore.sql.engine import sqlite_configurer
-from convostore.sql.precompiled import Precompiled, compile_hot
+from convostore.sql.precompiled import Memo, Precompiled, compile_hot
 from convostore.sql.profile import profile_of, store_profile, stored_profile
 from convostore.sql.sqlite_driver import hand_over
 from convostore.sql.types import writes_search_index
@@ -224,7 +224,7 @@ class SyncExecutor:
     runs to its end on the writer thread (:func:`drive`).
     """
 
-    __slots__ = ("_dbapi", "_job", "_plans", "_thread", "conn", "dialect")
+    __slots__ = ("_dbapi", "_job", "_memo", "_plans", "_thread", "conn", "dialect")
 
     def __init__(
         self,
@@ -239,6 +239,8 @@ class SyncExecutor:
         self._plans = plans
         self._thread = thread
         self._job = job
+        # Bind values converted in this unit (its timestamp, bound several times).
+        self._memo: Memo = {}
 
     async def execute(
         self,
@@ -255,7 +257,7 @@ class SyncExecutor:
             if plan is _MISSING and is_cached(statement):
                 plan = plans[id(statement)] = compile_hot(statement, self.dialect)
             if plan is not None and plan is not _MISSING:
-                return plan.run(self._dbapi, parameters or {})
+                return plan.run(self._dbapi, parameters or {}, self._memo)
         if execution_options:
             return self.conn.execute(statement, parameters, execution_options=execution_options)
         return self.conn.execute(statement, parameters)
