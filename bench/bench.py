@@ -1919,11 +1919,16 @@ async def run(args: argparse.Namespace) -> str:
 
 
 async def profile(args: argparse.Namespace, count: int) -> str:
-    """cProfile ``count`` convostore appends on a fresh SQLite file; the top of the profile."""
+    """cProfile ``count`` convostore appends on a fresh database of ``--backend`` (SQLite
+    unless PostgreSQL or MariaDB is named); the top of the profile."""
     pool = generate_pool(args.seed, 60, None)
     directory = Path(tempfile.mkdtemp(prefix="convostore-profile-"))
+    backend = args.backend if args.backend in ("postgresql", "mariadb") else "sqlite"
+    place = make_place(backend, directory)
+    name = f"bench_{os.getpid()}_profile"
     try:
-        engine = await convostore.connect(f"sqlite+aiosqlite:///{directory / 'p.db'}")
+        url = await place.create(name)
+        engine = await convostore.connect(url, migrate=True, search_index=SEARCH_INDEX[0])
         store = SQLAlchemyContextStore(engine, session_id="profile", project=PROJECT)
         await store.append(pool[0].cs)
         profiler = cProfile.Profile()
@@ -1935,6 +1940,7 @@ async def profile(args: argparse.Namespace, count: int) -> str:
         profiler.disable()
         await engine.dispose()
     finally:
+        await place.drop(name)
         shutil.rmtree(directory, ignore_errors=True)
     out = io.StringIO()
     out.write(f"{count} appends in {elapsed:.3f} s under cProfile ({count / elapsed:,.0f}/s)\n")

@@ -80,11 +80,13 @@ class Rows:
 class Precompiled:
     """One statement compiled for one dialect; :meth:`run` executes it on a DB-API cursor."""
 
-    __slots__ = ("binds", "sql")
+    __slots__ = ("binds", "returns_rows", "sql")
 
-    def __init__(self, sql: str, binds: Sequence[_Bind]) -> None:
+    def __init__(self, sql: str, binds: Sequence[_Bind], *, returns_rows: bool = True) -> None:
         self.sql = sql
         self.binds = tuple(binds)
+        # Whether it has result rows (RETURNING, SELECT) or only a row count.
+        self.returns_rows = returns_rows
 
     def parameters(self, values: Mapping[str, Any], memo: Memo | None = None) -> tuple[Any, ...]:
         """The positional DB-API parameters for ``values`` (bind parameter name → value).
@@ -174,4 +176,4 @@ def compile_hot(statement: ClauseElement, dialect: Dialect) -> Precompiled | Non
             binds.append((name, None, True, value if process is None else process(value)))
         else:
             binds.append((name, process, False, None))
-    return Precompiled(compiled.string, binds)
+    return Precompiled(compiled.string, binds, returns_rows=bool(compiled._result_columns))

@@ -47,6 +47,7 @@ from convostore.errors import (
     ConflictError,
     translate_errors,
 )
+from convostore.sql.asyncpg_direct import AsyncpgDirect, DirectConnection, NeedsCore, direct_for
 from convostore.sql.dialects import Executor, is_retryable
 from convostore.sql.profile import profile_of
 from convostore.sql.replicas import ReadYourWrites, ReplicaSet
@@ -80,6 +81,9 @@ class TransactionRunner:
         # executor calls is awaited), so on a SQLite file they may run whole on its writer
         # thread (convostore.sql.sqlite_writer). Reads stay on the pool, beside the writer.
         self._writer: SQLiteWriter | None = writer_for(engine) if writer else None
+        # The same works' single statements (autocommit) may run straight on asyncpg
+        # (convostore.sql.asyncpg_direct) on PostgreSQL.
+        self._direct: AsyncpgDirect | None = direct_for(engine) if writer else None
         # transaction() hands a session to the caller's block, which decides when it ends.
         self.sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
         # run() owns its transactions: it runs them on a plain AsyncConnection (an ORM
@@ -222,11 +226,27 @@ class TransactionRunner:
             writer = self._writer
             if read or on is not None or (writer is not None and writer.observed()):
                 writer = None
+            direct = self._direct
+            if (
+                not autocommit
+                or read
+                or on is not None
+                or (direct is not None and not direct.usable())
+            ):
+                direct = None
             attempt = 1
             while True:
                 try:
                     if writer is not None:
                         return await writer.run(work)
+                    if direct is not None:
+                        try:
+                            return await direct.run(
+                                lambda connection: _direct_unit(connection, work, commits_alone)
+                            )
+                        except NeedsCore:
+                            direct = None
+                            continue
                     # Leaving the block without the commit (work raised) rolls back.
                     async with engine.connect() as connection:
                         await connection.begin()
@@ -242,6 +262,20 @@ class TransactionRunner:
                 delay = min(_MAX_DELAY, _BASE_DELAY * 2**attempt)
                 await asyncio.sleep(random.uniform(0, delay))
                 attempt += 1
+
+
+async def _direct_unit(
+    connection: DirectConnection, work: Callable[[Executor], Awaitable[T]], commits_alone: bool
+) -> T:
+    # The direct path's transaction, as the Core path runs it: the statement commits by
+    # itself, or (behind PgBouncer's transaction pooling) inside BEGIN/COMMIT.
+    if not commits_alone:
+        await connection.begin()
+    with _unknown_if_cut(commits_alone):
+        result = await work(connection)  # type: ignore[arg-type]
+    with _unknown_if_cut(True):
+        await connection.commit()
+    return result
 
 
 @contextlib.contextmanager
