@@ -403,3 +403,34 @@ def test_a_unit_converts_a_bound_datetime_once_and_binds_what_core_binds() -> No
     )
     assert first == expected == plan.parameters(values) == other
     assert again[names.index("position")] == 1
+
+
+def test_columns_of_the_same_type_share_one_processor_so_the_memo_finds_them() -> None:
+    from sqlalchemy import bindparam, update
+    from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
+
+    from convostore.sql.precompiled import Memo, compile_hot
+    from convostore.sql.tables import ContextSessionRecord
+
+    dialect = SQLiteDialect_pysqlite()
+    sessions: Any = ContextSessionRecord.__table__
+    names = ("created_at", "updated_at")
+    stmt = (
+        update(sessions)
+        .where(sessions.c.project == bindparam("project"))
+        .where(sessions.c.session_id == bindparam("session_id"))
+        .values({name: bindparam(name, type_=sessions.c[name].type) for name in names})
+    )
+    plan = compile_hot(stmt, dialect)
+    assert plan is not None
+    processors = {name: process for name, process, _fixed, _constant in plan.binds}
+    assert sessions.c.created_at.type is not sessions.c.updated_at.type
+    assert processors["created_at"] is processors["updated_at"] is not None
+    memo: Memo = {}
+    values = {"project": "/p", "session_id": "s", "created_at": _NOW, "updated_at": _NOW}
+    assert plan.parameters(values, memo) == plan.parameters(values)
+    assert len(memo) == 1
+    # Another dialect gets its own processors (they read its profile: keyring, switches).
+    other = compile_hot(stmt, SQLiteDialect_pysqlite())
+    assert other is not None
+    assert {b[0]: b[1] for b in other.binds}["created_at"] is not processors["created_at"]

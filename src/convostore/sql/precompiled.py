@@ -19,6 +19,7 @@ statements and how to turn it off.
 from __future__ import annotations
 
 import sqlite3
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -165,7 +166,7 @@ def compile_hot(statement: ClauseElement, dialect: Dialect) -> Precompiled | Non
         bind = compiled.binds[name]
         if bind.expanding:
             return None
-        process = bind.type._cached_bind_processor(dialect)
+        process = _shared(bind.type, bind.type._cached_bind_processor(dialect), dialect)
         if bind.callable is not None:
             return None
         if not bind.required:
@@ -177,3 +178,26 @@ def compile_hot(statement: ClauseElement, dialect: Dialect) -> Precompiled | Non
         else:
             binds.append((name, process, False, None))
     return Precompiled(compiled.string, binds, returns_rows=bool(compiled._result_columns))
+
+
+_processors: weakref.WeakKeyDictionary[Dialect, dict[Any, Callable[[Any], Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _shared(type_: Any, process: Callable[[Any], Any] | None, dialect: Dialect) -> Any:
+    """One processor object per type and dialect, so a unit's memo (keyed by processor)
+    finds a value converted for another column of the same type (an append's three
+    timestamps sit in three columns, each with its own ``UTCDateTime()`` instance).
+
+    Types are the same when SQLAlchemy's cache key says so (it reuses compiled SQL on the
+    same condition); a type without one keeps its own processor.
+    """
+    if process is None:
+        return None
+    try:
+        key = type_._static_cache_key
+        hash(key)
+    except (AttributeError, TypeError, NotImplementedError):
+        return process
+    return _processors.setdefault(dialect, {}).setdefault(key, process)
