@@ -245,6 +245,55 @@ async def test_errors_are_typed_and_the_writer_goes_on(tmp_path: Path) -> None:
         await engine.dispose()
 
 
+async def test_a_unit_of_precompiled_statements_commits_or_rolls_back_whole(
+    tmp_path: Path,
+) -> None:
+    # Such a unit (an append) commits on the driver, without SQLAlchemy's transaction; a
+    # unit that also runs a Core statement commits through SQLAlchemy. Either way a
+    # failure after the statements leaves nothing.
+    from convostore.sql.repositories.sessions import SessionRepository
+
+    engine = await connect(tmp_path / "u.db")
+    codec_message = ContextMessage(role="user", content=[{"type": "text", "text": "hi"}])
+    from convostore.models import encoded_context_messages
+
+    ((_checked, data),) = encoded_context_messages([codec_message], feed=False)
+
+    def appending(then: str) -> Any:
+        async def work(executor: Executor) -> int:
+            repo = SessionRepository(executor, "/p", "s")
+            position = await repo.append([("user", data)], _NOW, None, [None], last=True)
+            if then == "core":
+                await executor.execute(text("SELECT 1"))
+            if then == "fail":
+                raise ValueError("after the statements")
+            return position
+
+        return work
+
+    def count() -> int:
+        connection = sqlite3.connect(tmp_path / "u.db")
+        try:
+            return int(connection.execute("SELECT count(*) FROM context_messages").fetchone()[0])
+        finally:
+            connection.close()
+
+    try:
+        writer = writer_for(engine)
+        assert writer is not None
+        assert await writer.run(appending("precompiled")) == 0
+        assert count() == 1
+        with pytest.raises(ValueError, match="after the statements"):
+            await writer.run(appending("fail"))
+        assert count() == 1
+        assert await writer.run(appending("core")) == 1
+        assert count() == 2
+        # Precompiled it was (the plans hold the append's statements).
+        assert sum(plan is not None for plan in writer._plans.values()) >= 2
+    finally:
+        await engine.dispose()
+
+
 _FOREVER = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT max(x) FROM c"
 
 

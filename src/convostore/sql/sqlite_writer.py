@@ -38,10 +38,11 @@ import asyncio
 import contextlib
 import os
 import queue
+import sqlite3
 import threading
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy import create_engine as create_sync_engine
@@ -390,14 +391,40 @@ class SQLiteWriter:
         conn = self._connection()
         plans = self._plans if profile.sqlite_precompile else None
         executor = SyncExecutor(conn, plans, thread, job)
-        thread.started(job, executor._dbapi)
+        dbapi = cast(sqlite3.Connection, executor._dbapi)
+        thread.started(job, dbapi)
         try:
-            with conn.begin():
-                return drive(work(executor))  # type: ignore[arg-type]
+            # No SQLAlchemy transaction is begun up front: pysqlite opens the database's
+            # own before the first write either way. A statement through Core begins
+            # SQLAlchemy's (autobegin), and then it commits or rolls back through it; a
+            # unit of precompiled statements alone (an append, add_message, credit)
+            # commits on the driver, which saves SQLAlchemy's transaction bookkeeping.
+            try:
+                result: T = drive(work(executor))  # type: ignore[arg-type]
+                if conn.in_transaction():
+                    conn.commit()
+                else:
+                    _on_driver(dbapi.commit)
+            except BaseException:
+                if conn.in_transaction():
+                    conn.rollback()
+                else:
+                    _on_driver(dbapi.rollback)
+                raise
+            return result
         except sa_exc.DBAPIError as exc:
             if job.cancelled and "interrupted" in str(exc.orig):
                 raise _interrupted() from exc
             raise
+
+
+def _on_driver(call: Callable[[], None]) -> None:
+    # A commit or rollback on the DB-API connection, its failure wrapped as Core wraps it
+    # (the retry policy and error translation read SQLAlchemy's classes).
+    try:
+        call()
+    except sqlite3.Error as exc:
+        raise sa_exc.DBAPIError.instance(None, None, exc, sqlite3.Error) from exc
 
 
 def _nothing(_job: _Job) -> None:
