@@ -15,7 +15,7 @@ STAMP := $(VENV)/.installed
 STAMP312 := $(VENV312)/.installed
 # The peers' own sdists (their READMEs and test suites run against our drop-ins).
 PEERS ?= .peers
-PEER_SDISTS := axio-context-sqlite==0.12.2 agentstr-sdk==0.6.15
+PEER_SDISTS := axio-context-sqlite==0.12.2 agentstr-sdk==0.6.15 openai-agents==0.25.0
 PEERS_STAMP := $(PEERS)/.downloaded
 
 .PHONY: venv venv312 peers demo test pytest pytest312 compat unit contract lint format bench docs clean scale-servers scale-servers-or-say browser ui-screenshots

@@ -8,7 +8,8 @@ Two interfaces over one schema, on SQLite, PostgreSQL and MariaDB/MySQL:
 
 Nothing here opens a connection at import time. The names below are imported on first use
 (PEP 562), so ``import convostore.memory`` alone, the in-memory twin, does not load
-SQLAlchemy.
+SQLAlchemy, and neither does ``from convostore import Database`` (or ``connect``): the two
+entry points (:mod:`convostore.entry`) load the façades when first called.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from convostore.context import SQLAlchemyContextStore, connect
-    from convostore.database import Database, SQLAlchemyDatabase
+    from convostore.context import SQLAlchemyContextStore
+    from convostore.database import SQLAlchemyDatabase
     from convostore.encryption import Keyring
+    from convostore.entry import Database, connect
     from convostore.errors import (
         CommitOutcomeUnknown,
         ConfigurationError,
@@ -63,7 +65,7 @@ _EXPORTS: dict[str, str] = {
     "ContextSearchHit": "convostore.models",
     "ContextStore": "convostore.interfaces",
     "ConvostoreError": "convostore.errors",
-    "Database": "convostore.database",
+    "Database": "convostore.entry",
     "DatabaseError": "convostore.errors",
     "DeadlineExceeded": "convostore.errors",
     "CorruptEnvelopeError": "convostore.errors",
@@ -89,7 +91,7 @@ _EXPORTS: dict[str, str] = {
     "UTCDateTime": "convostore.sql.types",
     "User": "convostore.models",
     "ValidationError": "convostore.errors",
-    "connect": "convostore.context",
+    "connect": "convostore.entry",
     "create_engine": "convostore.sql.engine",
     "profile_of": "convostore.sql.profile",
 }

@@ -109,12 +109,16 @@ class SQLAlchemyDatabase(Facade, AgentDatabase):
             read_url=read_url,
             encryption=encryption,
         )
+        # What async_init() needs to reopen what close() disposed of.
+        self._opened_with = (read_url, encryption)
         self.conn: AsyncEngine | None = None
         """agentstr's attribute: ``None`` until :meth:`async_init`, then the engine (agentstr's
         agent server tests it to know whether to initialise the database)."""
         # Where agentstr is loaded, make isinstance(db, BaseDatabase) hold without importing
         # it ourselves (it is heavy): `from convostore import Database` is the whole switch.
         register_if_loaded(SQLAlchemyDatabase)
+
+    _reopen_hint = "call async_init() to reopen it, as agentstr's databases do"
 
     def __repr__(self) -> str:
         url = redact(self.engine.url)
@@ -123,25 +127,45 @@ class SQLAlchemyDatabase(Facade, AgentDatabase):
     async def async_init(self) -> Self:
         """Migrate an embedded SQLite database (or check a server's schema); returns self.
 
+        After :meth:`close`, it reopens, as agentstr's databases reconnect in
+        ``async_init``: a new engine on the same URL, with the same replicas and keyring
+        (for ``sqlite://:memory:`` a new, empty database, as agentstr's). Other calls
+        after :meth:`close` raise :class:`ConfigurationError` until then.
+
         Raises:
             SchemaVersionError: A server database is not at head and ``migrate`` is off.
         """
-        await self._prepare()
-        self.conn = self.engine
+        if self._closed:
+            read_url, encryption = self._opened_with
+            self._closed = False
+            self._start(
+                create_engine(resolve_url(self.conn_str)),
+                owns_engine=True,
+                migrate=self._migrate,
+                read_url=read_url,
+                encryption=encryption,
+            )
+        await self._ready()
         return self
 
+    async def _ready(self) -> None:
+        await self._prepare()
+        self.conn = self.engine
+
     async def _ensure_ready(self) -> None:
-        await self.async_init()
+        # Never reopens: a call after close() says the database is closed.
+        await self._ready()
 
     async def close(self) -> None:
-        """Dispose of the engine (and read replicas) if this object created them."""
+        """Dispose of the engine (and read replicas) if this object created them;
+        :meth:`async_init` reopens them."""
         self.conn = None
         await super().close()
 
     @traced("user_id")
     async def get_user(self, user_id: str) -> User:
         arguments.user_id(user_id)
-        await self.async_init()
+        await self._ensure_ready()
         stored = await self._runner.run(
             lambda s: UserRepository(s, self._agent_key).get(user_id), read=True
         )
@@ -150,7 +174,7 @@ class SQLAlchemyDatabase(Facade, AgentDatabase):
     @traced()
     async def upsert_user(self, user: User) -> None:
         checked = arguments.upsert_user(user)
-        await self.async_init()
+        await self._ensure_ready()
         now = _now()
         await self._runner.run(lambda s: UserRepository(s, self._agent_key).upsert(checked, now))
 
@@ -160,7 +184,7 @@ class SQLAlchemyDatabase(Facade, AgentDatabase):
     @traced("user_id", "thread_id")
     async def set_current_thread_id(self, user_id: str, thread_id: str | None) -> None:
         arguments.set_current_thread(user_id, thread_id)
-        await self.async_init()
+        await self._ensure_ready()
         now = _now()
         await self._runner.run(
             lambda s: UserRepository(s, self._agent_key).set_current_thread(user_id, thread_id, now)
@@ -169,7 +193,7 @@ class SQLAlchemyDatabase(Facade, AgentDatabase):
     @traced("user_id")
     async def credit(self, user_id: str, amount: int) -> int:
         arguments.balance_change(user_id, amount)
-        await self.async_init()
+        await self._ensure_ready()
         now = _now()
         return await self._runner.run(
             lambda s: UserRepository(s, self._agent_key).credit(user_id, amount, now, last=True)
@@ -178,7 +202,7 @@ class SQLAlchemyDatabase(Facade, AgentDatabase):
     @traced("user_id")
     async def debit(self, user_id: str, amount: int) -> int:
         arguments.balance_change(user_id, amount)
-        await self.async_init()
+        await self._ensure_ready()
         now = _now()
 
         async def work(session: Executor) -> int:
@@ -225,7 +249,7 @@ class SQLAlchemyDatabase(Facade, AgentDatabase):
             # A retry key must be looked up first, and a caller's transaction is its own.
             (stored,) = await self._add(new.thread_id, new.user_id, [new], [client_id])
             return stored
-        await self.async_init()
+        await self._ensure_ready()
         now = _now()
         row = _message_row(new, new.user_id, now, None)
         committer = committer_for(
@@ -259,7 +283,7 @@ class SQLAlchemyDatabase(Facade, AgentDatabase):
         ids = arguments.client_ids(list(client_ids), len(news))
         if not news:
             return []
-        await self.async_init()
+        await self._ensure_ready()
         now = _now()
         retry_key = next((i for i in ids if i is not None), None)
 
@@ -328,7 +352,7 @@ class SQLAlchemyDatabase(Facade, AgentDatabase):
         self, user_id: str, *, limit: int | None = None, before: ThreadInfo | None = None
     ) -> list[ThreadInfo]:
         arguments.list_threads(user_id, limit, before)
-        await self.async_init()
+        await self._ensure_ready()
         return await self._runner.run(
             lambda s: ThreadRepository(s, self._agent_key).threads_of(
                 user_id, limit=limit, before=before
@@ -360,7 +384,7 @@ class SQLAlchemyDatabase(Facade, AgentDatabase):
         """
         parsed = arguments.search_messages(query, limit, before, user_id, thread_id)
         require_search_index(self.engine, "search")
-        await self.async_init()
+        await self._ensure_ready()
         pending = await search_index.prepare_search(self._runner, self.engine, MESSAGES)
         return await self._runner.run(
             lambda s: search_messages(
@@ -389,7 +413,7 @@ class SQLAlchemyDatabase(Facade, AgentDatabase):
         reverse: bool = False,
     ) -> list[Message]:
         arguments.get_messages(thread_id, user_id, limit, before_idx, after_idx, reverse)
-        await self.async_init()
+        await self._ensure_ready()
         rows = await self._runner.run(
             lambda s: ThreadRepository(s, self._agent_key).messages(
                 thread_id,

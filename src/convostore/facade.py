@@ -39,6 +39,7 @@ class Facade:
     _replicas: ReplicaSet | None
     _migrate: bool | None
     _closed = False
+    _reopen_hint = "make a new one"
 
     def _start(
         self,
@@ -76,7 +77,7 @@ class Facade:
             # database for ":memory:" ("no such table"), to the file or server otherwise.
             raise ConfigurationError(
                 f"this {type(self).__name__} is closed (close() disposed of the engine it "
-                "opened): make a new one"
+                f"opened): {self._reopen_hint}"
             )
         if self._runner.bound is None:
             from convostore import migrate as migrations  # Alembic loads on first use

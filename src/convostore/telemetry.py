@@ -3,7 +3,7 @@
 With ``opentelemetry-api`` installed, every public call of a store or database is one
 span, ``convostore.<operation>`` (kind ``CLIENT``), on the tracer provider the application
 configured (none configured: OpenTelemetry's no-op). Without the package nothing is
-wrapped and nothing is imported; ``CONVOSTORE_TELEMETRY=off`` in the environment (read at
+traced and nothing is imported; ``CONVOSTORE_TELEMETRY=off`` in the environment (read at
 import) turns it off where the package is installed for something else.
 
 Span attributes, identifiers only — never a payload, a message text or a URL:
@@ -36,6 +36,8 @@ from contextvars import ContextVar
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
+
+from convostore.deadlines import one_budget
 
 __all__ = ["enabled", "note_retry", "traced"]
 
@@ -98,7 +100,8 @@ def _rows(result: Any) -> int | None:
 
 
 def traced(*named: str) -> Callable[[F], F]:
-    """Make each call of the decorated façade method one span (see the module docs).
+    """Make each call of the decorated façade method one span (see the module docs), and
+    one deadline budget (:func:`convostore.deadlines.one_budget`), traced or not.
 
     Args:
         named: Names of the method's id parameters to record (``thread_id``, ``user_id``).
@@ -106,7 +109,7 @@ def traced(*named: str) -> Callable[[F], F]:
 
     def decorate(method: F) -> F:
         if not _otel:
-            return method
+            return one_budget(method)
         operation = method.__name__
         parameters = list(inspect.signature(method).parameters)[1:]
         positions = {name: parameters.index(name) for name in named}
@@ -157,6 +160,6 @@ def traced(*named: str) -> Callable[[F], F]:
                     if counter[0]:
                         instruments["retries"].add(counter[0], measured)
 
-        return wrapper  # type: ignore[return-value]
+        return one_budget(wrapper)  # type: ignore[return-value]
 
     return decorate

@@ -40,12 +40,15 @@ from convostore import (
 )
 from convostore.errors import DeadlineExceeded
 from tests.conftest import require_backend, server_database
+from tests.faultproxy import FaultProxy, Statement
 from tests.silent_server import PausableProxy, SilentServer
 
 DEADLINE_S = 1.0
 # Beyond the deadline: closing the connection the deadline cut off (asyncpg gives a
 # connection it cannot close cleanly 2 s before terminating it).
 SLACK_S = 3.0
+DOCUMENTED_SLACK_S = 1.5
+"""docs/backends.md: how late after its deadline a call may end on a loaded machine."""
 GUARD_S = 20.0
 
 
@@ -195,3 +198,57 @@ async def test_waiting_for_the_migration_lock_ends_by_the_deadline(unmigrated: U
         assert await migrate.current(engine) == migrate.head()
     finally:
         await engine.dispose()
+
+
+@pytest.fixture(params=["postgresql", "mariadb", "pgbouncer"])
+def any_server(request: pytest.FixtureRequest) -> URL:
+    """The URL of this session's migrated database on a server, or through PgBouncer."""
+    name: str = request.param
+    require_backend(request.config, name)
+    url = server_database(name).url
+    assert url is not None
+    return url
+
+
+ONE_BUDGET_DEADLINE_S = 3.0
+"""Long enough beside the documented slack (1.5 s) that a second deadline shows."""
+SLOW_START = 0.8
+"""The share of the deadline the first call's start-up takes (connect and schema check)."""
+
+
+def writes_the_store(statement: Statement) -> bool:
+    """The append's own statements, not the start-up's (which read alembic_version)."""
+    return "context_" in statement.sql
+
+
+async def test_a_first_call_has_one_deadline_for_start_up_and_its_own_work(
+    any_server: URL,
+) -> None:
+    """The first call's connect and schema check take most of the deadline (the server
+    answers nothing until 0.8 of it), then its append gets no answer: the call ends by
+    the deadline (plus slack) it started with. Before the fix the start-up and the call
+    had a deadline each, and this call took 1.8 times the deadline."""
+    assert any_server.host is not None
+    assert any_server.port is not None
+    mysql = any_server.get_backend_name() in ("mysql", "mariadb")
+    proxy = FaultProxy(any_server.host, any_server.port, "mysql" if mysql else "postgresql")
+    await proxy.start()
+    url = proxy.url(any_server).update_query_dict({"deadline": str(ONE_BUDGET_DEADLINE_S)})
+    store = SQLAlchemyContextStore(url=url, session_id="one-budget")
+    try:
+        proxy.stall()
+        held = proxy.arm("hold", writes_the_store)
+        # The server "answers" once most of the deadline has gone by: a late start-up,
+        # not a test sleeping.
+        asyncio.get_running_loop().call_later(SLOW_START * ONE_BUDGET_DEADLINE_S, proxy.resume)
+        await ends_in_time(
+            store.append(ContextMessage(role="user")),
+            DeadlineExceeded,
+            ONE_BUDGET_DEADLINE_S + DOCUMENTED_SLACK_S,
+        )
+        assert held.fired == 1  # the start-up succeeded; the append itself was cut off
+    finally:
+        proxy.resume()
+        proxy.release()
+        await store.close()
+        await proxy.close()

@@ -131,6 +131,46 @@ def test_threads_each_with_their_own_event_loop(new_database: URL) -> None:
     assert counts == {f"s{i}": MESSAGES for i in range(WRITERS)}
 
 
+def test_threads_first_using_one_engine_each_with_their_own_loop(new_database: URL) -> None:
+    """One store, so one engine, used for the first time from several threads at once, each
+    with its own event loop (the OpenAI Agents SDK's cross-loop session test does this).
+    Before the fix one thread hung: an engine's first connection is guarded by SQLAlchemy
+    with an asyncio lock of the first loop's, which other loops cannot wait on."""
+    store = SQLAlchemyContextStore(
+        url=new_database, session_id="shared", project="p", migrate=migrate_flag(new_database)
+    )
+    barrier = threading.Barrier(WRITERS)
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        async def write() -> None:
+            barrier.wait()
+            # A guard, far above the deadline-free first use: a hang fails, not blocks.
+            async with asyncio.timeout(JOIN_TIMEOUT_S / 2):
+                await store.append(message(f"{i}"))
+
+        try:
+            asyncio.run(write())
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(WRITERS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(JOIN_TIMEOUT_S)
+    assert not any(thread.is_alive() for thread in threads)
+    assert not errors, [repr(e) for e in errors]
+
+    async def stored() -> list[int]:
+        try:
+            return [m.position for m in await store.get_messages()]
+        finally:
+            await store.close()
+
+    assert asyncio.run(stored()) == list(range(WRITERS))
+
+
 def test_threads_migrating_different_files_at_once(tmp_path: Path) -> None:
     """Alembic's process-wide state is shared even between unrelated databases."""
     urls = [URL.create("sqlite+aiosqlite", database=str(tmp_path / f"{i}.db")) for i in range(4)]

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gc
 import sqlite3
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +33,7 @@ from convostore import (
     migrate,
 )
 from convostore.sql.dialects import INT64_MAX
+from convostore.sql.group_commit import committer_loops
 from tests.conftest import WITH_PGBOUNCER, require_backend, selected_backend
 
 # Through PgBouncer too: batches are transactions like any other there.
@@ -301,3 +304,59 @@ async def test_queued_callers_end_by_their_deadline_behind_a_blocked_writer(
     finally:
         blocker.close()
         await engine.dispose()
+
+
+async def _write_together(engine: AsyncEngine) -> None:
+    """Concurrent appends and add_messages, so that committers (and on SQLite the
+    writer) exist for ``engine`` on the running loop."""
+    stores = [SQLAlchemyContextStore(engine, session_id=f"s{i}", project="/gc") for i in range(4)]
+    db = SQLAlchemyDatabase(engine=engine, agent_name="gc")
+    await asyncio.gather(
+        *(store.append(message(f"{r}")) for store in stores for r in range(3)),
+        *(db.add_message(f"t{i}", "u", "user", message=f"{i}") for i in range(8)),
+    )
+    assert committer_loops(engine) == 1
+
+
+async def test_a_disposed_engine_that_is_dropped_is_collected(db_url: Any, backend: str) -> None:
+    """Nothing of convostore's keeps an engine alive: its committers and its SQLite writer
+    belong to it, so once disposed and dropped it is garbage like any other object, while
+    the loop that used it runs on (an app making an engine per tenant or per job)."""
+
+    async def use() -> weakref.ref[AsyncEngine]:
+        engine = await prepared(create_engine(db_url))
+        await _write_together(engine)
+        await engine.dispose()
+        return weakref.ref(engine)
+
+    engine = await use()
+    gc.collect()
+    assert engine() is None, [type(r) for r in gc.get_referrers(engine())]
+
+
+def test_the_committers_of_a_closed_loop_go_with_it(db_url: Any, backend: str) -> None:
+    """An engine that outlives several loops (asyncio.run per request, a sync wrapper's
+    loop restarted) keeps no committer of a closed loop, nor the loop itself."""
+    engine = create_engine(db_url)
+    asyncio.run(prepared(engine))
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+    async def one_request() -> None:
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        await _write_together(engine)
+
+    for _ in range(3):
+        asyncio.run(one_request())
+    gc.collect()
+    if backend == "sqlite":
+        # Nothing holds a closed loop, the writer thread included. (On a server, the
+        # pool's idle driver connections hold the loop they were opened on until they
+        # are recycled: that is the pool's, not the committers'.)
+        assert [loop() for loop in loops] == [None] * 3
+
+    async def after() -> int:
+        served = committer_loops(engine)
+        await engine.dispose()
+        return served
+
+    assert asyncio.run(after()) == 0

@@ -21,6 +21,7 @@ import io
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -43,7 +44,7 @@ from convostore.sql.group_commit import queued
 from convostore.sql.rotation import rotate
 from tests.backends.encrypted import ring
 from tests.conftest import direct_url, is_postgresql, selected_backend
-from tests.faultproxy import Fault, FaultProxy, sql_starts
+from tests.faultproxy import Fault, FaultProxy, Matcher, Statement, sql_starts
 
 backend = pytest.fixture(
     params=[
@@ -415,7 +416,7 @@ async def test_an_import_cut_off_stores_each_record_once_when_run_again(
         await source.dispose()
     target = "INSERT INTO context_messages" if action == "reset" else "COMMIT"
     fault = proxy.arm("drop" if action == "drop" else "reset", sql_starts(target))
-    with pytest.raises(DatabaseError):
+    with pytest.raises(CommitOutcomeUnknown if action == "drop" else DatabaseError):
         await transfer.import_jsonl(engine, dump.splitlines(keepends=True))
     assert fault.fired == 1
     await _import_once(direct)
@@ -429,7 +430,7 @@ async def test_a_rotation_cut_off_leaves_every_value_readable_and_completes_when
 ) -> None:
     await _two_messages(engine)
     fault = proxy.arm("drop", sql_starts("COMMIT"))
-    with pytest.raises(DatabaseError):
+    with pytest.raises(CommitOutcomeUnknown):
         await rotate(engine, ring("k1", "k2", current="k2"), batch_size=1)
     assert fault.fired == 1
     await _rotated(direct)
@@ -439,3 +440,105 @@ async def test_a_rotation_cut_off_leaves_every_value_readable_and_completes_when
     async with direct.connect() as conn:
         count = (await conn.execute(text("SELECT COUNT(*) FROM context_messages"))).scalar()
     assert count == 2
+
+
+# --- the caller's unit of work, the back-fill and prune --------------------------------
+
+
+async def _pay_and_ask(engine: AsyncEngine) -> None:
+    async with _db(engine).transaction() as tx:
+        await tx.debit("u", 3)
+        await tx.add_message("t", "u", "user", message="paid question")
+
+
+async def _paid_once_or_not(direct: AsyncEngine) -> None:
+    # All of the unit of work or none of it.
+    stored = [m.message for m in await _db(direct).get_messages("t", "u")]
+    assert (await _balance(direct), stored) in ((7, ["paid question"]), (10, []))
+
+
+async def _append_two_together(engine: AsyncEngine) -> None:
+    async with _store(engine).transaction() as tx:
+        await tx.append(message("c"))
+        await tx.append(message("d"))
+
+
+@pytest.mark.parametrize("store", ["database", "context_store"])
+async def test_a_unit_of_work_whose_commit_answer_is_lost_says_the_outcome_is_unknown(
+    engine: AsyncEngine, proxy: FaultProxy, direct: AsyncEngine, store: str
+) -> None:
+    await _fund(engine)
+    await _two_messages(engine)
+    fault = proxy.arm("drop", sql_starts("COMMIT"))
+    if store == "database":
+        with pytest.raises(CommitOutcomeUnknown):
+            await _pay_and_ask(engine)
+        assert fault.fired == 1
+        await _paid_once_or_not(direct)
+    else:
+        with pytest.raises(CommitOutcomeUnknown):
+            await _append_two_together(engine)
+        assert fault.fired == 1
+        assert await stored_texts(direct, "s") in (
+            [(0, "a"), (1, "b")],
+            [(0, "a"), (1, "b"), (2, "c"), (3, "d")],
+        )
+    proxy.disarm()
+    await _pay_and_ask(engine)  # the engine recovers on a fresh connection
+
+
+def commit_after(prefix: str) -> Matcher:
+    """Matches the first ``COMMIT`` sent after a statement starting with ``prefix`` (the
+    commit of a batch that wrote, not of the read that listed the work)."""
+    wrote = sql_starts(prefix)
+    commit = sql_starts("COMMIT")
+    seen = False
+
+    def match(statement: Statement) -> bool:
+        nonlocal seen
+        seen = seen or wrote(statement)
+        return seen and commit(statement)
+
+    return match
+
+
+async def test_a_backfill_cut_off_indexes_each_row_once_when_run_again(
+    engine: AsyncEngine, proxy: FaultProxy, direct: AsyncEngine
+) -> None:
+    await _store(engine).append_many([message(f"archived {n}") for n in range(5)])
+    async with direct.begin() as conn:
+        await conn.execute(text("UPDATE context_messages SET search_text = NULL"))
+    fault = proxy.arm("drop", commit_after("UPDATE context_messages"))
+    with pytest.raises(CommitOutcomeUnknown):
+        await transfer.backfill(engine, batch_size=2)
+    assert fault.fired == 1
+    proxy.disarm()
+    report = await transfer.backfill(engine, batch_size=2)
+    # The batch cut off was applied (3 left) or not (5 left); nothing is indexed twice.
+    assert report.indexed["context_messages"] in (3, 5)
+    assert len(await _store(direct).search("archived", limit=100)) == 5
+    await _append_audit(direct)
+
+
+async def test_a_prune_cut_off_removes_each_session_whole_and_completes_when_run_again(
+    engine: AsyncEngine, proxy: FaultProxy, direct: AsyncEngine
+) -> None:
+    for n in range(3):
+        await _store(engine, f"old{n}").append_many([message("a"), message("b")])
+    later = datetime.now(UTC) + timedelta(days=2)
+    fault = proxy.arm("drop", commit_after("DELETE FROM context_messages"))
+    with pytest.raises(CommitOutcomeUnknown):
+        await transfer.prune(engine, older_than=timedelta(days=1), batch_size=1, now=later)
+    assert fault.fired == 1
+
+    async def left() -> dict[str, int]:
+        return {i.session_id: i.message_count for i in await _store(direct).list_sessions()}
+
+    # Each session is there whole, or gone whole.
+    assert set((await left()).values()) <= {2}
+    assert len(await left()) in (2, 3)
+    for sid in await left():
+        assert await stored_texts(direct, sid) == [(0, "a"), (1, "b")]
+    proxy.disarm()
+    await transfer.prune(engine, older_than=timedelta(days=1), batch_size=1, now=later)
+    assert await left() == {}

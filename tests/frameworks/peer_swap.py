@@ -1,13 +1,16 @@
 """A pytest plugin that runs a peer's own test suite against convostore's drop-ins.
 
-Loaded with ``-p tests.frameworks.peer_swap`` into a pytest run over the tests shipped in
-axio-context-sqlite's or agentstr-sdk's sdist (downloaded by ``make peers``, never copied
+Loaded with ``-p peer_swap`` (this folder on ``PYTHONPATH``: a peer's own ``tests`` package
+keeps its name) into a pytest run over the tests shipped in axio-context-sqlite's,
+agentstr-sdk's or openai-agents' sdist (downloaded by ``make peers``, never copied
 into this repository). It changes only what a user changes, the import:
 
 * ``axio_context_sqlite.SQLiteContextStore`` / ``connect`` become convostore's
   :class:`~convostore.integrations.axio.AxioContextStore` / ``connect`` (the package's own
   payload helpers in ``axio_context_sqlite.store`` are left as they are);
-* ``agentstr.database`` / ``agentstr.models`` become convostore's agentstr integration.
+* ``agentstr.database`` / ``agentstr.models`` become convostore's agentstr integration;
+* the OpenAI Agents SDK's ``SQLAlchemySession`` becomes a shim over convostore's
+  :class:`~convostore.integrations.openai_agents.ConvostoreSession` (its constructors only).
 
 With ``CONVOSTORE_PEER_URL`` set to a PostgreSQL or MariaDB admin URL, the same tests run on
 that server: each SQLite path a test opens (or each ``Database("sqlite://:memory:")``) gets
@@ -21,6 +24,7 @@ import concurrent.futures
 import hashlib
 import os
 import sys
+import threading
 import types
 import uuid
 from pathlib import Path
@@ -117,10 +121,75 @@ def _swap_agentstr() -> None:
     )
 
 
+_mapping = threading.Lock()
+
+
+def _server_url_for(sqlite_url: str) -> str:
+    """The server database standing in for ``sqlite_url``, from any thread and loop (the
+    SDK's cross-loop tests open one file from two threads at once: one database)."""
+    with _mapping, concurrent.futures.ThreadPoolExecutor(1) as pool:
+        url = pool.submit(asyncio.run, _server_database(sqlite_url)).result()
+    return url.render_as_string(hide_password=False)
+
+
+def _swap_openai_agents() -> None:
+    """The SDK's ``SQLAlchemySession`` becomes a thin shim over convostore's session: its
+    two constructors (an engine, or ``from_url``) and its ``engine`` attribute, nothing
+    more. ``create_tables`` and the table names are accepted and ignored: convostore's
+    schema comes from its migrations (run on first use of a new SQLite file)."""
+    try:
+        from agents.extensions.memory import sqlalchemy_session
+    except ImportError:  # another peer's run
+        return
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from convostore.integrations.openai_agents import ConvostoreSession
+
+    class SQLAlchemySession(ConvostoreSession):
+        def __init__(
+            self,
+            session_id: str,
+            *,
+            engine: AsyncEngine,
+            create_tables: bool = False,
+            sessions_table: str = "agent_sessions",
+            messages_table: str = "agent_messages",
+            session_settings: Any = None,
+        ) -> None:
+            if _SERVER is not None and engine.dialect.name == "sqlite":
+                # The test's own SQLite engine: the same test on the server's database.
+                engine = create_engine(_server_url_for(str(engine.url)))
+            super().__init__(session_id, engine, session_settings=session_settings)
+
+        @classmethod
+        def from_url(
+            cls,
+            session_id: str,
+            *,
+            url: str,
+            engine_kwargs: dict[str, Any] | None = None,
+            **kwargs: Any,
+        ) -> ConvostoreSession:
+            if _SERVER is not None:
+                url = _server_url_for(url)
+            return _Owning(session_id, url=url, session_settings=kwargs.get("session_settings"))
+
+        @property
+        def engine(self) -> AsyncEngine:
+            return self._store.engine  # type: ignore[attr-defined, no-any-return]
+
+    class _Owning(SQLAlchemySession):
+        def __init__(self, session_id: str, *, url: str, session_settings: Any) -> None:
+            ConvostoreSession.__init__(self, session_id, url=url, session_settings=session_settings)
+
+    sqlalchemy_session.SQLAlchemySession = SQLAlchemySession
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # Before collection: the peer's test modules import the names at module level.
     _swap_axio()
     _swap_agentstr()
+    _swap_openai_agents()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

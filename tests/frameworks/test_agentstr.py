@@ -215,3 +215,39 @@ def test_backend_classes_refuse_the_other_backend(cls: Any, url: str) -> None:
     with pytest.raises(ConfigurationError, match=cls.__name__) as caught:
         cls(url)
     assert "secret" not in str(caught.value)
+
+
+async def test_async_init_after_close_reopens_like_agentstrs_own_database(
+    agentstr: tuple[Any, Any], tmp_path: Path
+) -> None:
+    """agentstr's backends reconnect in ``async_init`` after ``close``; so does ours, on the
+    same file, with what was stored there. A call between the two fails on both: agentstr's
+    with an AttributeError on its ``None`` connection, ours with a ConfigurationError that
+    says to call ``async_init()``."""
+    from convostore import ConfigurationError
+
+    theirs_module = importlib.import_module("agentstr.database.sqlite")
+
+    async def reopened(db: Any) -> list[str]:
+        await db.async_init()
+        await db.add_message("t", "u", "user", message="kept")
+        await db.close()
+        assert db.conn is None
+        error: BaseException | None = None
+        try:
+            await db.get_messages("t", "u")
+        except Exception as exc:
+            error = exc
+        assert error is not None
+        assert await db.async_init() is db
+        try:
+            return [m.message for m in await db.get_messages("t", "u")]
+        finally:
+            await db.close()
+
+    theirs = theirs_module.SQLiteDatabase(f"sqlite://{tmp_path / 'theirs.db'}", agent_name="a")
+    ours = integration.Database(f"sqlite://{tmp_path / 'ours.db'}", agent_name="a")
+    assert await reopened(theirs) == await reopened(ours) == ["kept"]
+    await ours.close()
+    with pytest.raises(ConfigurationError, match="async_init"):
+        await ours.get_user("u")

@@ -31,7 +31,7 @@ from langchain_core.messages import (
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 from langchain_core.runnables import RunnableLambda
 from langchain_core.runnables.history import RunnableWithMessageHistory
-from sqlalchemy import URL, select
+from sqlalchemy import URL, func, inspect, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore import (
@@ -48,7 +48,7 @@ from convostore.integrations.langchain import (
     ConvostoreChatMessageHistory,
     message_role,
 )
-from convostore.sql.profile import profile_of
+from convostore.sql.profile import committers_of, profile_of
 from convostore.sql.tables import ContextMessageRecord
 from tests.backends.encrypted import ring
 from tests.conftest import _servers, empty_tables, run_sync
@@ -270,7 +270,7 @@ def test_the_sync_twin_engine_has_the_profile_of_its_source(sync_url: URL) -> No
             7.0,
             profile_of(source).keyring,
         )
-        assert profile_of(twin).committers is not profile_of(source).committers
+        assert committers_of(twin) is not committers_of(source)
     finally:
         history.close()
         run_sync(source.dispose())
@@ -280,6 +280,15 @@ async def _search_feeds(url: URL) -> list[Any]:
     engine = create_engine(url)
     try:
         async with engine.connect() as conn:
+            if conn.dialect.name == "sqlite":
+                # Since 0007 an SQLite row carries no feed (the index catches up by itself):
+                # one NULL per stored message, the column being gone.
+                columns = await conn.run_sync(
+                    lambda sync: {c["name"] for c in inspect(sync).get_columns("context_messages")}
+                )
+                assert "search_text" not in columns
+                count = await conn.scalar(select(func.count()).select_from(ContextMessageRecord))
+                return [None] * (count or 0)
             return list((await conn.execute(select(ContextMessageRecord.search_text))).scalars())
     finally:
         await engine.dispose()

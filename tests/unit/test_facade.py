@@ -39,16 +39,25 @@ async def test_async_with_opens_and_closes_what_the_store_created(db_url: URL) -
 
 async def test_a_closed_facade_says_so(db_url: URL) -> None:
     """Used after close(), a façade once reconnected quietly: to a new, empty database for
-    ``:memory:`` ("no such table: threads"). Every call now says it is closed."""
+    ``:memory:`` ("no such table: threads"). Every call now says it is closed; only the
+    agent database's async_init() reopens it, as agentstr's databases reconnect there."""
     url = db_url.render_as_string(hide_password=False)
     for where in (url, "sqlite://:memory:"):
-        db = await SQLAlchemyDatabase(where).async_init()
+        db = await SQLAlchemyDatabase(where, agent_name="a").async_init()
         await db.add_message("t", "u", "user", message="kept")
         await db.close()
-        for call in (db.get_messages("t", "u"), db.credit("u", 1), db.async_init()):
-            with pytest.raises(ConfigurationError, match="SQLAlchemyDatabase is closed"):
+        assert db.conn is None
+        for call in (db.get_messages("t", "u"), db.credit("u", 1)):
+            with pytest.raises(ConfigurationError, match=r"Database is closed.*async_init"):
                 await call
         await db.close()  # closing again is fine
+        assert await db.async_init() is db
+        assert db.conn is db.engine
+        kept = [m.message for m in await db.get_messages("t", "u")]
+        # The same database again; ":memory:" is a new one, as agentstr's is.
+        assert kept == ([] if "memory" in where else ["kept"])
+        assert await db.credit("u", 1) == 1
+        await db.close()
     store = SQLAlchemyContextStore(url=":memory:", project="/p", session_id="s")
     await store.append(ContextMessage(role="user"))
     await store.close()

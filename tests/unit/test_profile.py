@@ -21,7 +21,7 @@ from convostore.sql.engine import family, is_read_only, twin_engine
 from convostore.sql.group_commit import committer_for, committer_loops
 from convostore.sql.options import DEFAULT_DEADLINE_S
 from convostore.sql.pgbouncer import runs_in_transactions
-from convostore.sql.profile import EngineProfile, profile_of, replace_profile
+from convostore.sql.profile import EngineProfile, committers_of, profile_of, replace_profile
 from convostore.sql.replicas import ReadReplicas, attach_replicas, replicas_of
 from convostore.sql.runner import TransactionRunner
 from convostore.sql.types import writes_search_index
@@ -153,12 +153,12 @@ def test_an_engine_made_elsewhere_gets_the_default_profile_once() -> None:
     engine = create_async_engine("postgresql+asyncpg://app@db/agents")
     profile = profile_of(engine)
     assert profile == EngineProfile(family="postgresql")
-    assert profile_of(engine) is profile  # stored: its committers persist
-    # The public setters replace the profile, keeping its committers.
+    assert profile_of(engine) is profile  # stored
+    # The public setters replace the profile; the committers stay with the engine.
     keyring = ring("k1", current="k1")
     install(engine, keyring)
     assert profile_of(engine).keyring is keyring
-    assert profile_of(engine).committers is profile.committers
+    assert committers_of(engine) is committers_of(engine)
     install(engine, keyring)  # the same keyring again: nothing to do
     with pytest.raises(ConfigurationError, match="another keyring"):
         install(engine, ring("k2", current="k2"))
@@ -197,7 +197,7 @@ async def test_a_twin_is_a_faithful_copy(tmp_path: Path) -> None:
             mine, replicas=None
         )
         assert (theirs.replicas is None) == (mine.replicas is None)
-        assert theirs.committers is not mine.committers
+        assert committers_of(twin) is not committers_of(source)
         assert twin.url == source.url
     replicas, copied = profile_of(sources[3]).replicas, profile_of(twin).replicas
     assert replicas is not None
@@ -209,16 +209,16 @@ async def test_a_twin_is_a_faithful_copy(tmp_path: Path) -> None:
         await source.dispose()
 
 
-async def test_committers_live_in_the_profile_and_go_with_their_loop(tmp_path: Path) -> None:
+async def test_committers_live_on_the_engine_and_go_with_their_loop(tmp_path: Path) -> None:
     engine = await connect(tmp_path / "c.db")
     try:
         store = SQLAlchemyContextStore(engine, project="/p", session_id="s")
         await store.append(ContextMessage(role="user", content=[{"type": "text", "text": "hi"}]))
         assert committer_loops(engine) == 1
-        [committer] = profile_of(engine).committers.on(asyncio.get_running_loop())
+        [committer] = committers_of(engine).on(asyncio.get_running_loop())
         # Replacing the profile (a keyring installed later) keeps the committers.
         replace_profile(engine, search_index=False)
-        assert profile_of(engine).committers.on(asyncio.get_running_loop()) == [committer]
+        assert committers_of(engine).on(asyncio.get_running_loop()) == [committer]
         # Another loop, closed: its committers are dropped at the next look-up.
         await asyncio.to_thread(asyncio.run, _committer_on(engine))
         assert committer_loops(engine) == 1

@@ -301,7 +301,9 @@ async def test_a_deadline_interrupts_the_running_unit_and_drops_queued_ones(
     tmp_path: Path,
 ) -> None:
     await (await connect(tmp_path / "d.db")).dispose()  # migrated
-    engine = create_engine(str(tmp_path / "d.db"), deadline=0.3)
+    # Long enough for the steps below on a loaded machine; the test waits on events,
+    # not on this clock, except for the deadline that ends the running unit.
+    engine = create_engine(str(tmp_path / "d.db"), deadline=1.0)
     try:
         store = SQLAlchemyContextStore(engine, project="/p", session_id="s")
         ran: list[str] = []
@@ -316,9 +318,15 @@ async def test_a_deadline_interrupts_the_running_unit_and_drops_queued_ones(
         writer = writer_for(engine)
         assert writer is not None
         running = asyncio.create_task(store._runner.run(forever))
-        await asyncio.sleep(0.05)
+        # Until the writer thread runs it (a sleep of 50 ms was not always enough on a
+        # loaded machine: then "queued" ran first).
+        for _ in range(100_000):
+            if ran:
+                break
+            await asyncio.sleep(0.001)
+        assert ran == ["forever"]
         waiting = asyncio.create_task(writer.run(queued))
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0)  # one step: it is on the writer's queue, behind "forever"
         waiting.cancel()
         with pytest.raises(DeadlineExceeded):
             await running

@@ -41,7 +41,7 @@ from sqlalchemy import URL, Connection, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import NullPool
 
-from convostore.deadlines import Deadline
+from convostore.deadlines import Deadline, resume_after
 from convostore.errors import (
     ConfigurationError,
     DatabaseError,
@@ -90,10 +90,15 @@ _turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
 )
 # One preparation of a database at a time per event loop (the key is the database's URL),
 # so the tasks that open a new database together wait for the first one's migration and
-# then find the database at head.
+# then find the database at head; and one at a time across the process's threads, each
+# with its loop (_databases), since preparing is also an engine's first connection, which
+# SQLAlchemy guards with an asyncio lock of the first loop's: two loops making an
+# engine's first connections at once hang (the OpenAI Agents SDK's cross-loop tests).
 _preparing: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = (
     weakref.WeakKeyDictionary()
 )
+_databases: dict[str, threading.Lock] = {}
+_databases_lock = threading.Lock()
 # Where convostore hands its start-up deadline to env.py's migration_lock.
 DEADLINE_ATTRIBUTE = "convostore_deadline"
 
@@ -248,6 +253,9 @@ async def prepare(engine: AsyncEngine, *, migrate: bool | None = None) -> None:
             if not migrate:
                 raise _version_error(engine.url, revision, expected)
             await _on_connection(engine, _run_command, "upgrade", "head", deadline, alembic=True)
+            # The migration ran to its end under a lifted deadline: the call that prepared
+            # the database gets its remaining budget back for its own work.
+            resume_after(deadline.lifted_at)
         _prepared.add(engine)
 
 
@@ -256,7 +264,9 @@ async def _preparing_lock(engine: AsyncEngine) -> AsyncIterator[None]:
     locks = _preparing.setdefault(asyncio.get_running_loop(), {})
     key = engine.url.render_as_string(hide_password=False)
     lock = locks.setdefault(key, asyncio.Lock())
-    async with lock:
+    with _databases_lock:
+        across = _databases.setdefault(key, threading.Lock())
+    async with lock, _thread_turn(across):
         yield
 
 
@@ -264,22 +274,28 @@ async def _preparing_lock(engine: AsyncEngine) -> AsyncIterator[None]:
 async def _alembic_turn() -> AsyncIterator[None]:
     """Hold this process's turn to run an Alembic command (see ``_ALEMBIC``)."""
     turn = _turns.setdefault(asyncio.get_running_loop(), asyncio.Lock())
-    async with turn:
-        if not _ALEMBIC.acquire(blocking=False):
-            # Another thread's command runs: wait for it in a worker thread, so that this
-            # loop's other tasks (that thread's command may be serving them) keep running.
-            waiter = asyncio.ensure_future(asyncio.to_thread(_ALEMBIC.acquire))
-            try:
-                await asyncio.shield(waiter)
-            except BaseException:
-                # Cancelled (a deadline) while the worker waits: give the turn back as soon
-                # as the worker gets it.
-                waiter.add_done_callback(lambda _: _ALEMBIC.release())
-                raise
+    async with turn, _thread_turn(_ALEMBIC):
+        yield
+
+
+@asynccontextmanager
+async def _thread_turn(lock: threading.Lock) -> AsyncIterator[None]:
+    """Hold ``lock``, shared with other threads, without blocking this event loop."""
+    if not lock.acquire(blocking=False):
+        # Another thread holds it: wait in a worker thread, so that this loop's other
+        # tasks (that thread's work may be serving them) keep running.
+        waiter = asyncio.ensure_future(asyncio.to_thread(lock.acquire))
         try:
-            yield
-        finally:
-            _ALEMBIC.release()
+            await asyncio.shield(waiter)
+        except BaseException:
+            # Cancelled (a deadline) while the worker waits: give the lock back as soon
+            # as the worker gets it.
+            waiter.add_done_callback(lambda _: lock.release())
+            raise
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 @contextmanager

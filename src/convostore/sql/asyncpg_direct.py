@@ -37,7 +37,6 @@ write stays on Core, so the hooks see every statement.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
@@ -268,7 +267,10 @@ def _rowcount(status: str | None) -> int:
     return int(last) if last.isdigit() else -1
 
 
-_directs: weakref.WeakKeyDictionary[Engine, AsyncpgDirect] = weakref.WeakKeyDictionary()
+# Held by the engine itself (its direct path holds the engine too, a cycle the collector
+# frees): a WeakKeyDictionary keyed by the engine, whose value holds the engine, kept every
+# engine ever used alive.
+_DIRECT = "_convostore_asyncpg_direct"
 
 
 def direct_for(engine: AsyncEngine) -> AsyncpgDirect | None:
@@ -276,7 +278,8 @@ def direct_for(engine: AsyncEngine) -> AsyncpgDirect | None:
     sync_engine = engine.sync_engine
     if sync_engine.dialect.name != "postgresql" or sync_engine.dialect.driver != "asyncpg":
         return None
-    direct = _directs.get(sync_engine)
+    owner = vars(sync_engine)
+    direct: AsyncpgDirect | None = owner.get(_DIRECT)
     if direct is None:
-        direct = _directs[sync_engine] = AsyncpgDirect(engine)
+        direct = owner[_DIRECT] = AsyncpgDirect(engine)
     return direct

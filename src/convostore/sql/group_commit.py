@@ -60,7 +60,7 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from convostore.deadlines import Deadline
+from convostore.deadlines import Deadline, ends_at, outside_calls
 from convostore.errors import (
     CommitOutcomeUnknown,
     ConfigurationError,
@@ -70,7 +70,7 @@ from convostore.errors import (
 )
 from convostore.sql.dialects import Executor
 from convostore.sql.engine import family
-from convostore.sql.profile import profile_of
+from convostore.sql.profile import committers_of
 from convostore.sql.runner import TransactionRunner
 
 __all__ = ["MAX_BATCH", "GroupCommitter", "committer_for", "committer_loops", "queued"]
@@ -162,7 +162,9 @@ class GroupCommitter(Generic[P]):
                 self._in_flight -= 1
                 self._start_flushers()
         seconds = self._runner.deadline
-        entry = _Entry(item, loop.create_future(), None if not seconds else loop.time() + seconds)
+        # The caller's budget: counted from its call's start (a first call's schema check
+        # included), see convostore.deadlines.
+        entry = _Entry(item, loop.create_future(), ends_at(seconds or None))
         self._queue.append(entry)
         self._start_flushers()
         try:
@@ -197,6 +199,9 @@ class GroupCommitter(Generic[P]):
             task.add_done_callback(self._tasks.discard)
 
     async def _flush(self) -> None:
+        # This task serves every queued caller, each by its own deadline (entry.until), not
+        # by the budget of the call that happened to start it.
+        outside_calls()
         try:
             while self._queue:
                 batch: list[_Entry[P]] = []
@@ -327,10 +332,10 @@ def committer_for(
 
     Every store on one engine and loop shares it, so their concurrent writes can join;
     the write functions must be the same for every call with the same ``kind``. The
-    committers live in the engine's profile
-    (:attr:`~convostore.sql.profile.EngineProfile.committers`), so they go with the engine.
+    committers live on the engine (:func:`~convostore.sql.profile.committers_of`), so they
+    go with the engine.
     """
-    committer: GroupCommitter[Any] = profile_of(engine).committers.get(
+    committer: GroupCommitter[Any] = committers_of(engine).get(
         asyncio.get_running_loop(),
         kind,
         lambda: GroupCommitter(
@@ -345,10 +350,10 @@ def committer_for(
 
 def committer_loops(engine: AsyncEngine) -> int:
     """How many open event loops have committers of ``engine``."""
-    return profile_of(engine).committers.loops()
+    return committers_of(engine).loops()
 
 
 def queued(engine: AsyncEngine) -> int:
     """Items waiting for a batch in ``engine``'s committers on the running loop."""
-    committers = profile_of(engine).committers.on(asyncio.get_running_loop())
+    committers = committers_of(engine).on(asyncio.get_running_loop())
     return sum(committer.queued for committer in committers)

@@ -4,8 +4,9 @@
 a URL) builds one profile per engine from its URL and arguments, and stores it once, as one
 attribute of the engine's SQLAlchemy dialect. Everything convostore decides per engine
 reads it there: the runner (deadline, PgBouncer mode, read replicas, the SQLite writer),
-group commit (its committers), the column types (the keyring and the search switch), the
-migrations (the deadline, read-only).
+the column types (the keyring and the search switch), the migrations (the deadline,
+read-only). What holds the engine itself, its group committers, lives on the engine
+instead (:func:`committers_of`).
 
 Why the dialect: a column type (:mod:`convostore.sql.types`) sees only the dialect when it
 binds or reads a value, and the dialect is shared by everything made from the engine
@@ -37,7 +38,7 @@ import dataclasses
 import threading
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from convostore.errors import ConfigurationError
@@ -55,6 +56,7 @@ __all__ = [
     "EngineProfile",
     "Family",
     "SQLiteDriver",
+    "committers_of",
     "family_from_name",
     "profile_of",
     "replace_profile",
@@ -90,14 +92,17 @@ def family_from_name(name: str) -> Family:
 
 
 class Committers:
-    """The group committers of one engine (:mod:`convostore.sql.group_commit`).
+    """The group committers of one engine (:mod:`convostore.sql.group_commit`), from
+    :func:`committers_of`.
 
     Per event loop (held weakly, and a closed loop's are dropped at the next look-up, so a
     loop closed with a write in flight leaks nothing), then per kind of item. Several
-    threads may ask at once, each for its own loop. The one mutable part of a profile: a
-    profile replaced on the same engine keeps it, a twin engine gets its own. Held by the
-    engine (through its dialect) and holding it back (each committer's runner), a cycle
-    the collector frees: nothing global keeps a dropped engine alive.
+    threads may ask at once, each for its own loop. Held by the engine itself (an attribute
+    of its sync ``Engine``) and holding it back (each committer's runner), a cycle the
+    collector frees: nothing global keeps a dropped engine alive. Not in the profile: the
+    profile lives on the dialect, which SQLAlchemy may keep after the engine is gone (the
+    PostgreSQL dialect's reflection methods, ``has_table`` included, are cached by
+    ``functools.lru_cache`` on it), and committers there kept every disposed engine alive.
     """
 
     __slots__ = ("_lock", "_per_loop")
@@ -165,8 +170,6 @@ class EngineProfile:
             (:mod:`convostore.sql.sqlite_writer`); ``None``: writes stay on the engine.
         sqlite_precompile: The writer runs hot statements precompiled; ``False`` runs
             every statement through SQLAlchemy Core (tests compare the two).
-        committers: The engine's group committers, per event loop (mutable, and not part
-            of the comparison between profiles).
     """
 
     family: Family
@@ -179,7 +182,6 @@ class EngineProfile:
     sqlite_driver: SQLiteDriver | None = None
     sqlite_writer: str | None = None
     sqlite_precompile: bool = True
-    committers: Committers = field(default_factory=Committers, compare=False)
 
     @property
     def clear_text(self) -> bool:
@@ -204,8 +206,6 @@ class EngineProfile:
         # shows only its current key id and clear-text policy).
         shown = []
         for each in dataclasses.fields(self):
-            if each.name == "committers":
-                continue
             value = getattr(self, each.name)
             if each.name == "replicas" and value is not None:
                 from convostore.settings import redact
@@ -220,7 +220,7 @@ def profile_of(target: AsyncEngine | Any) -> EngineProfile:
     their dialect).
 
     An engine :func:`convostore.create_engine` did not make gets the default profile of
-    its backend (stored, so its committers persist): the default deadline, no keyring,
+    its backend (stored, so it is made once): the default deadline, no keyring,
     the search index on, and on SQLite aiosqlite without the writer thread.
 
     Raises:
@@ -248,14 +248,27 @@ def stored_profile(dialect: Dialect) -> EngineProfile | None:
     return found
 
 
+_COMMITTERS = "_convostore_committers"
+
+
+def committers_of(engine: AsyncEngine) -> Committers:
+    """The group committers of ``engine`` (made on first use); a copy of the engine made
+    with ``execution_options`` or :func:`twin_engine` has its own."""
+    owner = vars(engine.sync_engine)
+    with _lock:
+        committers: Committers | None = owner.get(_COMMITTERS)
+        if committers is None:
+            committers = owner[_COMMITTERS] = Committers()
+    return committers
+
+
 def store_profile(target: AsyncEngine | Any, profile: EngineProfile) -> None:
     """Make ``profile`` the profile of ``target`` (an engine or its dialect)."""
     setattr(getattr(target, "dialect", target), _ATTRIBUTE, profile)
 
 
 def replace_profile(engine: AsyncEngine, **changes: Any) -> EngineProfile:
-    """Give ``engine`` a copy of its profile with ``changes`` (its committers kept), and
-    return it.
+    """Give ``engine`` a copy of its profile with ``changes``, and return it.
 
     For settings that cannot be passed to :func:`convostore.create_engine` because the
     engine was made elsewhere (the keyring: :func:`convostore.encryption.install`; read

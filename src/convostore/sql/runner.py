@@ -126,7 +126,9 @@ class TransactionRunner:
         rolled back.
 
         Failures of the begin or the commit (a connection killed while the caller's block
-        ran, say) come out as convostore errors like those of any call; what the block
+        ran, say) come out as convostore errors like those of any call, and a connection
+        lost during the ``COMMIT`` as :class:`~convostore.errors.CommitOutcomeUnknown`
+        (the block's writes are applied all or none, which one unknown); what the block
         itself raises passes through untouched. The block is not retried: only its owner
         knows whether it can run again. Once the block is over, the bound runner (and any
         view holding it) refuses to run.
@@ -146,7 +148,9 @@ class TransactionRunner:
                 raise
             finally:
                 bound.ended = True
-            with translate_errors():
+            # A COMMIT cut off may have been applied, as in run(): say so, never a plain
+            # DatabaseError that reads as "nothing happened".
+            with translate_errors(), _unknown_if_cut(True):
                 await session.commit()
             if self.replicas is not None:
                 self.consistency.wrote()

@@ -40,7 +40,6 @@ import os
 import queue
 import sqlite3
 import threading
-import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar, cast
 
@@ -169,20 +168,26 @@ class _FileThread:
             if job is None:
                 break
             behind = True
-            with self._lock:
-                if job.cancelled:
-                    continue
-                self._current = job
-            try:
-                value, ok = job.fn(job), True
-            except BaseException as exc:  # handed to the awaiting caller
-                value, ok = exc, False
-            with self._lock:
-                self._current = None
-            if job.loop is None or job.future is None:  # nobody awaits it (closing)
-                continue
-            with contextlib.suppress(RuntimeError):  # the caller's loop is closed
-                job.loop.call_soon_threadsafe(_settle, job.future, ok, value)
+            self._serve(job)
+            # Nothing of a finished job (its loop, its future, its result) stays referenced
+            # by the idle thread: a loop closed after its last write must be collectable.
+            del job
+
+    def _serve(self, job: _Job) -> None:
+        with self._lock:
+            if job.cancelled:
+                return
+            self._current = job
+        try:
+            value, ok = job.fn(job), True
+        except BaseException as exc:  # handed to the awaiting caller
+            value, ok = exc, False
+        with self._lock:
+            self._current = None
+        if job.loop is None or job.future is None:  # nobody awaits it (closing)
+            return
+        with contextlib.suppress(RuntimeError):  # the caller's loop is closed
+            job.loop.call_soon_threadsafe(_settle, job.future, ok, value)
 
     def _run_idle(self) -> bool:
         # One batch per writer, then back to the queue (a unit waits at most one batch).
@@ -475,7 +480,7 @@ def _sync_engine(engine: AsyncEngine) -> Engine:
     return sync
 
 
-_writers: weakref.WeakKeyDictionary[Engine, SQLiteWriter] = weakref.WeakKeyDictionary()
+_WRITER = "_convostore_sqlite_writer"
 _writers_lock = threading.Lock()
 
 
@@ -490,9 +495,12 @@ def writer_for(engine: AsyncEngine) -> SQLiteWriter | None:
     if path is None:
         return None
     with _writers_lock:
-        writer = _writers.get(sync_engine)
+        # Held by the engine itself (its writer holds it too, a cycle the collector
+        # frees): a registry outside it would keep every engine ever used alive.
+        owner = vars(sync_engine)
+        writer = owner.get(_WRITER)
         if writer is None:
-            writer = _writers[sync_engine] = SQLiteWriter(engine, path)
+            writer = owner[_WRITER] = SQLiteWriter(engine, path)
             # dispose() closes the pinned connection (and the thread, when it was the
             # file's last engine); the writer reopens it if the engine is used again.
             event.listen(sync_engine, "engine_disposed", lambda _engine: writer.close())
