@@ -19,7 +19,6 @@ statements and how to turn it off.
 from __future__ import annotations
 
 import sqlite3
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -180,9 +179,7 @@ def compile_hot(statement: ClauseElement, dialect: Dialect) -> Precompiled | Non
     return Precompiled(compiled.string, binds, returns_rows=bool(compiled._result_columns))
 
 
-_processors: weakref.WeakKeyDictionary[Dialect, dict[Any, Callable[[Any], Any]]] = (
-    weakref.WeakKeyDictionary()
-)
+_PROCESSORS = "_convostore_shared_processors"
 
 
 def _shared(type_: Any, process: Callable[[Any], Any] | None, dialect: Dialect) -> Any:
@@ -191,7 +188,8 @@ def _shared(type_: Any, process: Callable[[Any], Any] | None, dialect: Dialect) 
     timestamps sit in three columns, each with its own ``UTCDateTime()`` instance).
 
     Types are the same when SQLAlchemy's cache key says so (it reuses compiled SQL on the
-    same condition); a type without one keeps its own processor.
+    same condition); a type without one keeps its own processor. Per dialect, because
+    processors read that dialect's profile (its keyring).
     """
     if process is None:
         return None
@@ -200,4 +198,7 @@ def _shared(type_: Any, process: Callable[[Any], Any] | None, dialect: Dialect) 
         hash(key)
     except (AttributeError, TypeError, NotImplementedError):
         return process
-    return _processors.setdefault(dialect, {}).setdefault(key, process)
+    # Kept on the dialect itself (a cycle through the processors' closures, which the
+    # collector frees): a registry outside it would keep every engine's dialect alive.
+    shared: dict[Any, Callable[[Any], Any]] = vars(dialect).setdefault(_PROCESSORS, {})
+    return shared.setdefault(key, process)
