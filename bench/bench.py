@@ -804,7 +804,7 @@ class ConvostoreContext(ContextSystem):
                 await self.fill(sid, per_session)
 
     async def _copy_sessions(self, template: str, targets: list[str]) -> None:
-        from convostore.sql.tables import Base
+        from convostore.sql.tables import Base, readable_columns
 
         assert self.engine is not None
         tables = [
@@ -814,8 +814,12 @@ class ConvostoreContext(ContextSystem):
         async with self.engine.begin() as conn:
             for table in tables:
                 auto = table.autoincrement_column
+                # readable_columns: a message table's search feed is not a column everywhere
+                # (SQLite keeps none since 0007); the copies need not be searchable.
                 result = await conn.execute(
-                    select(table).where(table.c.project == PROJECT, table.c.session_id == template)
+                    select(*readable_columns(table)).where(
+                        table.c.project == PROJECT, table.c.session_id == template
+                    )
                 )
                 rows = [dict(row) for row in result.mappings()]
                 for row in rows:

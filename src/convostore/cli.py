@@ -773,7 +773,7 @@ def search_history(
     backfill: Annotated[
         bool,
         typer.Option(
-            "--backfill", help="Index messages written before search existed, in batches."
+            "--backfill", help="Deprecated: use `convostore reindex` (removed in the next release)."
         ),
     ] = False,
     batch_size: Annotated[
@@ -782,20 +782,13 @@ def search_history(
     url: UrlOption = None,
     json: JsonOption = False,
 ) -> None:
-    """Find messages by what was said in them (or, with --backfill, index old messages)."""
+    """Find messages by what was said in them."""
     if backfill:
-        if query is not None:
-            raise typer.BadParameter("give a query or --backfill, not both")
-        _search_backfill(url, batch_size, json)
+        _deprecated_backfill(query, url, batch_size, json)
         return
     if query is None:
-        raise typer.BadParameter("give the words to search for (or --backfill)")
-    if (project is None) == (agent is None):
-        raise typer.BadParameter("give --project (context store) or --agent (agent database)")
-    if project is not None and (user is not None or thread is not None):
-        raise typer.BadParameter("--user and --thread go with --agent")
-    if agent is not None and (session is not None or namespace is not None):
-        raise typer.BadParameter("--session and --namespace go with --project")
+        raise typer.BadParameter("give the words to search for")
+    _check_search_scope(project, agent, by_agent=(user, thread), by_project=(session, namespace))
 
     async def work() -> list[dict[str, Any]]:
         from convostore.context import SQLAlchemyContextStore
@@ -854,7 +847,47 @@ def search_history(
         out.print("no messages found")
 
 
-def _search_backfill(url: str | None, batch_size: int, json: bool) -> None:
+def _deprecated_backfill(query: str | None, url: str | None, batch_size: int, json: bool) -> None:
+    if query is not None:
+        raise typer.BadParameter("give a query or --backfill, not both")
+    # On stderr, so that --json output stays one JSON document.
+    _err().print(
+        "convostore search --backfill is deprecated and goes in the next release: "
+        "run convostore reindex",
+        markup=False,
+    )
+    _reindex(url, batch_size, json)
+
+
+def _check_search_scope(
+    project: str | None,
+    agent: str | None,
+    *,
+    by_agent: tuple[str | None, ...],
+    by_project: tuple[str | None, ...],
+) -> None:
+    """One of --project or --agent, and only the filters that go with it."""
+    if (project is None) == (agent is None):
+        raise typer.BadParameter("give --project (context store) or --agent (agent database)")
+    if project is not None and any(value is not None for value in by_agent):
+        raise typer.BadParameter("--user and --thread go with --agent")
+    if agent is not None and any(value is not None for value in by_project):
+        raise typer.BadParameter("--session and --namespace go with --project")
+
+
+@app.command("reindex")
+def reindex(
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Messages per transaction.")
+    ] = transfer.reindex.DEFAULT_BATCH_SIZE,
+    url: UrlOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Index the messages written before search existed, in batches (resumable)."""
+    _reindex(url, batch_size, json)
+
+
+def _reindex(url: str | None, batch_size: int, json: bool) -> None:
     async def work() -> transfer.ReindexReport:
         async with _database(url, write=True) as engine:
             with _progress() as bar:

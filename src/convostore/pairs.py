@@ -51,6 +51,19 @@ def tool_ids(content: Iterable[Any]) -> tuple[set[str], set[str]]:
 
 
 def _collect(block: Mapping[str, Any], calls: set[str], results: set[str]) -> None:
+    """Add the call and result ids of one content block, whichever framework wrote it."""
+    _collect_typed(block, calls, results)
+    parts = block.get("parts")
+    if isinstance(parts, list):
+        _collect_pydantic_ai(parts, calls, results)
+    content = block.get("content")
+    if isinstance(content, Mapping) and isinstance(content.get("parts"), list):
+        _collect_adk(content["parts"], calls, results)
+
+
+def _collect_typed(block: Mapping[str, Any], calls: set[str], results: set[str]) -> None:
+    """Blocks told apart by their ``type``: Anthropic-style and OpenAI Responses items,
+    and LangChain's serialized messages."""
     kind = block.get("type")
     if kind == "tool_use":
         _add(calls, block.get("id"))
@@ -68,27 +81,30 @@ def _collect(block: Mapping[str, Any], calls: set[str], results: set[str]) -> No
             for call in data.get("tool_calls") or ():
                 if isinstance(call, Mapping):
                     _add(calls, call.get("id"))
-    parts = block.get("parts")
-    if isinstance(parts, list):
-        for part in parts:
-            if not isinstance(part, Mapping):
-                continue
-            part_kind = part.get("part_kind")
-            if part_kind == "tool-call":
-                _add(calls, part.get("tool_call_id"))
-            elif part_kind in ("tool-return", "retry-prompt"):
-                _add(results, part.get("tool_call_id"))
-    content = block.get("content")
-    if isinstance(content, Mapping) and isinstance(content.get("parts"), list):
-        # A Google ADK event: function calls and responses share an id.
-        for part in content["parts"]:
-            if not isinstance(part, Mapping):
-                continue
-            call, response = part.get("function_call"), part.get("function_response")
-            if isinstance(call, Mapping):
-                _add(calls, call.get("id"))
-            if isinstance(response, Mapping):
-                _add(results, response.get("id"))
+
+
+def _collect_pydantic_ai(parts: list[Any], calls: set[str], results: set[str]) -> None:
+    """Pydantic AI's message parts, told apart by their ``part_kind``."""
+    for part in parts:
+        if not isinstance(part, Mapping):
+            continue
+        part_kind = part.get("part_kind")
+        if part_kind == "tool-call":
+            _add(calls, part.get("tool_call_id"))
+        elif part_kind in ("tool-return", "retry-prompt"):
+            _add(results, part.get("tool_call_id"))
+
+
+def _collect_adk(parts: list[Any], calls: set[str], results: set[str]) -> None:
+    """A Google ADK event's parts: function calls and responses share an id."""
+    for part in parts:
+        if not isinstance(part, Mapping):
+            continue
+        call, response = part.get("function_call"), part.get("function_response")
+        if isinstance(call, Mapping):
+            _add(calls, call.get("id"))
+        if isinstance(response, Mapping):
+            _add(results, response.get("id"))
 
 
 def _add(ids: set[str], value: object) -> None:

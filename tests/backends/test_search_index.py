@@ -1,7 +1,7 @@
 """The search index on each backend: migration 0005 over existing rows, and the back-fill.
 
 Rows written before revision 0005 have no ``search_text``; ``transfer.backfill`` (the CLI's
-``convostore search --backfill``) indexes them in batches, one transaction each, and a
+``convostore reindex``) indexes them in batches, one transaction each, and a
 back-fill that stops part-way resumes where it left off. On SQLite (revision 0007) rows
 carry no feed and the index catches up by itself (tests/backends/test_search_catch_up.py);
 the back-fill runs that catch-up to the end.

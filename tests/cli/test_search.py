@@ -1,7 +1,8 @@
-"""``convostore search``: queries on both interfaces, and the back-fill."""
+"""``convostore search``: queries on both interfaces; ``convostore reindex``: the back-fill."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 from tests.cli.conftest import json_out, ok, run_cli
@@ -41,20 +42,34 @@ def test_search_an_agent(seeded: str) -> None:
     ] == ["t-9"]
 
 
-def test_backfill_indexes_old_messages(seeded: str) -> None:
-    with sqlite3.connect(seeded) as conn:
+def _forget_the_index(path: str) -> None:
+    with sqlite3.connect(path) as conn:
         # Not indexed yet (revision 0007: the index catches up with rows above the mark).
         for index in ("context_search", "message_search"):
             conn.execute(f"INSERT INTO {index} ({index}) VALUES ('delete-all')")
             conn.execute(f"DELETE FROM {index}_docs")
         conn.execute("UPDATE search_state SET watermark = 0")
-    report = json_out("search", "--backfill", "--batch-size", "1", "--url", seeded)
+
+
+def test_reindex_indexes_old_messages(seeded: str) -> None:
+    _forget_the_index(seeded)
+    report = json_out("reindex", "--batch-size", "1", "--url", seeded)
     assert report == {"indexed": {"context_messages": 3, "messages": 4}}
     assert len(json_out("search", "hello", "--project", "/work/alpha", "--url", seeded)) == 1
-    assert (
-        "indexed 0 context messages and 0 agent messages"
-        in ok("search", "--backfill", "--url", seeded).stdout
-    )
+    again = ok("reindex", "--url", seeded).stdout
+    assert "indexed 0 context messages and 0 agent messages" in again
+
+
+def test_search_backfill_still_reindexes_with_a_deprecation_message(seeded: str) -> None:
+    """Kept for one release: the same work as ``reindex``, and a message on stderr saying
+    what replaces it (stdout stays the JSON report)."""
+    _forget_the_index(seeded)
+    result = run_cli("search", "--backfill", "--batch-size", "2", "--json", "--url", seeded)
+    assert result.exit_code == 0, result.stderr
+    assert "deprecated" in result.stderr
+    assert "convostore reindex" in result.stderr
+    assert json.loads(result.stdout) == {"indexed": {"context_messages": 3, "messages": 4}}
+    assert len(json_out("search", "hello", "--project", "/work/alpha", "--url", seeded)) == 1
 
 
 def test_usage_errors(seeded: str) -> None:
@@ -65,6 +80,8 @@ def test_usage_errors(seeded: str) -> None:
         ["search", "x", "--project", "/p", "--user", "u", "--url", seeded],
         ["search", "x", "--agent", "a", "--session", "s", "--url", seeded],
         ["search", "x", "--backfill", "--url", seeded],
+        ["reindex", "--batch-size", "0", "--url", seeded],
+        ["reindex", "x", "--url", seeded],
     ):
         assert run_cli(*args).exit_code == 2, args
     bad = run_cli("search", "***", "--project", "/p", "--url", seeded)

@@ -47,10 +47,59 @@ MakeDatabase = Callable[..., Awaitable[AgentDatabase]]
 MakeStore = Callable[..., Awaitable[ContextStore]]
 
 
+_NO_ENGINE = (
+    "the in-memory twin has no engine: nothing is stored as bytes, and nothing outlives it",
+    AttributeError,
+)
+_NO_TRANSACTION = (
+    "the in-memory twin has no transaction(): each call is atomic on its own",
+    AttributeError,
+)
+_GONE_WITH_ITS_ENGINE = (
+    "an SQLite :memory: database ends with its engine: a new engine opens an empty one",
+    AssertionError,
+)
+
+DIVERGENCES: dict[str, dict[str, tuple[str, type[BaseException]]]] = {
+    "memory": {
+        "test_agent_database::test_data_survives_close_and_reopen": _NO_ENGINE,
+        "test_agent_database::test_large_content_is_compressed_on_disk": _NO_ENGINE,
+        "test_agent_database::test_transaction_commits_every_call_together": _NO_TRANSACTION,
+        "test_agent_database::test_transaction_sees_its_own_writes": _NO_TRANSACTION,
+        "test_agent_database::test_exception_in_transaction_rolls_everything_back": (
+            _NO_TRANSACTION
+        ),
+        "test_agent_database::test_refused_debit_in_transaction_rolls_back_earlier_calls": (
+            _NO_TRANSACTION
+        ),
+        "test_context_store::test_content_is_compressed_on_disk": _NO_ENGINE,
+        "test_context_store::test_sessions_survive_close_and_reopen": _NO_ENGINE,
+        "test_context_store::test_transaction_commits_together": _NO_TRANSACTION,
+        "test_context_store::test_exception_in_transaction_rolls_everything_back": (
+            _NO_TRANSACTION
+        ),
+        "test_paging_and_retries::test_a_view_ends_with_its_transaction": _NO_TRANSACTION,
+        "test_paging_and_retries::test_the_blocks_own_exceptions_pass_through": _NO_TRANSACTION,
+    },
+    "sqlite-memory": {
+        "test_agent_database::test_data_survives_close_and_reopen": _GONE_WITH_ITS_ENGINE,
+        "test_context_store::test_sessions_survive_close_and_reopen": _GONE_WITH_ITS_ENGINE,
+    },
+}
+"""What an implementation is known not to do, by test (``module::function``): each one runs
+as a strict xfail with its reason and the error it must fail with, so a gap that closes
+(or fails differently) turns the suite red until this registry says so."""
+
+
 @pytest.fixture(params=IMPLEMENTATIONS)
 def implementation(request: pytest.FixtureRequest) -> str:
     name: str = request.param
     require_backend(request.config, "sqlite" if name.startswith("sqlite") else name)
+    test = f"{request.module.__name__.rpartition('.')[2]}::{request.function.__name__}"
+    gap = DIVERGENCES.get(name, {}).get(test)
+    if gap is not None:
+        reason, error = gap
+        request.applymarker(pytest.mark.xfail(strict=True, reason=reason, raises=error))
     return name
 
 

@@ -3,7 +3,8 @@
 Every test runs against each implementation in ``tests/contract/conftest.py``: the in-memory
 reference, SQLite (file and ``:memory:``), PostgreSQL and MariaDB. What agentstr's SQLite
 backend does is the specification; where a test needs SQL (raw columns, transactions,
-reopening a file) it skips the implementations that have none.
+reopening a file), the implementations that have none are declared divergences: strict
+xfails with their reason (``DIVERGENCES`` in ``tests/contract/conftest.py``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from sqlalchemy import text
@@ -36,19 +37,16 @@ MAX_ID = 255
 
 
 def sql(db: AgentDatabase) -> SQLAlchemyDatabase:
-    """The database as a SQL implementation, or skip the test for the in-memory one."""
-    if not isinstance(db, SQLAlchemyDatabase):
-        pytest.skip("needs a SQL implementation")
-    return db
+    """The database as the SQL implementation it is expected to be: the tests that use this
+    are declared divergences of the in-memory twin (``DIVERGENCES`` in the conftest)."""
+    return cast(SQLAlchemyDatabase, db)
 
 
 def reopen_conn_str(implementation: str, db: AgentDatabase) -> str:
-    """A connection string that reaches the same storage from a new engine, or skip.
+    """A connection string that reaches the same storage from a new engine.
 
     The SQLite file is reopened through agentstr's ``sqlite://PATH`` form; servers by URL.
     """
-    if implementation in ("memory", "sqlite-memory"):
-        pytest.skip(f"{implementation} does not outlive its engine")
     url = sql(db).engine.url
     if implementation.startswith("sqlite"):
         return f"sqlite://{url.database}"
@@ -724,7 +722,7 @@ async def test_ids_are_compared_exactly(make_database: MakeDatabase) -> None:
         assert [m.message for m in await db.get_messages(same, same)] == [same]
 
 
-# --- persistence and transactions (SQL only) -----------------------------------------------
+# --- persistence and transactions (SQL; divergences of the twin) --------------------------
 
 
 async def test_data_survives_close_and_reopen(

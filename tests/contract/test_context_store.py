@@ -4,7 +4,8 @@ Every test runs against each implementation in ``tests/contract/conftest.py``: t
 reference, SQLite (file and ``:memory:``), PostgreSQL and MariaDB. axio-context-sqlite's
 behaviour is the specification (previews, fork, tokens), except that a session is keyed by
 project *and* session id everywhere. Tests that need SQL (the raw column, transactions,
-reopening) skip the implementations that have none.
+reopening) are declared divergences of the implementations that have none: strict xfails
+with their reason (``DIVERGENCES`` in ``tests/contract/conftest.py``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import math
 import secrets
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from sqlalchemy import text
@@ -58,10 +59,9 @@ async def append_many(store: ContextStore, messages: list[ContextMessage]) -> No
 
 
 def sql(store: ContextStore) -> SQLAlchemyContextStore:
-    """The store as a SQL implementation, or skip the test for the in-memory one."""
-    if not isinstance(store, SQLAlchemyContextStore):
-        pytest.skip("needs a SQL implementation")
-    return store
+    """The store as the SQL implementation it is expected to be: the tests that use this
+    are declared divergences of the in-memory twin (``DIVERGENCES`` in the conftest)."""
+    return cast(SQLAlchemyContextStore, store)
 
 
 async def refused(
@@ -748,20 +748,9 @@ async def test_content_is_compressed_on_disk(make_store: MakeStore) -> None:
     ]
 
 
-def reopen_url(implementation: str, store: SQLAlchemyContextStore) -> str:
-    """A URL that reaches the same storage from a new engine, or skip."""
-    if implementation in ("memory", "sqlite-memory"):
-        pytest.skip(f"{implementation} does not outlive its engine")
-    return store.engine.url.render_as_string(hide_password=False)
-
-
-async def test_sessions_survive_close_and_reopen(
-    make_store: MakeStore, implementation: str
-) -> None:
-    shared = await make_store(session_id="s1", project="/p")
-    if not isinstance(shared, SQLAlchemyContextStore):
-        pytest.skip("needs a SQL implementation")
-    url = reopen_url(implementation, shared)
+async def test_sessions_survive_close_and_reopen(make_store: MakeStore) -> None:
+    shared = sql(await make_store(session_id="s1", project="/p"))
+    url = shared.engine.url.render_as_string(hide_password=False)
 
     writer = SQLAlchemyContextStore(url=url, session_id="s1", project="/p")
     try:

@@ -38,7 +38,13 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from convostore import ConflictError, NotFoundError, SerializationError, ValidationError
+from convostore import (
+    ConfigurationError,
+    ConflictError,
+    NotFoundError,
+    SerializationError,
+    ValidationError,
+)
 from convostore.integrations.adk import ConvostoreSessionService, SessionPage
 from convostore.sql.tables import AdkEventRecord, AdkSessionRecord
 from tests.conftest import require_backend
@@ -418,6 +424,29 @@ async def test_a_service_opened_with_a_url_owns_its_engine(tmp_path: Path) -> No
     assert texts(await load(reopened, session)) == ["hi"]
     assert "own.db" in repr(reopened)
     await reopened.close()
+
+
+async def test_a_service_is_a_facade_with_async_with(tmp_path: Path) -> None:
+    """Exactly one of url= or engine=; ``async with`` prepares the schema on entry and
+    disposes of only an engine the service opened; a closed service says so."""
+    shared = await open_engine("sqlite", tmp_path)
+    with pytest.raises(ConfigurationError, match="not both"):
+        ConvostoreSessionService(shared, url=str(tmp_path / "other.db"))
+    async with ConvostoreSessionService(url=str(tmp_path / "own.db")) as service:
+        session = await service.create_session(app_name="app", user_id="u1", session_id="s1")
+        await service.append_event(session, said("hi"))
+    with pytest.raises(ConfigurationError, match="closed"):
+        await service.get_session(app_name="app", user_id="u1", session_id="s1")
+
+    try:
+        async with ConvostoreSessionService(shared) as borrowing:
+            created = await borrowing.create_session(app_name="app", user_id="u1")
+        # The engine was lent, not given: it still works, and so does the service.
+        again = ConvostoreSessionService(shared)
+        assert (await load(again, created)).id == created.id
+        assert (await load(borrowing, created)).id == created.id
+    finally:
+        await shared.dispose()
 
 
 # --- A Runner run on a canned model --------------------------------------------------

@@ -152,12 +152,7 @@ def _imports(path: Path, name: str, modules: set[str]) -> set[str]:
 
 
 def test_no_import_cycle_in_the_package() -> None:
-    source = Path(convostore.__file__).parent
-    paths = {}
-    for path in source.rglob("*.py"):
-        parts = ["convostore", *path.relative_to(source).with_suffix("").parts]
-        paths[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
-    graph = {name: _imports(path, name, set(paths)) for name, path in paths.items()}
+    graph = _package_graph()
     cycles = []
     done: set[str] = set()
 
@@ -219,3 +214,205 @@ def test_the_facades_submit_appends_and_the_group_committer_calls_no_facade() ->
         paths["convostore.sql.group_commit"], "convostore.sql.group_commit", everything
     )
     assert not committer & {"convostore.context", "convostore.database", "convostore.facade"}
+
+
+# --- What each folder may import -----------------------------------------------------------
+
+PURE = [
+    "convostore.interfaces",
+    "convostore.models",
+    "convostore.arguments",
+    "convostore.rules",
+    "convostore.errors",
+    "convostore.codec",
+    "convostore.encryption",
+    "convostore.search",
+    "convostore.deadlines",
+    "convostore.telemetry",
+    "convostore.pairs",
+    "convostore.memory",
+]
+"""Modules that know no backend: they never load SQLAlchemy, let alone ``convostore.sql``
+(docs/architecture.md, "The tree")."""
+
+NOT_YET_PURE: dict[str, str] = {}
+"""Pure modules known to load SQL still, each a strict xfail with its reason: when one
+becomes pure, the xfail passes and fails the suite until it leaves this list."""
+
+
+def _loaded_by(module: str) -> list[str]:
+    """``sqlalchemy`` and the ``convostore.sql`` modules that importing ``module`` (alone, in
+    a fresh interpreter) loads, directly or through anything it imports."""
+    result = _fresh(
+        f"import sys, {module}\n"
+        "print(sorted(m for m in sys.modules if m == 'sqlalchemy' "
+        "or m == 'convostore.sql' or m.startswith('convostore.sql.')))"
+    )
+    assert result.returncode == 0, result.stderr
+    loaded: list[str] = ast.literal_eval(result.stdout.strip())
+    return loaded
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        pytest.param(
+            name,
+            marks=[pytest.mark.xfail(strict=True, reason=NOT_YET_PURE[name])]
+            if name in NOT_YET_PURE
+            else [],
+        )
+        for name in PURE
+    ],
+)
+def test_pure_modules_load_no_sql(module: str) -> None:
+    assert _loaded_by(module) == []
+
+
+def test_settings_parse_urls_without_convostore_sql() -> None:
+    """URL resolution uses SQLAlchemy's URL parser, and nothing that runs SQL."""
+    assert _loaded_by("convostore.settings") == ["sqlalchemy"]
+
+
+def _package_graph() -> dict[str, set[str]]:
+    source = Path(convostore.__file__).parent
+    paths = {}
+    for path in source.rglob("*.py"):
+        parts = ["convostore", *path.relative_to(source).with_suffix("").parts]
+        paths[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return {name: _imports(path, name, set(paths)) for name, path in paths.items()}
+
+
+EDGES = ("convostore.transfer", "convostore.integrations", "convostore.migrate", "convostore.ui")
+FACADES = ("convostore.facade", "convostore.context", "convostore.database", "convostore.cli")
+
+SQL_IMPORTS_UPWARD: dict[tuple[str, str], str] = {
+    ("convostore.sql.rotation", "convostore.transfer.reindex"): (
+        "rotation drops the search feeds when clear text is turned off, with the back-fill's "
+        "batched drop_feeds (kept in transfer.reindex, which the search branch reworks)"
+    ),
+}
+"""Imports from ``convostore.sql`` up into the façades or the edges, each with its reason."""
+
+
+def test_sql_imports_neither_the_facades_nor_the_edges() -> None:
+    """``convostore.sql`` is the floor the façades and edges stand on: it calls nothing
+    above it (no callback into a façade module, no dependency on a framework)."""
+    upward = sorted(
+        (name, target)
+        for name, targets in _package_graph().items()
+        if name.startswith("convostore.sql")
+        for target in targets
+        if target.startswith(EDGES) or target in FACADES
+    )
+    assert upward == sorted(SQL_IMPORTS_UPWARD)
+
+
+# --- Where statements are built ------------------------------------------------------------
+
+CONSTRUCTORS = frozenset({"select", "insert", "update", "delete", "text"})
+"""SQLAlchemy's statement constructors (``text`` included: raw SQL is a statement too)."""
+
+STATEMENTS_OUTSIDE_REPOSITORIES: dict[str, str] = {
+    "sql/dml.py": "the dialect DML builders (upsert, insert-if-absent, multi-row VALUES) "
+    "that the repositories call with their tables",
+    "sql/counters.py": "counter bumps and inserts at the positions they reserve, one form "
+    "per backend, called by the repositories' appenders",
+    "sql/fulltext.py": "the full-text match and rank of each backend, which the search "
+    "repository composes into its queries",
+    "sql/partitioning.py": "DDL that attaches PostgreSQL partitions (an operator's tool, "
+    "not a read or write of data)",
+    "sql/replicas.py": "the WAL position poll that routes a read to a standby that has "
+    "caught up, run by the runner itself",
+    "sql/tables.py": "text() as a partial index's predicate, part of the schema",
+    "sql/search_index.py": "SQLite's search index kept beside the tables (catch-up to a "
+    "watermark, FTS5 and its map, the read-only match of pending rows): machinery of one "
+    "backend's index, run by the writer thread and the search repository; its reads and "
+    "writes of messages are candidates for sql/repositories/search.py",
+    "migrate/__init__.py": "the advisory locks around Alembic's upgrade, on the migration "
+    "connection before any repository may run",
+}
+"""Modules outside ``sql/repositories/`` that build statements, each with its reason."""
+
+
+def _statement_lines(path: Path) -> list[int]:
+    """Lines of ``path`` that call one of SQLAlchemy's statement constructors, resolved
+    through the module's imports (``from sqlalchemy import select as s``, ``import
+    sqlalchemy as sa`` then ``sa.select``, ``from sqlalchemy.dialects import postgresql``
+    then ``postgresql.insert``), so a local function or method that happens to be called
+    ``update`` or ``delete`` is not one."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    functions: set[str] = set()
+    namespaces: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").partition(".")[0] == (
+            "sqlalchemy"
+        ):
+            for alias in node.names:
+                bound = alias.asname or alias.name
+                (functions if alias.name in CONSTRUCTORS else namespaces).add(bound)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.partition(".")[0] == "sqlalchemy":
+                    namespaces.add(alias.asname or alias.name.partition(".")[0])
+    lines = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        called = node.func
+        if (isinstance(called, ast.Name) and called.id in functions) or (
+            isinstance(called, ast.Attribute)
+            and called.attr in CONSTRUCTORS
+            and isinstance(called.value, ast.Name)
+            and called.value.id in namespaces
+        ):
+            lines.append(node.lineno)
+    return sorted(lines)
+
+
+def test_statements_are_built_only_in_repositories() -> None:
+    source = Path(convostore.__file__).parent
+    building = {
+        str(path.relative_to(source)): lines
+        for path in sorted(source.rglob("*.py"))
+        if (lines := _statement_lines(path))
+    }
+    outside = {
+        name: lines for name, lines in building.items() if not name.startswith("sql/repositories/")
+    }
+    assert sorted(outside) == sorted(STATEMENTS_OUTSIDE_REPOSITORIES), outside
+    # The repositories do build statements: the scan sees what it is meant to see.
+    assert {"sql/repositories/admin.py", "sql/repositories/adk.py"} <= set(building)
+
+
+def test_the_statement_scan_resolves_names_through_imports(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        "import sqlalchemy as sa\n"
+        "from sqlalchemy import select as pick\n"
+        "from sqlalchemy.dialects import postgresql\n"
+        "def update(x): return x\n"
+        "pick(1)\n"
+        "sa.delete(t)\n"
+        "postgresql.insert(t)\n"
+        "update({})\n"
+        "{}.update(a=1)\n"
+        "repo.delete()\n",
+        encoding="utf-8",
+    )
+    assert _statement_lines(sample) == [5, 6, 7]
+
+
+def test_repositories_never_end_a_transaction() -> None:
+    """Repositories run statements; committing, rolling back, closing (and beginning) belong
+    to the runner or the caller's unit of work."""
+    source = Path(convostore.__file__).parent / "sql" / "repositories"
+    ending = sorted(
+        f"{path.name}:{node.lineno} .{node.func.attr}()"
+        for path in source.rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in {"commit", "rollback", "close", "begin", "begin_nested"}
+    )
+    assert ending == []

@@ -245,6 +245,55 @@ async def test_errors_are_typed_and_the_writer_goes_on(tmp_path: Path) -> None:
         await engine.dispose()
 
 
+async def test_a_unit_of_precompiled_statements_commits_or_rolls_back_whole(
+    tmp_path: Path,
+) -> None:
+    # Such a unit (an append) commits on the driver, without SQLAlchemy's transaction; a
+    # unit that also runs a Core statement commits through SQLAlchemy. Either way a
+    # failure after the statements leaves nothing.
+    from convostore.sql.repositories.sessions import SessionRepository
+
+    engine = await connect(tmp_path / "u.db")
+    codec_message = ContextMessage(role="user", content=[{"type": "text", "text": "hi"}])
+    from convostore.models import encoded_context_messages
+
+    ((_checked, data),) = encoded_context_messages([codec_message], feed=False)
+
+    def appending(then: str) -> Any:
+        async def work(executor: Executor) -> int:
+            repo = SessionRepository(executor, "/p", "s")
+            position = await repo._append_ending([("user", data)], _NOW, None, [None])
+            if then == "core":
+                await executor.execute(text("SELECT 1"))
+            if then == "fail":
+                raise ValueError("after the statements")
+            return position
+
+        return work
+
+    def count() -> int:
+        connection = sqlite3.connect(tmp_path / "u.db")
+        try:
+            return int(connection.execute("SELECT count(*) FROM context_messages").fetchone()[0])
+        finally:
+            connection.close()
+
+    try:
+        writer = writer_for(engine)
+        assert writer is not None
+        assert await writer.run(appending("precompiled")) == 0
+        assert count() == 1
+        with pytest.raises(ValueError, match="after the statements"):
+            await writer.run(appending("fail"))
+        assert count() == 1
+        assert await writer.run(appending("core")) == 1
+        assert count() == 2
+        # Precompiled it was (the plans hold the append's statements).
+        assert sum(plan is not None for plan in writer._plans.values()) >= 2
+    finally:
+        await engine.dispose()
+
+
 _FOREVER = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT max(x) FROM c"
 
 
@@ -352,3 +401,93 @@ def test_only_statements_with_fixed_sql_and_plain_results_are_precompiled() -> N
     assert compile_hot(select(messages.c.content), dialect) is None
     expanding = select(counters.c.n).where(counters.c.k.in_(bindparam("ks", expanding=True)))
     assert compile_hot(expanding, dialect) is None
+
+
+def test_a_unit_converts_a_bound_datetime_once_and_binds_what_core_binds() -> None:
+    from sqlalchemy import bindparam, insert
+    from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
+
+    from convostore.sql.precompiled import Memo, compile_hot
+    from convostore.sql.tables import ContextMessageRecord
+
+    dialect = SQLiteDialect_pysqlite()
+    messages: Any = ContextMessageRecord.__table__
+    names = ("project", "session_id", "position", "role", "content", "created_at")
+    stmt = insert(messages).values(
+        {name: bindparam(name, type_=messages.c[name].type) for name in names}
+    )
+    plan = compile_hot(stmt, dialect)
+    assert plan is not None
+    calls: list[datetime] = []
+    binds: list[Any] = []
+    for name, process, fixed, constant in plan.binds:
+        if name == "created_at":
+            assert process is not None
+
+            def counting(value: Any, process: Any = process) -> Any:
+                calls.append(value)
+                return process(value)
+
+            binds.append((name, counting, fixed, constant))
+        else:
+            binds.append((name, process, fixed, constant))
+    plan.binds = tuple(binds)
+    from convostore.codec import encoded
+
+    values = {
+        "project": "/p",
+        "session_id": "s",
+        "position": 0,
+        "role": "user",
+        "content": encoded([{"type": "text", "text": "hi"}]),
+        "created_at": _NOW,
+    }
+    memo: Memo = {}
+    first = plan.parameters(values, memo)
+    # Bound again in the same unit (another statement, an equal but distinct datetime).
+    again = plan.parameters({**values, "position": 1}, memo)
+    other = plan.parameters({**values, "created_at": _NOW.replace()}, memo)
+    assert calls == [_NOW, _NOW]
+    assert calls[0] is not calls[1]
+    # What Core binds for the same values.
+    compiled = stmt.compile(dialect=dialect)
+    core = compiled.construct_params(values)
+    expected = tuple(
+        messages.c[name].type._cached_bind_processor(dialect)(core[name])
+        if messages.c[name].type._cached_bind_processor(dialect)
+        else core[name]
+        for name in compiled.positiontup or ()
+    )
+    assert first == expected == plan.parameters(values) == other
+    assert again[names.index("position")] == 1
+
+
+def test_columns_of_the_same_type_share_one_processor_so_the_memo_finds_them() -> None:
+    from sqlalchemy import bindparam, update
+    from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
+
+    from convostore.sql.precompiled import Memo, compile_hot
+    from convostore.sql.tables import ContextSessionRecord
+
+    dialect = SQLiteDialect_pysqlite()
+    sessions: Any = ContextSessionRecord.__table__
+    names = ("created_at", "updated_at")
+    stmt = (
+        update(sessions)
+        .where(sessions.c.project == bindparam("project"))
+        .where(sessions.c.session_id == bindparam("session_id"))
+        .values({name: bindparam(name, type_=sessions.c[name].type) for name in names})
+    )
+    plan = compile_hot(stmt, dialect)
+    assert plan is not None
+    processors = {name: process for name, process, _fixed, _constant in plan.binds}
+    assert sessions.c.created_at.type is not sessions.c.updated_at.type
+    assert processors["created_at"] is processors["updated_at"] is not None
+    memo: Memo = {}
+    values = {"project": "/p", "session_id": "s", "created_at": _NOW, "updated_at": _NOW}
+    assert plan.parameters(values, memo) == plan.parameters(values)
+    assert len(memo) == 1
+    # Another dialect gets its own processors (they read its profile: keyring, switches).
+    other = compile_hot(stmt, SQLiteDialect_pysqlite())
+    assert other is not None
+    assert {b[0]: b[1] for b in other.binds}["created_at"] is not processors["created_at"]

@@ -34,7 +34,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 from uuid import uuid4
@@ -51,10 +51,9 @@ from google.adk.sessions.base_session_service import (
 from google.adk.sessions.session import Session
 from google.adk.sessions.state import State
 from pydantic_core import PydanticSerializationError, to_jsonable_python
-from sqlalchemy import URL, Table, delete, insert, select, tuple_, update
+from sqlalchemy import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from convostore import migrate as migrations
 from convostore.errors import (
     ConfigurationError,
     ConflictError,
@@ -62,20 +61,15 @@ from convostore.errors import (
     SerializationError,
     ValidationError,
 )
-from convostore.models import check_id, check_optional_int
+from convostore.facade import Facade
+from convostore.models import check_id, check_optional_int, utc_now
 from convostore.pairs import Pairing, check_exact, widened_start
+from convostore.rules import ADK_KEY_LENGTH
 from convostore.settings import redact
-from convostore.sql.dml import Executor, family_of, insert_ignore
+from convostore.sql.dml import Executor
 from convostore.sql.engine import create_engine
-from convostore.sql.runner import TransactionRunner
-from convostore.sql.tables import (
-    ADK_KEY_LENGTH,
-    AdkAppStateRecord,
-    AdkEventRecord,
-    AdkSessionRecord,
-    AdkUserStateRecord,
-    table_of,
-)
+from convostore.sql.repositories import adk as repo
+from convostore.sql.repositories.adk import SessionKey
 
 __all__ = [
     "ConvostoreSessionService",
@@ -83,11 +77,6 @@ __all__ = [
     "SessionMissingError",
     "SessionPage",
 ]
-
-_sessions = table_of(AdkSessionRecord)
-_events = table_of(AdkEventRecord)
-_app_states = table_of(AdkAppStateRecord)
-_user_states = table_of(AdkUserStateRecord)
 
 
 class SessionAlreadyExistsError(ConflictError, AlreadyExistsError):
@@ -107,15 +96,20 @@ class SessionPage(ListSessionsResponse):
     """Pass as ``page_token`` for the next page; ``None`` on the last page."""
 
 
-class ConvostoreSessionService(BaseSessionService):
+class ConvostoreSessionService(Facade, BaseSessionService):
     """ADK's session service, stored by convostore (see the module's docstring).
+
+    A façade like :class:`~convostore.SQLAlchemyContextStore`: each call is one
+    transaction of its :class:`~convostore.sql.runner.TransactionRunner`, and ``async
+    with ConvostoreSessionService(url=...) as service:`` prepares the schema on entry and
+    disposes of the engine it opened on exit.
 
     Args:
         engine: An engine from :func:`convostore.connect` (or your own), which the caller
             disposes of. Give this or ``url``.
         url: Open an engine for this URL (any form convostore accepts; ``None`` with no
-            ``engine`` resolves the environment, then ``./convostore.db``); :meth:`close`
-            disposes of it.
+            ``engine`` resolves the environment, then ``./convostore.db``);
+            :meth:`~convostore.facade.Facade.close` disposes of it.
         migrate: As for :func:`convostore.connect`, when the service first uses the engine.
         exact_recent_events: ``num_recent_events`` returns exactly that many events, even
             when that cuts a function call off from its response (default: widen to the
@@ -136,15 +130,13 @@ class ConvostoreSessionService(BaseSessionService):
         if engine is not None and url is not None:
             raise ConfigurationError("give engine or url, not both")
         check_exact(exact_recent_events)
-        self._owns_engine = engine is None
-        self._runner = TransactionRunner(engine if engine is not None else create_engine(url))
-        self._migrate = migrate
         self._exact_recent_events = exact_recent_events
-
-    @property
-    def engine(self) -> AsyncEngine:
-        """The engine this service runs on."""
-        return self._runner.engine
+        self._start(
+            engine if engine is not None else create_engine(url),
+            owns_engine=engine is None,
+            migrate=migrate,
+            read_url=None,
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(url={redact(self.engine.url)!r})"
@@ -170,24 +162,16 @@ class ConvostoreSessionService(BaseSessionService):
         session_id = _checked("session_id", str(uuid4()) if session_id is None else session_id)
         app_delta, user_delta, own_state = _split(state or {})
         now = datetime.now(UTC)
-        await self._ready()
+        await self._ensure_ready()
+
+        key = SessionKey(app_name, user_id, session_id)
 
         async def work(session: Executor) -> Session:
-            app_state = await _merge_state(session, _app_states, {"app_name": app_name}, app_delta)
-            user_state = await _merge_state(
-                session, _user_states, {"app_name": app_name, "user_id": user_id}, user_delta
+            app_state = await repo.merge_app_state(session, app_name, app_delta, utc_now())
+            user_state = await repo.merge_user_state(
+                session, app_name, user_id, user_delta, utc_now()
             )
-            await session.execute(
-                insert(_sessions).values(
-                    app_name=app_name,
-                    user_id=user_id,
-                    session_id=session_id,
-                    state=own_state,
-                    next_position=0,
-                    created_at=now,
-                    updated_at=now,
-                )
-            )
+            await repo.insert_session(session, key, own_state, now)
             return Session(
                 id=session_id,
                 app_name=app_name,
@@ -225,29 +209,22 @@ class ConvostoreSessionService(BaseSessionService):
         _checked("session_id", session_id)
         recent = None if config is None else config.num_recent_events
         after = None if config is None else config.after_timestamp
-        await self._ready()
+        await self._ensure_ready()
+
+        key = SessionKey(app_name, user_id, session_id)
+        since = None if after is None else _from_timestamp(after)
 
         async def work(session: Executor) -> Session | None:
-            key = _session_key(_sessions, app_name, user_id, session_id)
-            row = (
-                await session.execute(select(_sessions.c.state, _sessions.c.updated_at).where(*key))
-            ).one_or_none()
+            row = await repo.session_row(session, key)
             if row is None:
                 return None
             events: list[Any] = []
             if recent != 0:
-                stmt = (
-                    select(_events.c.position, _events.c.event)
-                    .where(*_session_key(_events, app_name, user_id, session_id))
-                    .order_by(_events.c.position.desc())
-                )
-                if after is not None:
-                    stmt = stmt.where(_events.c.timestamp >= _from_timestamp(after))
-                rows = list((await session.execute(stmt.limit(recent))).all())
+                rows = await repo.event_rows(session, key, since=since, limit=recent)
                 if recent is not None and not self._exact_recent_events:
-                    rows = await _widened(session, stmt, rows, recent)
+                    rows = await _widened(session, key, since, rows, recent)
                 events = [row.event for row in reversed(rows)]
-            app_state, user_state = await _scope_states(session, app_name, [user_id])
+            app_state, user_state = await repo.scope_states(session, app_name, [user_id])
             return Session(
                 id=session_id,
                 app_name=app_name,
@@ -282,24 +259,14 @@ class ConvostoreSessionService(BaseSessionService):
             _checked("user_id", user_id)
         check_optional_int(page_size, "page_size", minimum=1)
         cursor = None if page_token is None else _decode_token(page_token)
-        await self._ready()
+        await self._ensure_ready()
 
         async def work(session: Executor) -> SessionPage:
-            c = _sessions.c
-            stmt = select(c.user_id, c.session_id, c.state, c.updated_at).where(
-                c.app_name == app_name
-            )
-            if user_id is not None:
-                stmt = stmt.where(c.user_id == user_id)
-            stmt = stmt.order_by(c.updated_at, c.user_id, c.session_id)
-            if cursor is not None:
-                stmt = stmt.where(tuple_(c.updated_at, c.user_id, c.session_id) > tuple_(*cursor))
-            if page_size is not None:
-                stmt = stmt.limit(page_size + 1)
-            rows = list(await session.execute(stmt))
+            limit = None if page_size is None else page_size + 1
+            rows = await repo.sessions_page(session, app_name, user_id, cursor, limit)
             more = page_size is not None and len(rows) > page_size
             rows = rows[:page_size] if page_size is not None else rows
-            app_state, user_states = await _scope_states(
+            app_state, user_states = await repo.scope_states(
                 session, app_name, sorted({row.user_id for row in rows})
             )
             sessions = [
@@ -330,17 +297,10 @@ class ConvostoreSessionService(BaseSessionService):
         """
         _check_key(app_name, user_id)
         _checked("session_id", session_id)
-        await self._ready()
+        await self._ensure_ready()
 
-        async def work(session: Executor) -> None:
-            await session.execute(
-                delete(_events).where(*_session_key(_events, app_name, user_id, session_id))
-            )
-            await session.execute(
-                delete(_sessions).where(*_session_key(_sessions, app_name, user_id, session_id))
-            )
-
-        await self._runner.run(work)
+        key = SessionKey(app_name, user_id, session_id)
+        await self._runner.run(lambda session: repo.delete_session(session, key))
 
     async def get_user_state(self, *, app_name: str, user_id: str) -> dict[str, Any]:
         """The user's ``user:`` state, keys without the prefix (``{}`` if none is stored).
@@ -349,10 +309,10 @@ class ConvostoreSessionService(BaseSessionService):
             ValidationError: An id is not usable.
         """
         _check_key(app_name, user_id)
-        await self._ready()
+        await self._ensure_ready()
 
         async def work(session: Executor) -> dict[str, Any]:
-            _, states = await _scope_states(session, app_name, [user_id])
+            _, states = await repo.scope_states(session, app_name, [user_id])
             return states.get(user_id, {})
 
         return await self._runner.run(work)
@@ -383,57 +343,27 @@ class ConvostoreSessionService(BaseSessionService):
         app_delta, user_delta, own_delta = _split(delta)
         data = _event_data(event)
         when = _from_timestamp(event.timestamp)
-        await self._ready()
+        await self._ensure_ready()
+
+        key = SessionKey(app_name, user_id, session_id)
 
         async def work(db: Executor) -> bool:
-            found = await db.execute(
-                select(_events.c.position).where(
-                    *_session_key(_events, app_name, user_id, session_id),
-                    _events.c.event_id == event_id,
-                )
-            )
-            if found.first() is not None:
+            if await repo.find_event(db, key, event_id) is not None:
                 return False
-            # Bumping the counter first takes the session row's write lock (on SQLite, the
-            # database's: its driver begins a transaction at the first write, not at a
-            # read), so the position read back is ours until commit. Then app before user,
-            # the order create_session takes them in.
-            key = _session_key(_sessions, app_name, user_id, session_id)
-            bumped = await db.execute(
-                update(_sessions)
-                .where(*key)
-                .values(next_position=_sessions.c.next_position + 1, updated_at=when)
-            )
-            if bumped.rowcount == 0:  # type: ignore[attr-defined]
+            # The session row first (its lock orders concurrent appends), then app before
+            # user, the order create_session takes them in.
+            taken = await repo.take_position(db, key, when)
+            if taken is None:
                 raise SessionMissingError(f"Session {session_id} not found.")
-            row = (
-                await db.execute(
-                    select(_sessions.c.next_position, _sessions.c.state)
-                    .where(*key)
-                    .with_for_update()
-                )
-            ).one()
-            position = row.next_position - 1
+            position, own_state = taken
             if own_delta:
-                await db.execute(
-                    update(_sessions).where(*key).values(state={**row.state, **own_delta})
-                )
+                await repo.set_session_state(db, key, {**own_state, **own_delta})
             if app_delta:
-                await _merge_state(db, _app_states, {"app_name": app_name}, app_delta)
+                await repo.merge_app_state(db, app_name, app_delta, utc_now())
             if user_delta:
-                await _merge_state(
-                    db, _user_states, {"app_name": app_name, "user_id": user_id}, user_delta
-                )
-            await db.execute(
-                insert(_events).values(
-                    app_name=app_name,
-                    user_id=user_id,
-                    session_id=session_id,
-                    position=position,
-                    event_id=event_id,
-                    timestamp=when,
-                    event=data,
-                )
+                await repo.merge_user_state(db, app_name, user_id, user_delta, utc_now())
+            await repo.insert_event(
+                db, key, position=position, event_id=event_id, timestamp=when, event=data
             )
             return True
 
@@ -448,20 +378,14 @@ class ConvostoreSessionService(BaseSessionService):
         session.last_update_time = when.timestamp()
         return appended
 
-    async def close(self) -> None:
-        """Dispose of the engine if this service opened it (``url=``)."""
-        if self._owns_engine:
-            await self.engine.dispose()
-
-    async def _ready(self) -> None:
-        await migrations.prepare(self.engine, migrate=self._migrate)
-
 
 _WIDEN_PAGE = 50
 """Older events read per step when ``num_recent_events`` widens to a function call."""
 
 
-async def _widened(session: Executor, stmt: Any, rows: list[Any], recent: int) -> list[Any]:
+async def _widened(
+    session: Executor, key: SessionKey, since: datetime | None, rows: list[Any], recent: int
+) -> list[Any]:
     """``rows`` (the latest ``recent`` events, newest first), with the older events back to
     the call of every function response among them (:mod:`convostore.pairs`)."""
     pairing = Pairing()
@@ -469,12 +393,8 @@ async def _widened(session: Executor, stmt: Any, rows: list[Any], recent: int) -
         pairing.add([row.event])
     more = len(rows) == recent
     while more and not pairing.complete:
-        older = list(
-            (
-                await session.execute(
-                    stmt.where(_events.c.position < rows[-1].position).limit(_WIDEN_PAGE)
-                )
-            ).all()
+        older = await repo.event_rows(
+            session, key, since=since, before=rows[-1].position, limit=_WIDEN_PAGE
         )
         for row in older:
             rows.append(row)
@@ -494,14 +414,6 @@ def _checked(name: str, value: object) -> str:
 def _check_key(app_name: object, user_id: object) -> None:
     _checked("app_name", app_name)
     _checked("user_id", user_id)
-
-
-def _session_key(table: Table, app_name: str, user_id: str, session_id: str) -> tuple[Any, ...]:
-    return (
-        table.c.app_name == app_name,
-        table.c.user_id == user_id,
-        table.c.session_id == session_id,
-    )
 
 
 def _jsonable(value: Mapping[str, Any], what: str) -> dict[str, Any]:
@@ -534,49 +446,11 @@ def _merged(
     app: Mapping[str, Any], user: Mapping[str, Any], own: Mapping[str, Any]
 ) -> dict[str, Any]:
     """The state a session shows: its own keys, then the app's and user's with prefixes."""
-    state = dict(own)
-    state.update({State.APP_PREFIX + key: value for key, value in app.items()})
-    state.update({State.USER_PREFIX + key: value for key, value in user.items()})
-    return state
-
-
-async def _merge_state(
-    session: Executor, table: Table, key: Mapping[str, str], delta: Mapping[str, Any]
-) -> dict[str, Any]:
-    """Create the state row at ``key`` if needed, apply ``delta`` under its lock, return it."""
-    now = datetime.now(UTC)
-    await session.execute(
-        insert_ignore(
-            family_of(session), table, {**key, "state": {}, "updated_at": now}, key=list(key)
-        )
-    )
-    where = [table.c[name] == value for name, value in key.items()]
-    locked = select(table.c.state).where(*where)
-    if delta:
-        locked = locked.with_for_update()
-    state: dict[str, Any] = (await session.execute(locked)).scalar_one()
-    if delta:
-        state = {**state, **delta}
-        await session.execute(update(table).where(*where).values(state=state, updated_at=now))
-    return state
-
-
-async def _scope_states(
-    session: Executor, app_name: str, user_ids: Sequence[str]
-) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """The app's state, and the state of each of ``user_ids`` that has one."""
-    app = (
-        await session.execute(select(_app_states.c.state).where(_app_states.c.app_name == app_name))
-    ).scalar_one_or_none()
-    users: dict[str, dict[str, Any]] = {}
-    if user_ids:
-        rows = await session.execute(
-            select(_user_states.c.user_id, _user_states.c.state).where(
-                _user_states.c.app_name == app_name, _user_states.c.user_id.in_(user_ids)
-            )
-        )
-        users = {row.user_id: row.state for row in rows}
-    return app or {}, users
+    return {
+        **own,
+        **{State.APP_PREFIX + key: value for key, value in app.items()},
+        **{State.USER_PREFIX + key: value for key, value in user.items()},
+    }
 
 
 def _event_data(event: Event) -> dict[str, Any]:

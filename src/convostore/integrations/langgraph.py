@@ -73,18 +73,7 @@ from langgraph.checkpoint.base import (
     get_checkpoint_metadata,
     writes_sort_key,
 )
-from sqlalchemy import (
-    URL,
-    Row,
-    Table,
-    bindparam,
-    delete,
-    func,
-    insert,
-    literal,
-    select,
-    tuple_,
-)
+from sqlalchemy import URL, Row
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore import migrate as migrations
@@ -99,30 +88,14 @@ from convostore.rules import (
     LANGGRAPH_THREAD_ID_LENGTH,
 )
 from convostore.settings import redact
-from convostore.sql.dml import (
-    Executor,
-    cached,
-    family_of,
-    insert_ignore,
-    params_for,
-    upsert,
-)
-from convostore.sql.engine import Family, create_engine
+from convostore.sql.dml import Executor
+from convostore.sql.engine import create_engine
+from convostore.sql.repositories import langgraph as repo
 from convostore.sql.runner import TransactionRunner
-from convostore.sql.tables import (
-    LangGraphBlobRecord,
-    LangGraphCheckpointRecord,
-    LangGraphWriteRecord,
-    table_of,
-)
 
 __all__ = ["ConvostoreSaver", "SaverOpening"]
 
 T = TypeVar("T")
-
-_checkpoints = table_of(LangGraphCheckpointRecord)
-_blobs = table_of(LangGraphBlobRecord)
-_writes = table_of(LangGraphWriteRecord)
 
 _PAGE = 100
 """Checkpoints read per transaction by ``list`` when it filters metadata or has no limit."""
@@ -225,12 +198,10 @@ class ConvostoreSaver(BaseCheckpointSaver[str]):
         checkpoint_id = get_checkpoint_id(config)
         await self._ready()
 
-        params = {"thread_id": scope.thread_id, "checkpoint_ns": scope.checkpoint_ns}
-        if checkpoint_id:
-            params["checkpoint_id"] = checkpoint_id
-
         async def work(db: Executor) -> CheckpointTuple | None:
-            row = (await db.execute(_get_checkpoint(bool(checkpoint_id)), params)).one_or_none()
+            row = await repo.checkpoint(
+                db, scope.thread_id, scope.checkpoint_ns, checkpoint_id or None
+            )
             if row is None:
                 return None
             return (await self._tuples(db, [row]))[0]
@@ -250,47 +221,36 @@ class ConvostoreSaver(BaseCheckpointSaver[str]):
         value of ``filter``, older than ``before``'s checkpoint, at most ``limit``."""
         if limit is not None and limit <= 0:
             return
-        where: builtins.list[Any] = []
+        thread_id = namespace = checkpoint_id = before_id = None
         if config is not None:
             configurable = config["configurable"]
-            where.append(_checkpoints.c.thread_id == _thread_id(configurable["thread_id"]))
-            namespace = configurable.get("checkpoint_ns")
-            if namespace is not None:
-                where.append(_checkpoints.c.checkpoint_ns == _namespace(namespace))
-            if checkpoint_id := get_checkpoint_id(config):
-                where.append(_checkpoints.c.checkpoint_id == checkpoint_id)
-        if before is not None and (before_id := get_checkpoint_id(before)):
-            where.append(_checkpoints.c.checkpoint_id < before_id)
+            thread_id = _thread_id(configurable["thread_id"])
+            if configurable.get("checkpoint_ns") is not None:
+                namespace = _namespace(configurable["checkpoint_ns"])
+            checkpoint_id = get_checkpoint_id(config) or None
+        if before is not None:
+            before_id = get_checkpoint_id(before) or None
         wanted = dict(filter or {})
         run_id = wanted.get("run_id")
-        if isinstance(run_id, str):
-            where.append(_checkpoints.c.run_id == run_id)
-        order = (
-            _checkpoints.c.checkpoint_id.desc(),
-            _checkpoints.c.thread_id.desc(),
-            _checkpoints.c.checkpoint_ns.desc(),
-        )
         await self._ready()
         left = limit
         after: tuple[str, str, str] | None = None
         while True:
             size = _PAGE if left is None or wanted else min(left, _PAGE)
-            page_where = list(where)
-            if after is not None:
-                page_where.append(
-                    tuple_(
-                        _checkpoints.c.checkpoint_id,
-                        _checkpoints.c.thread_id,
-                        _checkpoints.c.checkpoint_ns,
-                    )
-                    < tuple_(*(literal(part) for part in after))
-                )
-            stmt = select(_checkpoints).where(*page_where).order_by(*order).limit(size)
+            page: dict[str, Any] = {
+                "thread_id": thread_id,
+                "checkpoint_ns": namespace,
+                "checkpoint_id": checkpoint_id,
+                "before_id": before_id,
+                "run_id": run_id if isinstance(run_id, str) else None,
+                "after": after,
+                "limit": size,
+            }
 
             async def work(
-                db: Executor, stmt: Any = stmt
+                db: Executor, page: dict[str, Any] = page
             ) -> tuple[builtins.list[CheckpointTuple], Any]:
-                rows = list((await db.execute(stmt)).all())
+                rows = await repo.checkpoints_page(db, **page)
                 kept = [
                     row for row in rows if _matches(self._load(row.checkpoint_metadata), wanted)
                 ]
@@ -351,15 +311,7 @@ class ConvostoreSaver(BaseCheckpointSaver[str]):
         ]
         await self._ready()
 
-        async def work(db: Executor) -> None:
-            kind = family_of(db)
-            await db.execute(_put_checkpoint(kind), row)
-            if blobs:
-                # One executemany: a value already stored at that version stays (the same
-                # version is the same value).
-                await db.execute(_put_blobs(kind), blobs)
-
-        await self._runner.run(work)
+        await self._runner.run(lambda db: repo.put_checkpoint(db, row, blobs))
         return {
             "configurable": {
                 "thread_id": configurable["thread_id"],
@@ -403,37 +355,16 @@ class ConvostoreSaver(BaseCheckpointSaver[str]):
         if not rows:
             return
         await self._ready()
-        key = ["thread_id", "checkpoint_ns", "checkpoint_id", "task_id", "idx"]
-
         regular = [row for row in rows if row["idx"] >= 0]
         special = [row for row in rows if row["idx"] < 0]
-
-        async def work(db: Executor) -> None:
-            kind = family_of(db)
-            if regular:
-                await db.execute(insert_ignore(kind, _writes, {}, key=key), regular)
-            if special:
-                replace = upsert(
-                    kind,
-                    _writes,
-                    {},
-                    key=key,
-                    update=lambda new: {n: new[n] for n in ("channel", "task_path", "value")},
-                )
-                await db.execute(replace, special)
-
-        await self._runner.run(work)
+        await self._runner.run(lambda db: repo.put_writes(db, regular, special))
 
     async def adelete_thread(self, thread_id: str) -> None:
         """Delete every checkpoint, channel value and write of a thread (all namespaces)."""
         thread = _thread_id(thread_id)
         await self._ready()
 
-        async def work(db: Executor) -> None:
-            for table in (_writes, _blobs, _checkpoints):
-                await db.execute(delete(table).where(table.c.thread_id == thread))
-
-        await self._runner.run(work)
+        await self._runner.run(lambda db: repo.delete_thread(db, thread))
 
     async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
         """Delete the checkpoints whose metadata names one of ``run_ids``, and their writes.
@@ -445,27 +376,7 @@ class ConvostoreSaver(BaseCheckpointSaver[str]):
             return
         await self._ready()
 
-        async def work(db: Executor) -> None:
-            keys = (
-                await db.execute(
-                    select(
-                        _checkpoints.c.thread_id,
-                        _checkpoints.c.checkpoint_ns,
-                        _checkpoints.c.checkpoint_id,
-                    ).where(_checkpoints.c.run_id.in_(runs))
-                )
-            ).all()
-            for key in keys:
-                for table in (_writes, _checkpoints):
-                    await db.execute(
-                        delete(table).where(
-                            table.c.thread_id == key.thread_id,
-                            table.c.checkpoint_ns == key.checkpoint_ns,
-                            table.c.checkpoint_id == key.checkpoint_id,
-                        )
-                    )
-
-        await self._runner.run(work)
+        await self._runner.run(lambda db: repo.delete_runs(db, runs))
 
     async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         """Copy every checkpoint, channel value and write of a thread to a new thread.
@@ -483,28 +394,9 @@ class ConvostoreSaver(BaseCheckpointSaver[str]):
         await self._ready()
 
         async def work(db: Executor) -> None:
-            taken = (
-                await db.execute(
-                    select(_checkpoints.c.checkpoint_id)
-                    .where(_checkpoints.c.thread_id == target)
-                    .limit(1)
-                )
-            ).first()
-            if taken is not None:
+            if await repo.thread_has_checkpoints(db, target):
                 raise ConflictError(f"thread {target!r} already has checkpoints")
-            for table in (_checkpoints, _blobs, _writes):
-                names = [column.name for column in table.c]
-                copied = [
-                    literal(target, table.c.thread_id.type).label("thread_id")
-                    if name == "thread_id"
-                    else table.c[name]
-                    for name in names
-                ]
-                await db.execute(
-                    insert(table).from_select(
-                        names, select(*copied).where(table.c.thread_id == source)
-                    )
-                )
+            await repo.copy_thread(db, source, target)
 
         await self._runner.run(work)
 
@@ -528,17 +420,7 @@ class ConvostoreSaver(BaseCheckpointSaver[str]):
         for thread in threads:
 
             async def work(db: Executor, thread: str = thread) -> None:
-                latest = (
-                    await db.execute(
-                        select(
-                            _checkpoints.c.checkpoint_ns,
-                            func.max(_checkpoints.c.checkpoint_id).label("checkpoint_id"),
-                        )
-                        .where(_checkpoints.c.thread_id == thread)
-                        .group_by(_checkpoints.c.checkpoint_ns)
-                    )
-                ).all()
-                for ns, kept_id in latest:
+                for ns, kept_id in await repo.latest_per_namespace(db, thread):
                     await self._keep_only(db, _Scope(thread, ns), kept_id)
 
             await self._runner.run(work)
@@ -656,9 +538,8 @@ class ConvostoreSaver(BaseCheckpointSaver[str]):
         for index, key in enumerate(keys):
             scopes.setdefault(key[:2], []).append(index)
         for (thread, ns), indexes in scopes.items():
-            scope = {"thread_id": thread, "checkpoint_ns": ns}
             ids = [keys[i][2] for i in indexes]
-            for write in (await db.execute(_get_writes(), {**scope, "ids": ids})).all():
+            for write in await repo.writes_of(db, thread, ns, ids):
                 writes[(thread, ns, write.checkpoint_id)].append(write)
             wanted = sorted(
                 {
@@ -669,8 +550,7 @@ class ConvostoreSaver(BaseCheckpointSaver[str]):
             )
             for first in range(0, len(wanted), _PAGE):
                 chunk = wanted[first : first + _PAGE]
-                found = await db.execute(_get_blobs(), {**scope, "pairs": chunk})
-                for channel, version, value in found.all():
+                for channel, version, value in await repo.blobs_of(db, thread, ns, chunk):
                     blobs[(thread, ns, channel, version)] = value
         return [
             self._tuple(row, checkpoint, blobs, writes[key])
@@ -711,103 +591,14 @@ class ConvostoreSaver(BaseCheckpointSaver[str]):
 
     async def _keep_only(self, db: Executor, scope: _Scope, kept_id: str) -> None:
         """Delete every checkpoint of ``scope`` but ``kept_id``, and what only they used."""
-        where = _in_scope(_checkpoints, scope)
-        await db.execute(
-            delete(_checkpoints).where(*where, _checkpoints.c.checkpoint_id != kept_id)
-        )
-        await db.execute(
-            delete(_writes).where(*_in_scope(_writes, scope), _writes.c.checkpoint_id != kept_id)
-        )
-        stored = (
-            await db.execute(
-                select(_checkpoints.c.checkpoint).where(
-                    *where, _checkpoints.c.checkpoint_id == kept_id
-                )
-            )
-        ).scalar_one()
+        stored = await repo.keep_only_checkpoint(db, scope.thread_id, scope.checkpoint_ns, kept_id)
         read = {
             (channel, _version(version))
             for channel, version in self._load(stored).get("channel_versions", {}).items()
         }
-        blob_keys = (
-            await db.execute(
-                select(_blobs.c.channel, _blobs.c.version).where(*_in_scope(_blobs, scope))
-            )
-        ).all()
-        for channel, version in blob_keys:
+        for channel, version in await repo.blob_versions(db, scope.thread_id, scope.checkpoint_ns):
             if (channel, version) not in read:
-                await db.execute(
-                    delete(_blobs).where(
-                        *_in_scope(_blobs, scope),
-                        _blobs.c.channel == channel,
-                        _blobs.c.version == version,
-                    )
-                )
-
-
-_CHECKPOINT_KEY = ["thread_id", "checkpoint_ns", "checkpoint_id"]
-_REPLACED = ("parent_checkpoint_id", "run_id", "checkpoint", "checkpoint_metadata", "created_at")
-
-
-# The statements of every put and get_tuple are built once per dialect family (building a
-# statement costs SQLAlchemy more than running a small one: see convostore.sql.dml.cached).
-def _put_checkpoint(kind: Family) -> Any:
-    def build() -> Any:
-        values = params_for(_checkpoints, [*_CHECKPOINT_KEY, *_REPLACED])
-        return upsert(
-            kind,
-            _checkpoints,
-            values,
-            key=_CHECKPOINT_KEY,
-            update=lambda new: {name: new[name] for name in _REPLACED},
-        )
-
-    return cached(("langgraph", "put", kind), build)
-
-
-def _put_blobs(kind: Family) -> Any:
-    def build() -> Any:
-        key = ["thread_id", "checkpoint_ns", "channel", "version"]
-        return insert_ignore(kind, _blobs, params_for(_blobs, [*key, "value"]), key=key)
-
-    return cached(("langgraph", "blobs", kind), build)
-
-
-def _get_checkpoint(by_id: bool) -> Any:
-    def build() -> Any:
-        c = _checkpoints.c
-        stmt = select(_checkpoints).where(
-            c.thread_id == bindparam("thread_id"), c.checkpoint_ns == bindparam("checkpoint_ns")
-        )
-        if by_id:
-            return stmt.where(c.checkpoint_id == bindparam("checkpoint_id"))
-        return stmt.order_by(c.checkpoint_id.desc()).limit(1)
-
-    return cached(("langgraph", "get", by_id), build)
-
-
-def _get_writes() -> Any:
-    def build() -> Any:
-        c = _writes.c
-        return select(_writes).where(
-            c.thread_id == bindparam("thread_id"),
-            c.checkpoint_ns == bindparam("checkpoint_ns"),
-            c.checkpoint_id.in_(bindparam("ids", expanding=True)),
-        )
-
-    return cached(("langgraph", "writes"), build)
-
-
-def _get_blobs() -> Any:
-    def build() -> Any:
-        c = _blobs.c
-        return select(c.channel, c.version, c.value).where(
-            c.thread_id == bindparam("thread_id"),
-            c.checkpoint_ns == bindparam("checkpoint_ns"),
-            tuple_(c.channel, c.version).in_(bindparam("pairs", expanding=True)),
-        )
-
-    return cached(("langgraph", "blobs"), build)
+                await repo.delete_blob(db, scope.thread_id, scope.checkpoint_ns, channel, version)
 
 
 class SaverOpening:
@@ -873,10 +664,6 @@ def _scope(config: RunnableConfig) -> _Scope:
     return _Scope(
         _thread_id(configurable["thread_id"]), _namespace(configurable.get("checkpoint_ns", ""))
     )
-
-
-def _in_scope(table: Table, scope: _Scope) -> tuple[Any, ...]:
-    return (table.c.thread_id == scope.thread_id, table.c.checkpoint_ns == scope.checkpoint_ns)
 
 
 def _matches(metadata: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:

@@ -147,18 +147,34 @@ async def _insert_rows_sqlite(
     group = "(" + ", ".join("?" * len(names)) + ")"
     per_statement = max(1, _SQLITE_VARIABLES // len(names))
     connection = session if isinstance(session, AsyncConnection) else await session.connection()
+    columns = tuple(zip(names, processors, strict=True))
+    # A batch's rows share objects (its timestamp): a column holding the same object as
+    # in the row before reuses its converted value instead of converting it again.
+    previous: list[Any] = [_MISSING] * len(names)
+    converted: list[Any] = [None] * len(names)
     for start in range(0, len(rows), per_statement):
         chunk = rows[start : start + per_statement]
         values: list[Any] = []
+        append = values.append
         for row in chunk:
-            for name, process in zip(names, processors, strict=True):
+            for index, (name, process) in enumerate(columns):
                 value = row[name]
-                values.append(value if process is None else process(value))
+                if process is None:
+                    append(value)
+                elif value is previous[index]:
+                    append(converted[index])
+                else:
+                    previous[index] = value
+                    converted[index] = process(value)
+                    append(converted[index])
         final = last and start + per_statement >= len(rows)
         options = {sqlite_driver.COMMIT_AFTER: _no_check} if final else {}
         await connection.exec_driver_sql(
             head + ", ".join([group] * len(chunk)), tuple(values), execution_options=options
         )
+
+
+_MISSING: Any = object()
 
 
 def _ends(stmt: T, check: Callable[[list[Any]], None]) -> T:

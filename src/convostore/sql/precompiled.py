@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import exc as sa_exc
@@ -27,9 +28,12 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ClauseElement
 
-__all__ = ["Precompiled", "Rows", "compile_hot"]
+__all__ = ["Memo", "Precompiled", "Rows", "compile_hot"]
 
 _Bind = tuple[str, Callable[[Any], Any] | None, bool, Any]
+
+Memo = dict[tuple[int, int], tuple[Any, Any]]
+"""Converted bind values of one unit of work: (processor id, value id) → (value, converted)."""
 
 
 class Rows:
@@ -84,21 +88,51 @@ class Precompiled:
         # Whether it has result rows (RETURNING, SELECT) or only a row count.
         self.returns_rows = returns_rows
 
-    def parameters(self, values: Mapping[str, Any]) -> tuple[Any, ...]:
-        """The positional DB-API parameters for ``values`` (bind parameter name → value)."""
-        return tuple(
-            constant if fixed else (values[name] if process is None else process(values[name]))
-            for name, process, fixed, constant in self.binds
-        )
+    def parameters(self, values: Mapping[str, Any], memo: Memo | None = None) -> tuple[Any, ...]:
+        """The positional DB-API parameters for ``values`` (bind parameter name → value).
 
-    def run(self, dbapi_connection: sqlite3.Connection, values: Mapping[str, Any]) -> Rows:
+        ``memo`` (one per unit of work) keeps each converted value by the identity of the
+        value and its processor, so an object bound several times in a unit is converted
+        once: an append binds its timestamp three times (the message's ``created_at``, the
+        session's ``created_at`` and ``updated_at``), each a ``strftime``-like formatting.
+        Only datetimes are kept (immutable; a processor is a pure function of its value),
+        and the memo holds the value itself, so its identity cannot pass to another object
+        while the memo lives.
+        """
+        if memo is None:
+            return tuple(
+                constant if fixed else (values[name] if process is None else process(values[name]))
+                for name, process, fixed, constant in self.binds
+            )
+        out: list[Any] = []
+        for name, process, fixed, constant in self.binds:
+            if fixed:
+                out.append(constant)
+                continue
+            value = values[name]
+            if process is None or type(value) is not datetime:
+                out.append(value if process is None else process(value))
+                continue
+            key = (id(process), id(value))
+            seen = memo.get(key)
+            if seen is None or seen[0] is not value:
+                seen = memo[key] = (value, process(value))
+            out.append(seen[1])
+        return tuple(out)
+
+    def run(
+        self,
+        dbapi_connection: sqlite3.Connection,
+        values: Mapping[str, Any],
+        memo: Memo | None = None,
+    ) -> Rows:
         """Execute with ``values`` on ``dbapi_connection``; errors come as SQLAlchemy's.
 
         A failure is wrapped exactly as a Core execution would wrap it
         (``sqlalchemy.exc.DBAPIError.instance``), so retries and error translation see the
-        same exception classes on both paths.
+        same exception classes on both paths. ``memo``: as for :meth:`parameters`.
         """
-        parameters = self.parameters(values)
+        parameters = self.parameters(values, memo)
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute(self.sql, parameters)
@@ -131,7 +165,7 @@ def compile_hot(statement: ClauseElement, dialect: Dialect) -> Precompiled | Non
         bind = compiled.binds[name]
         if bind.expanding:
             return None
-        process = bind.type._cached_bind_processor(dialect)
+        process = _shared(bind.type, bind.type._cached_bind_processor(dialect), dialect)
         if bind.callable is not None:
             return None
         if not bind.required:
@@ -143,3 +177,28 @@ def compile_hot(statement: ClauseElement, dialect: Dialect) -> Precompiled | Non
         else:
             binds.append((name, process, False, None))
     return Precompiled(compiled.string, binds, returns_rows=bool(compiled._result_columns))
+
+
+_PROCESSORS = "_convostore_shared_processors"
+
+
+def _shared(type_: Any, process: Callable[[Any], Any] | None, dialect: Dialect) -> Any:
+    """One processor object per type and dialect, so a unit's memo (keyed by processor)
+    finds a value converted for another column of the same type (an append's three
+    timestamps sit in three columns, each with its own ``UTCDateTime()`` instance).
+
+    Types are the same when SQLAlchemy's cache key says so (it reuses compiled SQL on the
+    same condition); a type without one keeps its own processor. Per dialect, because
+    processors read that dialect's profile (its keyring).
+    """
+    if process is None:
+        return None
+    try:
+        key = type_._static_cache_key
+        hash(key)
+    except (AttributeError, TypeError, NotImplementedError):
+        return process
+    # Kept on the dialect itself (a cycle through the processors' closures, which the
+    # collector frees): a registry outside it would keep every engine's dialect alive.
+    shared: dict[Any, Callable[[Any], Any]] = vars(dialect).setdefault(_PROCESSORS, {})
+    return shared.setdefault(key, process)

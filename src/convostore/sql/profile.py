@@ -253,7 +253,7 @@ _COMMITTERS = "_convostore_committers"
 
 def committers_of(engine: AsyncEngine) -> Committers:
     """The group committers of ``engine`` (made on first use); a copy of the engine made
-    with ``execution_options`` or :func:`twin_engine` has its own."""
+    with ``execution_options`` or :func:`~convostore.sql.engine.twin_engine` has its own."""
     owner = vars(engine.sync_engine)
     with _lock:
         committers: Committers | None = owner.get(_COMMITTERS)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from sqlalchemy import LargeBinary, Table, Text, cast, column, select, table, tuple_, update
+from sqlalchemy import LargeBinary, Table, Text, column, table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore import encryption
@@ -28,6 +28,7 @@ from convostore.encryption import Keyring
 from convostore.errors import ConfigurationError, ConvostoreError
 from convostore.sql.dml import Executor
 from convostore.sql.engine import family
+from convostore.sql.repositories import admin
 from convostore.sql.runner import TransactionRunner
 from convostore.sql.tables import Base
 from convostore.sql.types import ClearOnlyText, CompressedJSON, SealableText
@@ -59,6 +60,7 @@ class RotationReport:
         return sum(self.rewritten.values())
 
     def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready form (``--json`` output)."""
         return {
             "rows": self.rows,
             "rewritten": dict(self.rewritten),
@@ -241,16 +243,13 @@ async def _batch(
     Returns the keys of the rows read, the values rewritten by ``table.column``, and how
     many values a writer changed between the read and the update.
     """
-    key = [raw.c[name] for name in walk.key]
-    stmt = select(*key, *(raw.c[name] for name in (*walk.payloads, *walk.texts, *walk.previews)))
-    if after is not None:
-        stmt = stmt.where(tuple_(*key) > tuple_(*after))
-    rows = (await executor.execute(stmt.order_by(*key).limit(size))).all()
+    values_read = (*walk.payloads, *walk.texts, *walk.previews)
+    rows = await admin.rotation_rows(executor, raw, walk.key, values_read, after, size)
     done: dict[str, int] = {}
     missed = 0
-    width = len(key)
+    width = len(walk.key)
     for row in rows:
-        where = [c == v for c, v in zip(key, row[:width], strict=True)]
+        where = dict(zip(walk.key, row[:width], strict=True))
         values = row[width:]
         changes: list[tuple[str, Any, Any, bool]] = []
         for name, value in zip(walk.payloads, values, strict=False):
@@ -268,10 +267,9 @@ async def _batch(
             if value is not None and rewrite.preview(value):
                 changes.append((name, value, None, exact))
         for name, old, new, as_bytes in changes:
-            current = cast(raw.c[name], LargeBinary) if as_bytes else raw.c[name]
-            same = current == (old.encode("utf-8") if as_bytes else old)
-            result = await executor.execute(update(raw).where(*where, same).values({name: new}))
-            if result.rowcount == 1:  # type: ignore[attr-defined]
+            if await admin.rewrite_if_unchanged(
+                executor, raw, where, name, old, new, as_bytes=as_bytes
+            ):
                 column_name = f"{walk.table.name}.{name}"
                 done[column_name] = done.get(column_name, 0) + 1
             else:

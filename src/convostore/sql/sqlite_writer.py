@@ -38,9 +38,10 @@ import asyncio
 import contextlib
 import os
 import queue
+import sqlite3
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy import create_engine as create_sync_engine
@@ -51,7 +52,7 @@ from sqlalchemy.pool import NullPool
 from convostore.sql import search_index
 from convostore.sql.dml import Executor, is_cached
 from convostore.sql.engine import sqlite_configurer
-from convostore.sql.precompiled import Precompiled, compile_hot
+from convostore.sql.precompiled import Memo, Precompiled, compile_hot
 from convostore.sql.profile import profile_of, store_profile, stored_profile
 from convostore.sql.sqlite_driver import hand_over
 from convostore.sql.types import writes_search_index
@@ -229,7 +230,7 @@ class SyncExecutor:
     runs to its end on the writer thread (:func:`drive`).
     """
 
-    __slots__ = ("_dbapi", "_job", "_plans", "_thread", "conn", "dialect")
+    __slots__ = ("_dbapi", "_job", "_memo", "_plans", "_thread", "conn", "dialect")
 
     def __init__(
         self,
@@ -244,6 +245,8 @@ class SyncExecutor:
         self._plans = plans
         self._thread = thread
         self._job = job
+        # Bind values converted in this unit (its timestamp, bound several times).
+        self._memo: Memo = {}
 
     async def execute(
         self,
@@ -260,7 +263,7 @@ class SyncExecutor:
             if plan is _MISSING and is_cached(statement):
                 plan = plans[id(statement)] = compile_hot(statement, self.dialect)
             if plan is not None and plan is not _MISSING:
-                return plan.run(self._dbapi, parameters or {})
+                return plan.run(self._dbapi, parameters or {}, self._memo)
         if execution_options:
             return self.conn.execute(statement, parameters, execution_options=execution_options)
         return self.conn.execute(statement, parameters)
@@ -393,14 +396,40 @@ class SQLiteWriter:
         conn = self._connection()
         plans = self._plans if profile.sqlite_precompile else None
         executor = SyncExecutor(conn, plans, thread, job)
-        thread.started(job, executor._dbapi)
+        dbapi = cast(sqlite3.Connection, executor._dbapi)
+        thread.started(job, dbapi)
         try:
-            with conn.begin():
-                return drive(work(executor))  # type: ignore[arg-type]
+            # No SQLAlchemy transaction is begun up front: pysqlite opens the database's
+            # own before the first write either way. A statement through Core begins
+            # SQLAlchemy's (autobegin), and then it commits or rolls back through it; a
+            # unit of precompiled statements alone (an append, add_message, credit)
+            # commits on the driver, which saves SQLAlchemy's transaction bookkeeping.
+            try:
+                result: T = drive(work(executor))  # type: ignore[arg-type]
+                if conn.in_transaction():
+                    conn.commit()
+                else:
+                    _on_driver(dbapi.commit)
+            except BaseException:
+                if conn.in_transaction():
+                    conn.rollback()
+                else:
+                    _on_driver(dbapi.rollback)
+                raise
+            return result
         except sa_exc.DBAPIError as exc:
             if job.cancelled and "interrupted" in str(exc.orig):
                 raise _interrupted() from exc
             raise
+
+
+def _on_driver(call: Callable[[], None]) -> None:
+    # A commit or rollback on the DB-API connection, its failure wrapped as Core wraps it
+    # (the retry policy and error translation read SQLAlchemy's classes).
+    try:
+        call()
+    except sqlite3.Error as exc:
+        raise sa_exc.DBAPIError.instance(None, None, exc, sqlite3.Error) from exc
 
 
 def _nothing(_job: _Job) -> None:

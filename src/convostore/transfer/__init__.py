@@ -21,7 +21,7 @@ head, so it can be used from Python as well as through ``convostore`` on the com
 
 Every statement runs through :class:`~convostore.sql.runner.TransactionRunner` (the one
 transaction boundary: retries of transient conflicts, typed errors), and the statements
-themselves live in one repository (``_repository.py``). Imports write in batches, one
+themselves live in :mod:`convostore.sql.repositories.admin`. Imports write in batches, one
 transaction per batch, with ``INSERT`` that skips rows whose key already exists
 (:func:`convostore.sql.dml.insert_ignore`); each batch reads its keys back in the same
 transaction, so a row that did not arrive is an error, not a silent loss. An interrupted

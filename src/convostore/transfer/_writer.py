@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore.errors import ConflictError
 from convostore.sql.dml import Executor
+from convostore.sql.repositories.admin import TransferRepository
 from convostore.sql.runner import TransactionRunner
 from convostore.transfer._format import (
     BATCH_SIZE,
@@ -20,7 +21,7 @@ from convostore.transfer._format import (
     Progress,
     TransferReport,
 )
-from convostore.transfer._repository import TransferRepository
+from convostore.transfer._snapshot import count_records
 
 # How each record type bounds its thread's next_idx or its session's next_position from
 # below: (scope fields, the field, what to add). A message at idx n needs next_idx > n.
@@ -54,7 +55,7 @@ class Writer:
         """Rows per record type in the destination."""
 
         async def work(executor: Executor) -> dict[str, int]:
-            return await TransferRepository(executor).count_all()
+            return await count_records(TransferRepository(executor))
 
         return await self.runner.run(work)
 
@@ -95,7 +96,9 @@ class Writer:
         floors = self._floors(kind.name)
 
         async def work(executor: Executor) -> int:
-            return await TransferRepository(executor).insert_missing(kind, rows, floors)
+            return await TransferRepository(executor).insert_missing(
+                kind.table, kind.key, rows, floors
+            )
 
         missing = await self.runner.run(work)
         if missing:

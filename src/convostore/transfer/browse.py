@@ -9,23 +9,12 @@ of failing the page, so a viewer can show the rest.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
-from sqlalchemy import (
-    LargeBinary,
-    Row,
-    Select,
-    Table,
-    Text,
-    func,
-    literal,
-    select,
-    tuple_,
-    type_coerce,
-)
+from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore import codec, encryption
@@ -33,15 +22,10 @@ from convostore.errors import DecryptionError, EncryptionError, SerializationErr
 from convostore.models import NO_PREVIEW
 from convostore.sql import search_index
 from convostore.sql.dml import Executor
+from convostore.sql.repositories import admin
+from convostore.sql.repositories import browse as repo
 from convostore.sql.runner import TransactionRunner
-from convostore.sql.tables import (
-    AdkAppStateRecord,
-    AdkEventRecord,
-    AdkSessionRecord,
-    AdkUserStateRecord,
-    table_of,
-)
-from convostore.transfer._format import CONTEXT_MESSAGES, MESSAGES, SESSIONS, THREADS, USERS
+from convostore.transfer._format import CONTEXT_MESSAGES, MESSAGES
 
 __all__ = [
     "AdkSessionRow",
@@ -67,6 +51,8 @@ __all__ = [
     "thread_page",
     "thread_summary",
 ]
+
+T = TypeVar("T")
 
 MAX_PAGE: Final = 1000
 """The largest page any function here reads."""
@@ -174,24 +160,18 @@ def _check_limit(limit: int) -> int:
     return max(1, min(int(limit), MAX_PAGE))
 
 
-async def _fetch(engine: AsyncEngine, stmt: Select[Any]) -> Sequence[Row[Any]]:
-    async def work(executor: Executor) -> Sequence[Row[Any]]:
-        rows: Sequence[Row[Any]] = (await executor.execute(stmt)).all()
-        return rows
-
-    return await TransactionRunner(engine).run(work, read=True)
+async def _read(engine: AsyncEngine, read: Callable[[Executor], Awaitable[T]]) -> T:
+    """What ``read`` returns, run in one read transaction of its own."""
+    return await TransactionRunner(engine).run(read, read=True)
 
 
-async def _distinct(executor: Executor, column: Any, after: str | None, limit: int) -> list[str]:
+async def _distinct(executor: Executor, column: str, after: str | None, limit: int) -> list[str]:
     # A loose index scan: each value is one seek for the smallest key after the last one,
     # so a page costs `limit` seeks however many rows each value has (a GROUP BY or
     # DISTINCT would read them all).
     found: list[str] = []
     while len(found) < limit:
-        # The first seek from "" (the smallest key, and the default agent's name), so
-        # every seek is an index range, as the query-plan tests check.
-        bound = column >= "" if after is None else column > after
-        after = (await executor.execute(select(func.min(column)).where(bound))).scalar()
+        after = await repo.first_after(executor, column, after)
         if after is None:
             break
         found.append(after)
@@ -206,18 +186,15 @@ async def list_projects(
     One seek of the session table's primary key per project, and one of the
     (project, created_at) index for when its latest session started.
     """
-    s = SESSIONS.c
 
     async def work(executor: Executor) -> list[ProjectRow]:
         rows = []
-        for project in await _distinct(executor, s.project, after, _check_limit(limit)):
-            latest = select(func.max(s.created_at)).where(s.project == project)
-            rows.append(
-                ProjectRow(project, _as_datetime((await executor.execute(latest)).scalar()))
-            )
+        for project in await _distinct(executor, "project", after, _check_limit(limit)):
+            latest = await repo.latest_session_start(executor, project)
+            rows.append(ProjectRow(project, _as_datetime(latest)))
         return rows
 
-    return await TransactionRunner(engine).run(work, read=True)
+    return await _read(engine, work)
 
 
 def _as_datetime(value: Any) -> datetime | None:
@@ -238,27 +215,20 @@ async def list_agents(
 
     async def work(executor: Executor) -> list[AgentRow]:
         limit_ = _check_limit(limit)
-        names = set(await _distinct(executor, THREADS.c.agent_name, after, limit_))
-        names.update(await _distinct(executor, USERS.c.agent_name, after, limit_))
+        names = set(await _distinct(executor, "agent", after, limit_))
+        names |= set(await _distinct(executor, "user_agent", after, limit_))
         return [AgentRow(name) for name in sorted(names)[:limit_]]
 
-    return await TransactionRunner(engine).run(work, read=True)
+    return await _read(engine, work)
 
 
 async def list_users(
     engine: AsyncEngine, *, agent: str, after: str | None = None, limit: int = 50
 ) -> list[UserRow]:
     """Users of ``agent`` by id (its primary key); ``after``: the last id of a page."""
-    u = USERS.c
-    stmt = select(u.user_id, u.available_balance, u.current_thread_id, u.updated_at).where(
-        u.agent_name == agent
-    )
-    if after is not None:
-        stmt = stmt.where(u.user_id > after)
-    stmt = stmt.order_by(u.user_id).limit(_check_limit(limit))
+    rows = await _read(engine, lambda ex: repo.users_page(ex, agent, after, _check_limit(limit)))
     return [
-        UserRow(r.user_id, r.available_balance, r.current_thread_id, r.updated_at)
-        for r in await _fetch(engine, stmt)
+        UserRow(r.user_id, r.available_balance, r.current_thread_id, r.updated_at) for r in rows
     ]
 
 
@@ -266,21 +236,9 @@ async def session_summary(
     engine: AsyncEngine, *, project: str, session_id: str
 ) -> dict[str, Any] | None:
     """A session's row (counts, tokens, times, fork parent), or ``None`` if there is none."""
-    s = SESSIONS.c
-    stmt = select(
-        s.next_position,
-        s.preview,
-        s.input_tokens,
-        s.output_tokens,
-        s.created_at,
-        s.updated_at,
-        s.parent_session_id,
-        s.forked_at,
-    ).where(s.project == project, s.session_id == session_id)
-    rows = await _fetch(engine, stmt)
-    if not rows:
+    row = await _read(engine, lambda ex: repo.session_row(ex, project, session_id))
+    if row is None:
         return None
-    row = rows[0]
     return {
         "message_count": row.next_position,
         "preview": NO_PREVIEW if row.preview is None else row.preview,
@@ -297,14 +255,9 @@ async def thread_summary(
     engine: AsyncEngine, *, agent: str, thread_id: str
 ) -> dict[str, Any] | None:
     """A thread's row (message count, first user, times), or ``None`` if there is none."""
-    t = THREADS.c
-    stmt = select(t.next_idx, t.user_id, t.created_at, t.updated_at).where(
-        t.agent_name == agent, t.thread_id == thread_id
-    )
-    rows = await _fetch(engine, stmt)
-    if not rows:
+    row = await _read(engine, lambda ex: repo.thread_row(ex, agent, thread_id))
+    if row is None:
         return None
-    row = rows[0]
     return {
         "message_count": row.next_idx,
         "user_id": row.user_id,
@@ -328,23 +281,10 @@ async def context_page(
     ``after``) the page is the ``limit`` messages just before it, so paging back costs what
     paging forward does. Reads the primary key (project, session_id, position).
     """
-    m = CONTEXT_MESSAGES.c
-    stmt = select(
-        m.position,
-        m.role,
-        type_coerce(m.content, LargeBinary).label("content"),
-        m.created_at,
-        m.client_id,
-    ).where(m.project == project, m.session_id == session_id)
-    if after is not None:
-        stmt = stmt.where(m.position > after)
-    if before is not None:
-        stmt = stmt.where(m.position < before)
-    backwards = before is not None and after is None
-    stmt = stmt.order_by(m.position.desc() if backwards else m.position)
-    rows = list(await _fetch(engine, stmt.limit(_check_limit(limit))))
-    if backwards:
-        rows.reverse()
+    rows = await _read(
+        engine,
+        lambda ex: repo.context_rows(ex, project, session_id, after, before, _check_limit(limit)),
+    )
     keyring = encryption.keyring_of(engine)
     return [
         BrowsedContextMessage(
@@ -377,28 +317,10 @@ async def thread_page(
 ) -> list[BrowsedMessage]:
     """One page of a thread's messages (every user's) in ``idx`` order, as
     :func:`context_page` pages (primary key: agent_name, thread_id, idx)."""
-    m = MESSAGES.c
-    stmt = select(
-        m.idx,
-        m.user_id,
-        m.role,
-        m.kind,
-        type_coerce(m.message, Text).label("message"),
-        type_coerce(m.content, LargeBinary).label("content"),
-        m.satoshis,
-        type_coerce(m.extra_inputs, LargeBinary).label("extra_inputs"),
-        type_coerce(m.extra_outputs, LargeBinary).label("extra_outputs"),
-        m.created_at,
-    ).where(m.agent_name == agent, m.thread_id == thread_id)
-    if after is not None:
-        stmt = stmt.where(m.idx > after)
-    if before is not None:
-        stmt = stmt.where(m.idx < before)
-    backwards = before is not None and after is None
-    stmt = stmt.order_by(m.idx.desc() if backwards else m.idx)
-    rows = list(await _fetch(engine, stmt.limit(_check_limit(limit))))
-    if backwards:
-        rows.reverse()
+    rows = await _read(
+        engine,
+        lambda ex: repo.thread_rows_page(ex, agent, thread_id, after, before, _check_limit(limit)),
+    )
     keyring = encryption.keyring_of(engine)
     return [
         BrowsedMessage(
@@ -419,7 +341,7 @@ async def thread_page(
 
 async def search_pending(engine: AsyncEngine) -> dict[str, int]:
     """Messages not in the search index yet (``search_text`` NULL), per table: what
-    ``convostore search --backfill`` would index."""
+    ``convostore reindex`` would index."""
     pending: dict[str, int] = {}
     for table in (CONTEXT_MESSAGES, MESSAGES):
         if engine.dialect.name == "sqlite":
@@ -428,19 +350,16 @@ async def search_pending(engine: AsyncEngine) -> dict[str, int]:
             async def count(executor: Executor, t: Table = table) -> int:
                 return await search_index.pending_count(executor, t)
 
-            pending[str(table.name)] = await TransactionRunner(engine).run(count, read=True)
-            continue
-        stmt = select(func.count()).select_from(table).where(table.c.search_text.is_(None))
-        pending[str(table.name)] = int((await _fetch(engine, stmt))[0][0])
+        else:
+
+            async def count(executor: Executor, t: Table = table) -> int:
+                return await admin.count_unindexed(executor, t)
+
+        pending[str(table.name)] = await _read(engine, count)
     return pending
 
 
 # --- Google ADK sessions (convostore.integrations.adk) -------------------------------------
-
-_ADK_SESSIONS = table_of(AdkSessionRecord)
-_ADK_EVENTS = table_of(AdkEventRecord)
-_ADK_APP_STATES = table_of(AdkAppStateRecord)
-_ADK_USER_STATES = table_of(AdkUserStateRecord)
 
 
 @dataclass(frozen=True)
@@ -470,9 +389,9 @@ async def list_adk_apps(
     """ADK app names with sessions, by name (one primary-key seek each)."""
 
     async def work(executor: Executor) -> list[str]:
-        return await _distinct(executor, _ADK_SESSIONS.c.app_name, after, _check_limit(limit))
+        return await _distinct(executor, "adk_app", after, _check_limit(limit))
 
-    return await TransactionRunner(engine).run(work, read=True)
+    return await _read(engine, work)
 
 
 async def list_adk_sessions(
@@ -485,19 +404,9 @@ async def list_adk_sessions(
     """An app's sessions, latest activity first; ``before``: the (updated_at, user_id,
     session_id) of the last session of the previous page. Reads the
     (app_name, updated_at, user_id, session_id) index."""
-    c = _ADK_SESSIONS.c
-    stmt = select(c.user_id, c.session_id, c.next_position, c.created_at, c.updated_at).where(
-        c.app_name == app
+    rows = await _read(
+        engine, lambda ex: repo.adk_sessions_page(ex, app, before, _check_limit(limit))
     )
-    if before is not None:
-        at = literal(before[0], c.updated_at.type)
-        # The redundant first bound lets every backend use it as the index range.
-        stmt = stmt.where(
-            c.updated_at <= at,
-            tuple_(c.updated_at, c.user_id, c.session_id) < tuple_(at, before[1], before[2]),
-        )
-    stmt = stmt.order_by(c.updated_at.desc(), c.user_id.desc(), c.session_id.desc())
-    rows = await _fetch(engine, stmt.limit(_check_limit(limit)))
     return [
         AdkSessionRow(r.user_id, r.session_id, r.next_position, r.created_at, r.updated_at)
         for r in rows
@@ -509,30 +418,12 @@ async def adk_session(
 ) -> dict[str, Any] | None:
     """An ADK session's row and the three state scopes (session, ``user:``, ``app:``),
     each possibly :class:`Unreadable`; ``None`` if there is no such session."""
-    s, u, a = _ADK_SESSIONS.c, _ADK_USER_STATES.c, _ADK_APP_STATES.c
-    raw = LargeBinary
 
     async def work(executor: Executor) -> dict[str, Any] | None:
-        row = (
-            await executor.execute(
-                select(
-                    type_coerce(s.state, raw).label("state"),
-                    s.next_position,
-                    s.created_at,
-                    s.updated_at,
-                ).where(s.app_name == app, s.user_id == user, s.session_id == session_id)
-            )
-        ).first()
-        if row is None:
+        found = await repo.adk_session_row(executor, app, user, session_id)
+        if found is None:
             return None
-        user_state = (
-            await executor.execute(
-                select(type_coerce(u.state, raw)).where(u.app_name == app, u.user_id == user)
-            )
-        ).scalar()
-        app_state = (
-            await executor.execute(select(type_coerce(a.state, raw)).where(a.app_name == app))
-        ).scalar()
+        row, user_state, app_state = found
         keyring = encryption.keyring_of(engine)
         return {
             "state": decode_payload(row.state, keyring),
@@ -543,7 +434,7 @@ async def adk_session(
             "updated_at": row.updated_at,
         }
 
-    return await TransactionRunner(engine).run(work, read=True)
+    return await _read(engine, work)
 
 
 async def adk_events_page(
@@ -557,19 +448,12 @@ async def adk_events_page(
     limit: int = 50,
 ) -> list[BrowsedAdkEvent]:
     """One page of an ADK session's events in position order, as :func:`context_page`."""
-    e = _ADK_EVENTS.c
-    stmt = select(
-        e.position, e.event_id, e.timestamp, type_coerce(e.event, LargeBinary).label("event")
-    ).where(e.app_name == app, e.user_id == user, e.session_id == session_id)
-    if after is not None:
-        stmt = stmt.where(e.position > after)
-    if before is not None:
-        stmt = stmt.where(e.position < before)
-    backwards = before is not None and after is None
-    stmt = stmt.order_by(e.position.desc() if backwards else e.position)
-    rows = list(await _fetch(engine, stmt.limit(_check_limit(limit))))
-    if backwards:
-        rows.reverse()
+    rows = await _read(
+        engine,
+        lambda ex: repo.adk_event_rows(
+            ex, app, user, session_id, after, before, _check_limit(limit)
+        ),
+    )
     keyring = encryption.keyring_of(engine)
     return [
         BrowsedAdkEvent(r.position, r.event_id, r.timestamp, decode_payload(r.event, keyring))

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from convostore.errors import DatabaseError
 from convostore.settings import redact
 from convostore.sql.dml import Executor
+from convostore.sql.repositories.admin import TransferRepository
 from convostore.transfer._format import (
     EXPORT_FORMAT,
     EXPORT_VERSION,
@@ -22,7 +23,7 @@ from convostore.transfer._format import (
     TransferReport,
     iso,
 )
-from convostore.transfer._repository import TransferRepository, snapshot_runner
+from convostore.transfer._snapshot import count_records, snapshot_runner
 
 
 async def export_jsonl(
@@ -53,7 +54,7 @@ async def export_jsonl(
             raise DatabaseError("the export was interrupted after it had started writing")
         repo = TransferRepository(executor)
         await repo.begin_snapshot()
-        counts = await repo.count_all()
+        counts = await count_records(repo)
         header = {
             "format": EXPORT_FORMAT,
             "version": EXPORT_VERSION,
@@ -65,7 +66,7 @@ async def export_jsonl(
         for kind in KINDS_IN_ORDER:
             progress.start(f"exporting {kind.name} records", counts[kind.name])
             written = 0
-            async for rows in repo.stream_records(kind):
+            async for rows in repo.stream_records(kind.table, kind.fields, kind.key):
                 chunk = bytearray()
                 for row in rows:
                     chunk += _dump_record(kind, row._mapping)

@@ -191,7 +191,10 @@ async def import_agentstr(
     messages already in the destination are left as they are (balances are not merged).
 
     Args:
+        engine: The destination, its schema at head.
+        path: The agentstr SQLite file (opened read-only: it is not modified).
         agents: Import only these agents (``""`` is the default agent); all by default.
+        progress: Told how far the import has got (a progress bar, on the command line).
 
     Raises:
         ConflictError: Two source messages share (agent, thread, idx) with different users

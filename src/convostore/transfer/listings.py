@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Row, Select, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore.context import SQLAlchemyContextStore
@@ -15,18 +14,17 @@ from convostore.database import DEFAULT_AGENT_KEY, SQLAlchemyDatabase
 from convostore.errors import NotFoundError, ValidationError
 from convostore.models import NO_PREVIEW, ContextMessage, Message, SessionInfo
 from convostore.sql.dml import Executor
+from convostore.sql.repositories import admin
 from convostore.sql.repositories.rows import message_from_row
 from convostore.sql.runner import TransactionRunner
-from convostore.sql.tables import readable_columns
-from convostore.transfer._format import MESSAGES, SESSIONS
+from convostore.transfer._format import MESSAGES
+
+T = TypeVar("T")
 
 
-async def _fetch(engine: AsyncEngine, stmt: Select[Any]) -> Sequence[Row[Any]]:
-    async def work(executor: Executor) -> Sequence[Row[Any]]:
-        rows: Sequence[Row[Any]] = (await executor.execute(stmt)).all()
-        return rows
-
-    return await TransactionRunner(engine).run(work)
+async def _fetch(engine: AsyncEngine, read: Callable[[Executor], Awaitable[T]]) -> T:
+    """What ``read`` returns, run in one transaction of its own."""
+    return await TransactionRunner(engine).run(read)
 
 
 class SessionRow(SessionInfo):
@@ -47,20 +45,7 @@ async def list_sessions(
         store = SQLAlchemyContextStore(engine, project=project, migrate=False)
         infos = await store.list_sessions(limit=limit)
         return [SessionRow(project=project, **info.model_dump()) for info in infos]
-    s = SESSIONS.c
-    stmt = select(
-        s.project,
-        s.session_id,
-        s.next_position,
-        s.preview,
-        s.created_at,
-        s.input_tokens,
-        s.output_tokens,
-    ).where(s.next_position > 0)
-    stmt = stmt.order_by(s.created_at.desc(), s.project, s.session_id.desc())
-    if limit is not None:
-        stmt = stmt.limit(limit)
-    rows = await _fetch(engine, stmt)
+    rows = await _fetch(engine, lambda ex: admin.sessions_across_projects(ex, limit))
     return [
         SessionRow(
             project=r.project,
@@ -77,9 +62,7 @@ async def list_sessions(
 
 async def find_session_projects(engine: AsyncEngine, session_id: str) -> list[str]:
     """The projects that hold a session with this id."""
-    s = SESSIONS.c
-    stmt = select(s.project).where(s.session_id == session_id).order_by(s.project)
-    return [row[0] for row in await _fetch(engine, stmt)]
+    return await _fetch(engine, lambda ex: admin.session_projects(ex, session_id))
 
 
 @dataclass(frozen=True)
@@ -98,23 +81,7 @@ async def list_threads(
     engine: AsyncEngine, *, agent: str, user: str | None = None, limit: int | None = None
 ) -> list[ThreadRow]:
     """Threads of ``agent`` (``""``: the default agent) per user, most recent activity first."""
-    m = MESSAGES.c
-    stmt = select(
-        m.thread_id,
-        m.user_id,
-        func.count().label("n"),
-        func.min(m.idx).label("first_idx"),
-        func.max(m.idx).label("last_idx"),
-        func.max(m.created_at).label("last_at"),
-    ).where(m.agent_name == agent)
-    if user is not None:
-        stmt = stmt.where(m.user_id == user)
-    stmt = stmt.group_by(m.thread_id, m.user_id).order_by(
-        func.max(m.created_at).desc(), m.thread_id, m.user_id
-    )
-    if limit is not None:
-        stmt = stmt.limit(limit)
-    rows = await _fetch(engine, stmt)
+    rows = await _fetch(engine, lambda ex: admin.thread_activity(ex, agent, user, limit))
     # Aggregates bypass the column type, so the timestamp is read back through it here.
     time_type = MESSAGES.c.created_at.type
     processor = time_type.result_processor(engine.dialect, None)
@@ -148,13 +115,8 @@ async def thread_messages(
     if user is not None:
         database = SQLAlchemyDatabase(engine=engine, agent_name=agent_name, migrate=False)
         return await database.get_messages(thread_id, user)
-    m = MESSAGES.c
-    stmt = (
-        select(*readable_columns(MESSAGES))
-        .where(m.agent_name == agent, m.thread_id == thread_id)
-        .order_by(m.idx)
-    )
-    return [message_from_row(row, agent_name) for row in await _fetch(engine, stmt)]
+    rows = await _fetch(engine, lambda ex: admin.thread_rows(ex, agent, thread_id))
+    return [message_from_row(row, agent_name) for row in rows]
 
 
 @dataclass(frozen=True)

@@ -16,24 +16,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from sqlalchemy import (
-    LargeBinary,
-    Table,
-    and_,
-    bindparam,
-    func,
-    null,
-    select,
-    tuple_,
-    type_coerce,
-    update,
-)
+from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore import search
 from convostore.errors import ValidationError
 from convostore.sql import search_index
 from convostore.sql.dml import Executor
+from convostore.sql.repositories import admin
 from convostore.sql.runner import TransactionRunner
 from convostore.sql.tables import ContextMessageRecord, MessageRecord, table_of
 from convostore.sql.types import require_search_index
@@ -189,21 +179,9 @@ async def drop_feeds(engine: AsyncEngine, *, batch_size: int = DEFAULT_BATCH_SIZ
 
             dropped += await runner.run(empty)
             continue
-        key = list(table.primary_key.columns)
 
-        async def step(session: Executor, t: Table = table, k: list[Any] = key) -> int:
-            rows = (
-                await session.execute(
-                    select(*k).where(t.c.search_text.is_not(None)).order_by(*k).limit(batch_size)
-                )
-            ).all()
-            if rows:
-                await session.execute(
-                    update(t)
-                    .where(tuple_(*k).in_([tuple(r) for r in rows]))
-                    .values(search_text=null())
-                )
-            return len(rows)
+        async def step(session: Executor, t: Table = table) -> int:
+            return await admin.clear_feeds(session, t, batch_size)
 
         while count := await runner.run(step):
             dropped += count
@@ -211,8 +189,7 @@ async def drop_feeds(engine: AsyncEngine, *, batch_size: int = DEFAULT_BATCH_SIZ
 
 
 async def _count_pending(session: Executor, table: Table) -> int:
-    stmt = select(func.count()).select_from(table).where(table.c.search_text.is_(None))
-    return int((await session.execute(stmt)).scalar_one())
+    return await admin.count_unindexed(session, table)
 
 
 async def _index_batch(
@@ -224,34 +201,16 @@ async def _index_batch(
 ) -> tuple[tuple[Any, ...], int] | None:
     """Index the next batch after the key ``after``: its last key and how many rows got a
     feed, or ``None`` when no row is left."""
-    # The stored bytes too: the update below applies only if they are still the ones read.
-    raw = type_coerce(table.c.content, LargeBinary)
-    columns = [*key, table.c.content, raw.label("raw")]
-    if table is _MESSAGES:
-        columns.append(table.c.message)
-    stmt = select(*columns).where(table.c.search_text.is_(None))
-    if after is not None:
-        stmt = stmt.where(tuple_(*key) > after)
-    rows = (await session.execute(stmt.order_by(*key).limit(batch_size))).all()
+    rows = await admin.unindexed_rows(session, table, key, after, batch_size)
     if not rows:
         return None
     names = [column.name for column in key]
     # Compare-and-set: a row replaced meanwhile (same key, new message, written by an
     # engine that indexes nothing) keeps no words of the message that was read.
-    unchanged = [raw == bindparam("read_raw", type_=LargeBinary())]
-    if table is _MESSAGES:
-        unchanged.append(table.c.message == bindparam("read_message", type_=table.c.message.type))
-    change = (
-        update(table)
-        .where(
-            and_(*(table.c[name] == bindparam(f"k_{name}") for name in names)),
-            table.c.search_text.is_(None),
-            *unchanged,
-        )
-        .values(search_text=bindparam("feed", type_=table.c.search_text.type))
-    )
-    await session.execute(
-        change,
+    await admin.set_feeds(
+        session,
+        table,
+        names,
         [
             {
                 **{f"k_{name}": row._mapping[name] for name in names},
@@ -264,9 +223,5 @@ async def _index_batch(
     )
     # Rows changed meanwhile kept no feed: they are left for the next run, and not counted.
     keys = [tuple(row._mapping[name] for name in names) for row in rows]
-    skipped = await session.execute(
-        select(func.count())
-        .select_from(table)
-        .where(tuple_(*key).in_(keys), table.c.search_text.is_(None))
-    )
-    return keys[-1], len(rows) - int(skipped.scalar_one())
+    skipped = await admin.count_unindexed_keys(session, table, key, keys)
+    return keys[-1], len(rows) - skipped

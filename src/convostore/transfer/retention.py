@@ -7,11 +7,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, Table, tuple_
+from sqlalchemy import Select, Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore.errors import ValidationError
 from convostore.sql.dml import Executor
+from convostore.sql.repositories.admin import (
+    Key,
+    TransferRepository,
+    stale_langgraph_threads,
+    stale_sessions,
+    stale_threads,
+)
 from convostore.sql.runner import TransactionRunner
 from convostore.transfer._format import (
     BATCH_SIZE,
@@ -22,13 +29,6 @@ from convostore.transfer._format import (
     NoProgress,
     Progress,
     iso,
-)
-from convostore.transfer._repository import (
-    Key,
-    TransferRepository,
-    stale_langgraph_threads,
-    stale_sessions,
-    stale_threads,
 )
 
 _AGE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
@@ -192,7 +192,7 @@ async def _prune(
                 return len(batch), rows
             # Re-check staleness under the delete: a container written to since the
             # listing is kept.
-            still = await repo.keys(_restrict(stale, scope, batch).with_for_update())
+            still = await repo.still_stale(stale, scope.parent, scope.key, batch)
             if not still:
                 return 0, 0
             rows = await repo.delete_keys(scope.children, scope.key, still)
@@ -203,8 +203,3 @@ async def _prune(
         children += rows
         progress.advance(len(batch))
     return parents, children
-
-
-def _restrict(stmt: Select[Any], scope: _Scope, keys: list[Key]) -> Select[Any]:
-    columns = (scope.parent.c[name] for name in scope.key)
-    return stmt.where(tuple_(*columns).in_(keys))

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from convostore import codec, encryption
 from convostore.settings import redact
 from convostore.sql.dml import Executor
+from convostore.sql.repositories.admin import TransferRepository
 from convostore.transfer._format import (
     CONTEXT_MESSAGES,
     MESSAGES,
@@ -19,7 +20,7 @@ from convostore.transfer._format import (
     NoProgress,
     Progress,
 )
-from convostore.transfer._repository import TransferRepository, snapshot_runner
+from convostore.transfer._snapshot import snapshot_runner
 
 
 @dataclass
