@@ -8,16 +8,14 @@ Stores are cheap: make one per session and share the engine.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Self
 from uuid import uuid4
 
-from sqlalchemy import URL, Table
+from sqlalchemy import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore import arguments, pairs
-from convostore.codec import Encoded
 from convostore.encryption import Keyring
 from convostore.errors import ConfigurationError
 from convostore.facade import Facade
@@ -27,27 +25,22 @@ from convostore.models import (
     ContextSearchHit,
     SessionInfo,
     StoredContextMessage,
-    construct,
     encoded_context_messages,
+    utc_now,
 )
 from convostore.rules import check_client_key, default_project
 from convostore.settings import redact
 from convostore.sql import search_index
-from convostore.sql.dialects import Executor, appends_in_one_statement
-from convostore.sql.engine import Engine, create_engine, family, is_read_only
-from convostore.sql.group_commit import committer_for
+from convostore.sql.dml import Executor
+from convostore.sql.engine import Engine, create_engine, is_read_only
 from convostore.sql.replicas import ReplicaUrls
-from convostore.sql.repositories import (
-    ContextAppend,
-    SessionRepository,
-    append_context_batch,
-    search_context,
-)
-from convostore.sql.tables import ContextMessageRecord
+from convostore.sql.repositories.search import search_context
+from convostore.sql.repositories.sessions import ContextAppender, SessionRepository
+from convostore.sql.tables import ContextMessageRecord, table_of
 from convostore.sql.types import feeds_in_rows, require_search_index
 from convostore.telemetry import traced
 
-CONTEXT_MESSAGES: Table = ContextMessageRecord.__table__  # type: ignore[assignment]
+CONTEXT_MESSAGES = table_of(ContextMessageRecord)
 
 __all__ = ["SQLAlchemyContextStore", "connect", "default_project"]
 
@@ -197,30 +190,15 @@ class SQLAlchemyContextStore(Facade, ContextStore):
             client_id: Your id for this message. Appending again with the same id (a
                 retry after a timeout, say) stores nothing and returns the stored message.
         """
-        if client_id is not None or self._runner.bound is not None:
-            # A retry key must be looked up first, and a caller's transaction is its own.
-            stored = await self.append_many(
-                [message], client_ids=None if client_id is None else [client_id]
-            )
+        if client_id is not None:
+            # A retry key must be looked up first: a transaction of its own.
+            stored = await self.append_many([message], client_ids=[client_id])
             return stored[0]
         ((checked, data),) = encoded_context_messages([message], feed=self._feed())
         await self._ensure_ready()
-        now = _now()
-        committer = committer_for(
-            self.engine,
-            "context",
-            append_context_batch,
-            _append_one,
-            one_autocommit=appends_in_one_statement(family(self.engine)),
+        return await ContextAppender(self._runner).append(
+            self._scope, self._session_id, checked.role, data, checked.preview(), utc_now()
         )
-        position = await self._runner.noting_write(
-            committer.submit(
-                ContextAppend(
-                    self._scope, self._session_id, checked.role, data, now, checked.preview()
-                )
-            )
-        )
-        return _stored(checked.role, data, position, now, None)
 
     @traced()
     async def append_many(
@@ -242,29 +220,9 @@ class SQLAlchemyContextStore(Facade, ContextStore):
             return []
         preview = next((p for m, _ in checked if (p := m.preview()) is not None), None)
         await self._ensure_ready()
-        now = _now()
-        retry_key = next((i for i in ids if i is not None), None)
-
-        async def work(session: Executor) -> list[StoredContextMessage]:
-            repo = self._repo(session)
-            if retry_key is not None:
-                found = await repo.find_client_id(retry_key)
-                if found is not None:
-                    # A retry: the batch starts where the key's message sits, less its offset.
-                    start = found.position - ids.index(retry_key)
-                    return await repo.window(
-                        after=start - 1, before=None, limit=len(ids), newest_first=False
-                    )
-            rows = [(m.role, data) for m, data in checked]
-            first = await repo.append(rows, now, preview, ids, last=True)
-            return [
-                _stored(m.role, data, first + offset, now, client_id)
-                for offset, ((m, data), client_id) in enumerate(zip(checked, ids, strict=True))
-            ]
-
-        one_statement = len(checked) == 1 and appends_in_one_statement(family(self.engine))
-        return await self._runner.run(
-            work, autocommit=one_statement, rerun_on_conflict=retry_key is not None
+        rows = [(m.role, data) for m, data in checked]
+        return await ContextAppender(self._runner).append_many(
+            self._scope, self._session_id, rows, preview, ids, utc_now()
         )
 
     @traced()
@@ -328,7 +286,7 @@ class SQLAlchemyContextStore(Facade, ContextStore):
         checked = encoded_context_messages(messages, feed=self._feed())
         preview = next((p for m, _ in checked if (p := m.preview()) is not None), None)
         await self._ensure_ready()
-        now = _now()
+        now = utc_now()
         rows = [(m.role, data) for m, data in checked]
         await self._runner.run(lambda s: self._repo(s).replace(rows, now, preview))
 
@@ -357,7 +315,7 @@ class SQLAlchemyContextStore(Facade, ContextStore):
         arguments.fork_at(at)
         await self._ensure_ready()
         new_id = uuid4().hex
-        now = _now()
+        now = utc_now()
         await self._runner.run(lambda s: self._repo(s).copy_to(new_id, now, at=at))
         return self.with_session(new_id)
 
@@ -390,14 +348,14 @@ class SQLAlchemyContextStore(Facade, ContextStore):
     async def set_context_tokens(self, input_tokens: int, output_tokens: int) -> None:
         arguments.tokens(input_tokens, output_tokens)
         await self._ensure_ready()
-        now = _now()
+        now = utc_now()
         await self._runner.run(lambda s: self._repo(s).set_tokens(input_tokens, output_tokens, now))
 
     @traced()
     async def add_context_tokens(self, input_tokens: int, output_tokens: int) -> None:
         arguments.tokens(input_tokens, output_tokens)
         await self._ensure_ready()
-        now = _now()
+        now = utc_now()
         await self._runner.run(lambda s: self._repo(s).add_tokens(input_tokens, output_tokens, now))
 
     @traced()
@@ -465,31 +423,3 @@ class SQLAlchemyContextStore(Facade, ContextStore):
 
     def _repo(self, session: Executor) -> SessionRepository:
         return SessionRepository(session, self._scope, self._session_id)
-
-
-def _stored(
-    role: str, data: Encoded, position: int, now: datetime, client_id: str | None
-) -> StoredContextMessage:
-    # The message as stored: its content decoded from what was written, as reads return it.
-    return construct(
-        StoredContextMessage,
-        {
-            "role": role,
-            "content": data.value(),
-            "position": position,
-            "created_at": now,
-            "client_id": client_id,
-        },
-    )
-
-
-async def _append_one(session: Executor, item: ContextAppend) -> int:
-    # A group commit's write of one message, alone in its transaction.
-    repo = SessionRepository(session, item.project, item.session_id)
-    return await repo.append(
-        [(item.role, item.content)], item.created_at, item.preview, [None], last=True
-    )
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)

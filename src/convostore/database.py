@@ -8,17 +8,15 @@ the class. Each public call is one short transaction (see :mod:`convostore.sql.r
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any, Self
 
-from sqlalchemy import URL, Table
+from sqlalchemy import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore import arguments
 from convostore.encryption import Keyring
 from convostore.errors import (
     ConfigurationError,
-    ConflictError,
     InsufficientBalance,
 )
 from convostore.facade import Facade
@@ -30,27 +28,24 @@ from convostore.models import (
     NewMessage,
     ThreadInfo,
     User,
+    utc_now,
 )
 from convostore.rules import DEFAULT_AGENT_KEY
 from convostore.settings import DEFAULT_SQLITE_PATH, configured_url, redact, resolve_url
 from convostore.sql import search_index
-from convostore.sql.dialects import Executor, appends_in_one_statement
-from convostore.sql.engine import create_engine, family
-from convostore.sql.group_commit import committer_for
+from convostore.sql.dml import Executor
+from convostore.sql.engine import create_engine
 from convostore.sql.replicas import ReplicaUrls
-from convostore.sql.repositories import (
-    ThreadAppend,
-    ThreadRepository,
-    UserRepository,
-    append_thread_batch,
-    message_from_row,
-    search_messages,
-)
-from convostore.sql.tables import MessageRecord
+from convostore.sql.repositories import users
+from convostore.sql.repositories.rows import message_from_row
+from convostore.sql.repositories.search import search_messages
+from convostore.sql.repositories.threads import ThreadAppender, ThreadRepository
+from convostore.sql.repositories.users import UserRepository
+from convostore.sql.tables import MessageRecord, table_of
 from convostore.sql.types import feeds_in_rows, require_search_index
 from convostore.telemetry import traced
 
-MESSAGES: Table = MessageRecord.__table__  # type: ignore[assignment]
+MESSAGES = table_of(MessageRecord)
 
 __all__ = ["DEFAULT_AGENT_KEY", "Database", "SQLAlchemyDatabase"]
 
@@ -167,7 +162,7 @@ class SQLAlchemyDatabase(Facade, AgentDatabase):
         arguments.user_id(user_id)
         await self._ensure_ready()
         stored = await self._runner.run(
-            lambda s: UserRepository(s, self._agent_key).get(user_id), read=True
+            lambda s: UserRepository(s, self._agent_key).get_or_none(user_id), read=True
         )
         return stored if stored is not None else User(user_id=user_id)
 
@@ -175,7 +170,7 @@ class SQLAlchemyDatabase(Facade, AgentDatabase):
     async def upsert_user(self, user: User) -> None:
         checked = arguments.upsert_user(user)
         await self._ensure_ready()
-        now = _now()
+        now = utc_now()
         await self._runner.run(lambda s: UserRepository(s, self._agent_key).upsert(checked, now))
 
     async def get_current_thread_id(self, user_id: str) -> str | None:
@@ -185,7 +180,7 @@ class SQLAlchemyDatabase(Facade, AgentDatabase):
     async def set_current_thread_id(self, user_id: str, thread_id: str | None) -> None:
         arguments.set_current_thread(user_id, thread_id)
         await self._ensure_ready()
-        now = _now()
+        now = utc_now()
         await self._runner.run(
             lambda s: UserRepository(s, self._agent_key).set_current_thread(user_id, thread_id, now)
         )
@@ -194,21 +189,18 @@ class SQLAlchemyDatabase(Facade, AgentDatabase):
     async def credit(self, user_id: str, amount: int) -> int:
         arguments.balance_change(user_id, amount)
         await self._ensure_ready()
-        now = _now()
-        return await self._runner.run(
-            lambda s: UserRepository(s, self._agent_key).credit(user_id, amount, now, last=True)
-        )
+        return await users.credit(self._runner, self._agent_key, user_id, amount, utc_now())
 
     @traced("user_id")
     async def debit(self, user_id: str, amount: int) -> int:
         arguments.balance_change(user_id, amount)
         await self._ensure_ready()
-        now = _now()
+        now = utc_now()
 
         async def work(session: Executor) -> int:
-            users = UserRepository(session, self._agent_key)
-            debited = await users.debit(user_id, amount, now)
-            user = await users.get(user_id)
+            repo = UserRepository(session, self._agent_key)
+            debited = await repo.debit(user_id, amount, now)
+            user = await repo.get_or_none(user_id)
             balance = 0 if user is None else user.available_balance
             if not debited and not (user is None and amount == 0):
                 raise InsufficientBalance(
@@ -245,24 +237,12 @@ class SQLAlchemyDatabase(Facade, AgentDatabase):
             extra_outputs,
             feed=feeds_in_rows(self.engine),
         )
-        if client_id is not None or self._runner.bound is not None:
-            # A retry key must be looked up first, and a caller's transaction is its own.
+        if client_id is not None:
+            # A retry key must be looked up first: a transaction of its own.
             (stored,) = await self._add(new.thread_id, new.user_id, [new], [client_id])
             return stored
         await self._ensure_ready()
-        now = _now()
-        row = _message_row(new, new.user_id, now, None)
-        committer = committer_for(
-            self.engine,
-            "thread",
-            append_thread_batch,
-            _add_one,
-            one_autocommit=appends_in_one_statement(family(self.engine)),
-        )
-        idx = await self._runner.noting_write(
-            committer.submit(ThreadAppend(self._agent_key, new.thread_id, row))
-        )
-        return self._stored(new, new.thread_id, new.user_id, idx, now)
+        return await self._appender().add(new, utc_now())
 
     @traced("thread_id", "user_id")
     async def add_messages(
@@ -284,68 +264,10 @@ class SQLAlchemyDatabase(Facade, AgentDatabase):
         if not news:
             return []
         await self._ensure_ready()
-        now = _now()
-        retry_key = next((i for i in ids if i is not None), None)
+        return await self._appender().add_many(thread_id, user_id, news, ids, utc_now())
 
-        async def work(session: Executor) -> list[Message]:
-            threads = ThreadRepository(session, self._agent_key)
-            if retry_key is not None:
-                found = await threads.find_client_id(thread_id, retry_key)
-                if found is not None:
-                    if found.user_id != user_id:
-                        raise ConflictError(
-                            f"client_id {retry_key!r} was used by another user in this thread"
-                        )
-                    # A retry: the batch starts where the key's message sits, less its offset.
-                    start = found.idx - ids.index(retry_key)
-                    rows = await threads.messages(
-                        thread_id,
-                        user_id,
-                        limit=len(news),
-                        before_idx=None,
-                        after_idx=start - 1,
-                        reverse=False,
-                    )
-                    return [message_from_row(row, self.agent_name) for row in rows]
-            first = await threads.append(
-                thread_id,
-                user_id,
-                [
-                    _message_row(new, user_id, now, client_id)
-                    for new, client_id in zip(news, ids, strict=True)
-                ],
-                now,
-                last=True,
-            )
-            return [
-                self._stored(new, thread_id, user_id, first + offset, now)
-                for offset, new in enumerate(news)
-            ]
-
-        one_statement = len(news) == 1 and appends_in_one_statement(family(self.engine))
-        return await self._runner.run(
-            work, autocommit=one_statement, rerun_on_conflict=retry_key is not None
-        )
-
-    def _stored(
-        self, new: NewMessage, thread_id: str, user_id: str, idx: int, now: datetime
-    ) -> Message:
-        return Message(
-            agent_name=self.agent_name,
-            thread_id=thread_id,
-            user_id=user_id,
-            idx=idx,
-            message=new.message,
-            content=new.content,
-            role=new.role,
-            kind=new.kind,
-            satoshis=new.satoshis,
-            # Decoded from what was written, as get_messages will return them: tuples
-            # become lists, and later changes to the caller's objects do not show through.
-            extra_inputs=new.encoded_inputs.value(),
-            extra_outputs=new.encoded_outputs.value(),
-            created_at=now,
-        )
+    def _appender(self) -> ThreadAppender:
+        return ThreadAppender(self._runner, self._agent_key, self.agent_name)
 
     @traced("user_id")
     async def list_threads(
@@ -447,34 +369,3 @@ def Database(  # noqa: N802 - agentstr's factory is a function named like a clas
     return SQLAlchemyDatabase(
         conn_str, agent_name=agent_name, migrate=migrate, read_url=read_url, encryption=encryption
     )
-
-
-def _message_row(
-    new: NewMessage, user_id: str, now: datetime, client_id: str | None
-) -> dict[str, Any]:
-    # A messages row but for its scope (agent, thread) and idx.
-    return {
-        "user_id": user_id,
-        "role": new.role,
-        "kind": new.kind,
-        "message": new.message,
-        "content": new.encoded_content,
-        "satoshis": new.satoshis,
-        "extra_inputs": new.encoded_inputs,
-        "extra_outputs": new.encoded_outputs,
-        "created_at": now,
-        "client_id": client_id,
-        **({} if new.search_text is None else {"search_text": new.search_text}),
-    }
-
-
-async def _add_one(session: Executor, item: ThreadAppend) -> int:
-    # A group commit's write of one message, alone in its transaction.
-    repo = ThreadRepository(session, item.agent_name)
-    return await repo.append(
-        item.thread_id, item.row["user_id"], [item.row], item.row["created_at"], last=True
-    )
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)

@@ -53,6 +53,7 @@ __all__ = [
     "new_message",
     "new_message_batch",
     "scoped_project",
+    "utc_now",
     "validated",
     "validated_fields",
 ]
@@ -74,7 +75,8 @@ NO_PREVIEW: Final = "(no preview)"
 M = TypeVar("M", bound=BaseModel)
 
 
-def _now() -> datetime:
+def utc_now() -> datetime:
+    """The current time, timezone-aware in UTC: what every stored timestamp is."""
     return datetime.now(UTC)
 
 
@@ -124,7 +126,7 @@ class Message(Model):
     satoshis: int | None = None
     extra_inputs: dict[str, Any] = Field(default_factory=dict)
     extra_outputs: dict[str, Any] = Field(default_factory=dict)
-    created_at: datetime = Field(default_factory=_now)
+    created_at: datetime = Field(default_factory=utc_now)
 
 
 class ContextMessage(Model):

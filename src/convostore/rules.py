@@ -92,7 +92,7 @@ def checked_counter(value: Any, table: str, counter: str) -> int:
     """``value`` as an int, refusing what overflowed 64 bits.
 
     PostgreSQL and MySQL/MariaDB raise on a BIGINT overflow (which
-    :func:`convostore.errors.translate_errors` makes a ValidationError); SQLite instead
+    :func:`convostore.sql.retry.translate_errors` makes a ValidationError); SQLite instead
     turns the result into a REAL, which this catches so the transaction rolls back the
     same way. The in-memory twin calls it for the same refusal.
     """

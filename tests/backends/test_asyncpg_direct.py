@@ -28,7 +28,7 @@ from convostore import (
     create_engine,
 )
 from convostore.sql.asyncpg_direct import DIRECT_ATTRIBUTE, AsyncpgDirect, direct_for
-from convostore.sql.dialects import Executor
+from convostore.sql.dml import Executor
 from convostore.sql.runner import TransactionRunner
 from convostore.sql.tables import Base
 from tests.conftest import direct_url, selected_backend
@@ -49,7 +49,7 @@ _SCOPE_COLUMNS = frozenset({"project", "agent_name"})
 def fixed_now(monkeypatch: pytest.MonkeyPatch) -> None:
     # The same timestamps on both paths, so rows compare byte for byte.
     for module in ("convostore.context", "convostore.database"):
-        monkeypatch.setattr(f"{module}._now", lambda: _NOW)
+        monkeypatch.setattr(f"{module}.utc_now", lambda: _NOW)
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """Concurrent writers on every SQL backend: nothing lost, nothing duplicated, no error surfaced.
 
 Positions and ``idx`` come from a counter row bumped in the same transaction as the insert
-(:func:`convostore.sql.dialects.bump_counter`); balances and token totals are single atomic
+(:func:`convostore.sql.counters.bump_counter`); balances and token totals are single atomic
 statements. These tests race real connections against each other — several engines in one
 event loop, and several OS processes — and then count every row straight from the tables.
 """
@@ -31,7 +31,7 @@ from convostore import (
     User,
     create_engine,
 )
-from convostore.sql.dialects import is_retryable
+from convostore.sql.retry import is_retryable
 from convostore.sql.runner import MAX_ATTEMPTS
 from convostore.sql.tables import (
     ContextMessageRecord,

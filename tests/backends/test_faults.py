@@ -40,7 +40,7 @@ from convostore import (
     connect,
     create_engine,
 )
-from convostore.errors import translate_errors
+from convostore.sql.retry import translate_errors
 from tests.conftest import WITH_PGBOUNCER, direct_url, is_postgresql, selected_backend
 
 # Through PgBouncer too (the fixture the server fixtures below depend on).

@@ -32,7 +32,7 @@ from convostore import (
     create_engine,
     migrate,
 )
-from convostore.sql.dialects import INT64_MAX
+from convostore.rules import INT64_MAX
 from convostore.sql.group_commit import committer_loops
 from tests.conftest import WITH_PGBOUNCER, require_backend, selected_backend
 
@@ -62,7 +62,7 @@ def batch_inserts(engine: AsyncEngine, table: str) -> Iterator[list[int]]:
         if many:
             sizes.append(len(parameters))
         elif ") VALUES (" in statement:
-            # SQLite: one multi-row INSERT ... VALUES (...), (...) (dialects.insert_rows).
+            # SQLite: one multi-row INSERT ... VALUES (...), (...) (dml.insert_rows).
             sizes.append(statement.count("), (") + 1)
 
     event.listen(engine.sync_engine, "before_cursor_execute", hook)

@@ -19,8 +19,7 @@ from sqlalchemy import URL, text
 from sqlalchemy.exc import DBAPIError
 
 from convostore import ContextMessage, SQLAlchemyContextStore, ValidationError, create_engine
-from convostore.errors import translate_errors
-from convostore.sql.dialects import is_retryable
+from convostore.sql.retry import is_retryable, translate_errors
 from tests.conftest import require_backend, server_database
 
 MIB = 1024 * 1024

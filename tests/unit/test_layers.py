@@ -171,6 +171,51 @@ def test_no_import_cycle_in_the_package() -> None:
     assert cycles == []
 
 
+def test_driver_error_codes_are_read_in_one_module() -> None:
+    """sql/retry.py classifies driver errors; convostore.errors knows no driver."""
+    source = Path(convostore.__file__).parent
+    pattern = re.compile(r"sqlstate|pgcode")
+    reading = sorted(
+        str(path.relative_to(source))
+        for path in source.rglob("*.py")
+        if pattern.search(path.read_text(encoding="utf-8"))
+    )
+    assert reading == ["sql/retry.py"]
+    errors = (source / "errors.py").read_text(encoding="utf-8")
+    assert "sqlalchemy" not in errors
+    assert "asyncpg" not in errors
+
+
+def test_the_facades_submit_appends_and_the_group_committer_calls_no_facade() -> None:
+    """Group commit, the autocommit decision and the round-trip marks belong to the
+    aggregates' appenders (sql/repositories): the façades only submit to them."""
+    source = Path(convostore.__file__).parent
+    paths = {
+        name: source / f"{name.removeprefix('convostore.').replace('.', '/')}.py"
+        for name in (
+            "convostore.context",
+            "convostore.database",
+            "convostore.facade",
+            "convostore.sql.group_commit",
+        )
+    }
+    everything = {
+        ".".join(["convostore", *p.relative_to(source).with_suffix("").parts])
+        for p in source.rglob("*.py")
+    }
+    for facade in ("convostore.context", "convostore.database", "convostore.facade"):
+        imported = _imports(paths[facade], facade, everything)
+        assert "convostore.sql.group_commit" not in imported, facade
+        assert "convostore.sql.counters" not in imported, facade
+        text = paths[facade].read_text(encoding="utf-8")
+        assert "last=" not in text, facade
+        assert "autocommit" not in text, facade
+    committer = _imports(
+        paths["convostore.sql.group_commit"], "convostore.sql.group_commit", everything
+    )
+    assert not committer & {"convostore.context", "convostore.database", "convostore.facade"}
+
+
 # --- What each folder may import -----------------------------------------------------------
 
 PURE = [

@@ -22,7 +22,7 @@ from convostore import (
 )
 from convostore.errors import ConflictError, DeadlineExceeded
 from convostore.sql import sqlite_writer
-from convostore.sql.dialects import Executor
+from convostore.sql.dml import Executor
 from convostore.sql.engine import Engine
 from convostore.sql.profile import replace_profile
 from convostore.sql.sqlite_writer import writer_for
@@ -35,7 +35,7 @@ _NOW = datetime(2026, 12, 7, 12, 0, 0, 123456, tzinfo=UTC)
 def fixed_now(monkeypatch: pytest.MonkeyPatch) -> None:
     # The same timestamps on every engine, so rows compare byte for byte.
     for module in ("convostore.context", "convostore.database"):
-        monkeypatch.setattr(f"{module}._now", lambda: _NOW)
+        monkeypatch.setattr(f"{module}.utc_now", lambda: _NOW)
     monkeypatch.setattr("convostore.context.uuid4", lambda: uuid.UUID(int=7))
 
 
@@ -262,7 +262,7 @@ async def test_a_unit_of_precompiled_statements_commits_or_rolls_back_whole(
     def appending(then: str) -> Any:
         async def work(executor: Executor) -> int:
             repo = SessionRepository(executor, "/p", "s")
-            position = await repo.append([("user", data)], _NOW, None, [None], last=True)
+            position = await repo._append_ending([("user", data)], _NOW, None, [None])
             if then == "core":
                 await executor.execute(text("SELECT 1"))
             if then == "fail":

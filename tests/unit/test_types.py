@@ -17,8 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from convostore import codec, migrate
 from convostore.database import SQLAlchemyDatabase
-from convostore.errors import SerializationError, translate_errors
+from convostore.errors import SerializationError
 from convostore.sql.engine import create_engine
+from convostore.sql.retry import translate_errors
 from convostore.sql.tables import ContextMessageRecord, ContextSessionRecord
 from convostore.sql.types import CompressedJSON, UTCDateTime
 

@@ -62,7 +62,7 @@ from convostore.errors import (
     ValidationError,
 )
 from convostore.facade import Facade
-from convostore.models import check_id, check_optional_int
+from convostore.models import check_id, check_optional_int, utc_now
 from convostore.pairs import Pairing, check_exact, widened_start
 from convostore.rules import ADK_KEY_LENGTH
 from convostore.settings import redact
@@ -167,8 +167,10 @@ class ConvostoreSessionService(Facade, BaseSessionService):
         key = SessionKey(app_name, user_id, session_id)
 
         async def work(session: Executor) -> Session:
-            app_state = await repo.merge_app_state(session, app_name, app_delta, _now())
-            user_state = await repo.merge_user_state(session, app_name, user_id, user_delta, _now())
+            app_state = await repo.merge_app_state(session, app_name, app_delta, utc_now())
+            user_state = await repo.merge_user_state(
+                session, app_name, user_id, user_delta, utc_now()
+            )
             await repo.insert_session(session, key, own_state, now)
             return Session(
                 id=session_id,
@@ -357,9 +359,9 @@ class ConvostoreSessionService(Facade, BaseSessionService):
             if own_delta:
                 await repo.set_session_state(db, key, {**own_state, **own_delta})
             if app_delta:
-                await repo.merge_app_state(db, app_name, app_delta, _now())
+                await repo.merge_app_state(db, app_name, app_delta, utc_now())
             if user_delta:
-                await repo.merge_user_state(db, app_name, user_id, user_delta, _now())
+                await repo.merge_user_state(db, app_name, user_id, user_delta, utc_now())
             await repo.insert_event(
                 db, key, position=position, event_id=event_id, timestamp=when, event=data
             )
@@ -449,10 +451,6 @@ def _merged(
         **{State.APP_PREFIX + key: value for key, value in app.items()},
         **{State.USER_PREFIX + key: value for key, value in user.items()},
     }
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 def _event_data(event: Event) -> dict[str, Any]:

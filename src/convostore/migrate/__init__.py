@@ -46,12 +46,12 @@ from convostore.errors import (
     ConfigurationError,
     DatabaseError,
     SchemaVersionError,
-    translate_errors,
 )
 from convostore.settings import redact
 from convostore.sql import search_feed
 from convostore.sql.engine import create_engine, family, family_from_name
 from convostore.sql.profile import profile_of
+from convostore.sql.retry import translate_errors
 
 __all__ = [
     "DEADLINE_ATTRIBUTE",

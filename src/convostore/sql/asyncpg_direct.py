@@ -1,7 +1,7 @@
 """PostgreSQL's single-statement writes run straight on asyncpg, compiled once.
 
 A single append on PostgreSQL is one statement (a data-modifying CTE, see
-:func:`convostore.sql.dialects.insert_at_counter`) run in autocommit: one round trip, as for
+:func:`convostore.sql.counters.insert_at_counter`) run in autocommit: one round trip, as for
 raw asyncpg. What made it 0.43x raw asyncpg was the client's CPU around that round trip:
 ~540 µs for SQLAlchemy's ``connect()`` + ``begin`` + ``execute`` + ``commit`` + ``close``
 on the asyncio engine (greenlet switches, the execution context, parameter processing,
@@ -27,7 +27,7 @@ runs inside ``BEGIN``/``COMMIT`` on asyncpg (asyncpg's statement cache is off th
 is an unnamed statement, valid in that transaction only).
 
 Only the units of work a façade marks as a single statement (``autocommit``) come here,
-and only statements built by :func:`convostore.sql.dialects.cached` that
+and only statements built by :func:`convostore.sql.dml.cached` that
 :func:`~convostore.sql.precompiled.compile_hot` accepts; anything else raises
 :class:`NeedsCore` before a byte is sent, and the unit runs through Core. While the
 engine has execution hooks (``echo``, or listeners for ``handle_error`` or for
@@ -45,7 +45,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import await_, greenlet_spawn
 
-from convostore.sql.dialects import is_cached
+from convostore.sql.dml import is_cached
 from convostore.sql.precompiled import Precompiled, Rows, compile_hot
 from convostore.sql.sqlite_writer import EXECUTION_EVENTS
 

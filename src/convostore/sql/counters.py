@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from types import CodeType
 from typing import Any
 
 from sqlalchemy import (
@@ -45,7 +46,39 @@ __all__ = [
     "bump_counter",
     "bump_counters",
     "insert_at_counter",
+    "update_site",
 ]
+
+
+def update_site(also_update: UpdateFn | None) -> CodeType | None:
+    """What of ``also_update`` shapes the statement it takes part in: its code.
+
+    The counter statements are built once per key (:func:`~convostore.sql.dml.cached`),
+    and that key holds everything that decides the SQL: the tables, the counter, which
+    columns are the key and which are only inserted, and ``also_update``. A function is
+    identified by its code, which stands for the expressions it builds only if it captures
+    nothing: a closure (or a default argument) could build other expressions from other
+    values on the next call, and would silently get the statement of the first. So it
+    must be a plain function (a ``def`` or a ``lambda`` that reads only its argument and
+    module globals).
+
+    Raises:
+        TypeError: ``also_update`` captures values, or is not a plain function.
+    """
+    if also_update is None:
+        return None
+    code = getattr(also_update, "__code__", None)
+    if (
+        not isinstance(code, CodeType)
+        or getattr(also_update, "__closure__", None)
+        or getattr(also_update, "__defaults__", None)
+        or getattr(also_update, "__kwdefaults__", None)
+    ):
+        raise TypeError(
+            f"also_update must be a plain function that captures nothing, not {also_update!r}:"
+            " its statement is built once and reused"
+        )
+    return code
 
 
 async def bump_counter(
@@ -64,8 +97,8 @@ async def bump_counter(
     A missing row is inserted with ``counter = n`` plus ``insert_values``. The row stays
     write-locked until the transaction ends, so the range ``[new - n, new)`` belongs to
     this transaction alone. ``also_update`` adds assignments to the update of an existing
-    row (for example keeping a preview); it must build the same expressions on every call
-    (no captured per-call values), since the statement is built once per call site.
+    row (for example keeping a preview): a plain function that builds the same expressions
+    on every call, since the statement is built once per function (see :func:`update_site`).
     ``last``: nothing follows in this transaction, so its commit may ride along with this
     statement (see :mod:`convostore.sql.sqlite_driver`).
     """
@@ -98,8 +131,9 @@ async def bump_counter(
         returning = stmt.returning(column)
         return _ends(returning, _counter_check(table.name, counter)) if last else returning
 
-    site = getattr(also_update, "__code__", None)
-    stmt = cached((kind, "bump", table.name, counter, columns, site, last), build)
+    site = update_site(also_update)
+    shape = (tuple(key_values), tuple(insert_values))
+    stmt = cached((kind, "bump", table, counter, shape, site, last), build)
     result = await session.execute(stmt, {**key_values, **insert_values, "n": n})
     # On MySQL/MariaDB lastrowid is 0 when the row was inserted (the tables have no
     # AUTO_INCREMENT): it then holds n.
@@ -144,8 +178,8 @@ async def bump_counters(
         locked = select(*keys, column).where(tuple_(*keys).in_(bindparam("keys", expanding=True)))
         return stmt, locked.with_for_update()
 
-    site = also_update.__code__
-    stmt, locked = cached((kind, "bump_many", table.name, counter, columns, site), build)
+    site = update_site(also_update)
+    stmt, locked = cached((kind, "bump_many", table, counter, tuple(key), columns, site), build)
     if locked is None:
         result = (await session.execute(stmt, list(rows))).all()
     else:
@@ -262,8 +296,9 @@ async def insert_at_counter(
             .returning(target.c[position])
         )
 
-    site = also_update.__code__
-    stmt = cached((kind, "insert_at", counter_table.name, target.name, row_columns, site), build)
+    site = update_site(also_update)
+    shape = (counter, tuple(key_values), tuple(insert_values), position, row_columns)
+    stmt = cached((kind, "insert_at", counter_table, target, shape, site), build)
     params = {**key_values, **insert_values, "n": 1}
     params.update({f"row_{name}": value for name, value in row.items()})
     return int((await session.execute(stmt, params)).scalar_one())
@@ -313,8 +348,9 @@ async def _insert_one_at_counter_sqlite(
         )
         return bump, (_ends(stmt, _position_check(counter_table.name, counter)) if last else stmt)
 
-    site = also_update.__code__
-    key = ("sqlite", "insert_one", counter_table.name, target.name, row_columns, site, last)
+    site = update_site(also_update)
+    shape = (counter, tuple(key_values), tuple(insert_values), position, row_columns)
+    key = ("sqlite", "insert_one", counter_table, target, shape, site, last)
     bump, stmt = cached(key, build)
     params = {**key_values, **insert_values, "n": 1}
     await session.execute(bump, params)

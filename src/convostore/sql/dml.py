@@ -115,7 +115,7 @@ def params_for(table: Table, names: Iterable[str]) -> dict[str, BindParameter[An
 async def insert_rows(
     session: Executor, table: Table, rows: Sequence[Mapping[str, Any]], *, last: bool = False
 ) -> None:
-    """Insert ``rows``; ``last`` as for :func:`bump_counter`.
+    """Insert ``rows``; ``last`` as for :func:`~convostore.sql.counters.bump_counter`.
 
     One ``executemany``, except on SQLite, where several rows go in multi-row ``INSERT …
     VALUES`` statements: the search index's triggers (migration 0005) write into FTS5,
@@ -126,7 +126,7 @@ async def insert_rows(
         await _insert_rows_sqlite(session, table, rows, last=last)
         return
     stmt = cached(
-        ("insert", table.name, last),
+        ("insert", table, last),
         lambda: _ends(table.insert(), _no_check) if last else table.insert(),
     )
     await session.execute(stmt, list(rows))

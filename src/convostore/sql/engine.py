@@ -1,7 +1,7 @@
 """Engine creation with the defaults each backend needs.
 
 This is one of the two places where backends differ (the other is
-:mod:`convostore.sql.dialects`): connection settings here, SQL variants there.
+:mod:`convostore.sql.dml` and its neighbours): connection settings here, SQL variants there.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ per message and they queue, one at a time, for SQLite's single writer (and for t
 a server), each paying a whole transaction's overhead. A :class:`GroupCommitter` instead
 collects the messages that arrive while a write is in flight and stores them together:
 one counter bump for all their sessions and one ``INSERT`` for all their rows
-(:func:`convostore.sql.repositories.append_context_batch`), in one transaction.
+(:func:`convostore.sql.repositories.sessions.append_context_batch`), in one transaction.
 
 What each caller sees does not change:
 
@@ -68,7 +68,7 @@ from convostore.errors import (
     DatabaseError,
     DeadlineExceeded,
 )
-from convostore.sql.dialects import Executor
+from convostore.sql.dml import Executor
 from convostore.sql.engine import family
 from convostore.sql.profile import committers_of
 from convostore.sql.runner import TransactionRunner

@@ -40,10 +40,10 @@ from convostore.errors import (
     ConfigurationError,
     DatabaseError,
     DeadlineExceeded,
-    translate_errors,
 )
 from convostore.settings import redact
 from convostore.sql.profile import profile_of, replace_profile
+from convostore.sql.retry import translate_errors
 
 __all__ = [
     "ReadReplicas",

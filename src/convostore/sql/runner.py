@@ -5,7 +5,7 @@ when it is bound to a caller's session (a unit of work), inside that session's t
 without committing. Calls in a caller's unit of work are never retried: the caller owns
 that transaction.
 
-Retry policy. Transient conflicts (:func:`convostore.sql.dialects.is_retryable`: deadlocks,
+Retry policy. Transient conflicts (:func:`convostore.sql.retry.is_retryable`: deadlocks,
 serialization failures, lock-wait timeouts, SQLite's "database is locked") roll the whole
 transaction back, so :class:`TransactionRunner` runs it again. The retry is bounded:
 
@@ -45,12 +45,12 @@ from convostore.errors import (
     CommitOutcomeUnknown,
     ConfigurationError,
     ConflictError,
-    translate_errors,
 )
 from convostore.sql.asyncpg_direct import AsyncpgDirect, DirectConnection, NeedsCore, direct_for
-from convostore.sql.dialects import Executor, is_retryable
+from convostore.sql.dml import Executor
 from convostore.sql.profile import profile_of
 from convostore.sql.replicas import ReadYourWrites, ReplicaSet
+from convostore.sql.retry import is_retryable, translate_errors
 from convostore.sql.sqlite_driver import OWNED
 from convostore.sql.sqlite_writer import SQLiteWriter, writer_for
 from convostore.telemetry import note_retry

@@ -12,7 +12,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore import search
-from convostore.sql.tables import ContextMessageRecord, MessageRecord
+from convostore.sql.tables import ContextMessageRecord, MessageRecord, table_of
 
 __all__ = [
     "FEED_FUNCTION",
@@ -132,8 +132,8 @@ def install(engine: AsyncEngine) -> None:
     function = feed_function(
         dialect,
         {
-            "context_messages": ContextMessageRecord.__table__,  # type: ignore[dict-item]
-            "messages": MessageRecord.__table__,  # type: ignore[dict-item]
+            "context_messages": table_of(ContextMessageRecord),
+            "messages": table_of(MessageRecord),
         },
     )
 

@@ -66,7 +66,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from convostore import search
 from convostore.errors import ConvostoreError, DatabaseError
-from convostore.sql.dialects import Executor
+from convostore.sql.dml import Executor
 from convostore.sql.engine import is_read_only
 from convostore.sql.fulltext import RANK_SCALE
 from convostore.sql.search_feed import (
@@ -78,7 +78,7 @@ from convostore.sql.search_feed import (
     feed_of,
     words_in,
 )
-from convostore.sql.tables import ContextMessageRecord, MessageRecord
+from convostore.sql.tables import ContextMessageRecord, MessageRecord, table_of
 
 if TYPE_CHECKING:
     from convostore.sql.runner import TransactionRunner
@@ -100,10 +100,7 @@ _SQLITE_VARIABLES: Final = 32_000 if sqlite3.sqlite_version_info >= (3, 32) else
 SEARCH_BATCH: Final = 5000
 """Rows a search's catch-up indexes per transaction (it loops until none is left)."""
 
-TABLES: Final[tuple[Table, ...]] = (
-    ContextMessageRecord.__table__,  # type: ignore[assignment]
-    MessageRecord.__table__,
-)
+TABLES: Final[tuple[Table, ...]] = (table_of(ContextMessageRecord), table_of(MessageRecord))
 """The message tables, each with its own index."""
 
 IDLE_BATCH: Final = 64
@@ -307,7 +304,7 @@ def indexed_matches(
     target: Table, terms: Sequence[tuple[str, bool]], scope: Mapping[str, Any]
 ) -> Select[Any]:
     """``SELECT key…, rank`` of the indexed rows of ``target`` in ``scope`` whose words
-    match: SQLite's part of :func:`convostore.sql.dialects.text_matches`.
+    match: SQLite's part of :func:`convostore.sql.fulltext.text_matches`.
 
     The rank depends on the message alone (FTS5's ``bm25`` weighs words by the whole
     table, so a write anywhere would move every rank and break the keyset cursor): each

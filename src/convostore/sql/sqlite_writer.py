@@ -11,7 +11,7 @@ transactions a façade owns and that write run here instead, whole, on a dedicat
 * one hop per transaction: the event loop hands the unit of work over and awaits a future;
   the unit (the repositories' own code, whose ``await executor.execute(...)`` never
   suspends here) runs to its commit on the thread;
-* statements that :func:`convostore.sql.dialects.cached` built once run precompiled on the
+* statements that :func:`convostore.sql.dml.cached` built once run precompiled on the
   DB-API cursor (:mod:`convostore.sql.precompiled`); every other statement runs through
   the sync engine's Core ``execute``.
 
@@ -50,7 +50,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import NullPool
 
 from convostore.sql import search_index
-from convostore.sql.dialects import Executor, is_cached
+from convostore.sql.dml import Executor, is_cached
 from convostore.sql.engine import sqlite_configurer
 from convostore.sql.precompiled import Memo, Precompiled, compile_hot
 from convostore.sql.profile import profile_of, store_profile, stored_profile
@@ -276,7 +276,7 @@ class SyncExecutor:
         return self.conn.exec_driver_sql(statement, parameters, execution_options)
 
     async def connection(self) -> SyncExecutor:
-        # What dialects asks an executor that is not an AsyncConnection for.
+        # What convostore.sql.dml asks an executor that is not an AsyncConnection for.
         return self
 
 

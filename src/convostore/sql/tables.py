@@ -83,6 +83,7 @@ __all__ = [
     "UserRecord",
     "described_here",
     "readable_columns",
+    "table_of",
 ]
 
 
@@ -133,6 +134,11 @@ class Base(DeclarativeBase):
     """Declarative base with a constraint naming convention, so migrations are deterministic."""
 
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def table_of(record: type[Base]) -> Table:
+    """The Core table of a record class, typed as one (``__table__`` is a ``FromClause``)."""
+    return Base.metadata.tables[record.__tablename__]
 
 
 class UserRecord(Base):

@@ -44,20 +44,21 @@ from convostore.sql.tables import (
     MessageRecord,
     ThreadRecord,
     UserRecord,
+    table_of,
 )
 
 EXPORT_FORMAT: Final = "convostore-export"
 EXPORT_VERSION: Final = 1
 BATCH_SIZE: Final = 500
 
-USERS: Table = UserRecord.__table__  # type: ignore[assignment]
-THREADS: Table = ThreadRecord.__table__  # type: ignore[assignment]
-MESSAGES: Table = MessageRecord.__table__  # type: ignore[assignment]
-SESSIONS: Table = ContextSessionRecord.__table__  # type: ignore[assignment]
-CONTEXT_MESSAGES: Table = ContextMessageRecord.__table__  # type: ignore[assignment]
-LANGGRAPH_CHECKPOINTS: Table = LangGraphCheckpointRecord.__table__  # type: ignore[assignment]
-LANGGRAPH_BLOBS: Table = LangGraphBlobRecord.__table__  # type: ignore[assignment]
-LANGGRAPH_WRITES: Table = LangGraphWriteRecord.__table__  # type: ignore[assignment]
+USERS = table_of(UserRecord)
+THREADS = table_of(ThreadRecord)
+MESSAGES = table_of(MessageRecord)
+SESSIONS = table_of(ContextSessionRecord)
+CONTEXT_MESSAGES = table_of(ContextMessageRecord)
+LANGGRAPH_CHECKPOINTS = table_of(LangGraphCheckpointRecord)
+LANGGRAPH_BLOBS = table_of(LangGraphBlobRecord)
+LANGGRAPH_WRITES = table_of(LangGraphWriteRecord)
 
 
 # --- per-field checks, one table per record type ------------------------------------------

@@ -18,10 +18,11 @@ import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore import codec
-from convostore.errors import ConflictError, SerializationError, ValidationError, translate_errors
+from convostore.errors import ConflictError, SerializationError, ValidationError
 from convostore.models import ContextMessage
 from convostore.rules import DEFAULT_AGENT_KEY
 from convostore.settings import redact
+from convostore.sql.retry import translate_errors
 from convostore.transfer._format import (
     NoProgress,
     Progress,

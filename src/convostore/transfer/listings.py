@@ -43,8 +43,8 @@ async def list_sessions(
     """
     if project is not None:
         store = SQLAlchemyContextStore(engine, project=project, migrate=False)
-        infos = await store.list_sessions()
-        return [SessionRow(project=project, **info.model_dump()) for info in infos[:limit]]
+        infos = await store.list_sessions(limit=limit)
+        return [SessionRow(project=project, **info.model_dump()) for info in infos]
     rows = await _fetch(engine, lambda ex: admin.sessions_across_projects(ex, limit))
     return [
         SessionRow(

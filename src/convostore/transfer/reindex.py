@@ -25,7 +25,7 @@ from convostore.sql import search_index
 from convostore.sql.dml import Executor
 from convostore.sql.repositories import admin
 from convostore.sql.runner import TransactionRunner
-from convostore.sql.tables import ContextMessageRecord, MessageRecord
+from convostore.sql.tables import ContextMessageRecord, MessageRecord, table_of
 from convostore.sql.types import require_search_index
 from convostore.transfer._format import NoProgress, Progress
 
@@ -33,8 +33,8 @@ __all__ = ["DEFAULT_BATCH_SIZE", "ReindexReport", "backfill", "drop_feeds", "reb
 
 DEFAULT_BATCH_SIZE: Final = 1000
 
-_CONTEXT: Table = ContextMessageRecord.__table__  # type: ignore[assignment]
-_MESSAGES: Table = MessageRecord.__table__  # type: ignore[assignment]
+_CONTEXT = table_of(ContextMessageRecord)
+_MESSAGES = table_of(MessageRecord)
 
 
 @dataclass

@@ -12,7 +12,6 @@ from typing import Any
 
 from sqlalchemy import (
     Row,
-    Table,
 )
 
 from convostore.errors import SerializationError, ValidationError
@@ -28,15 +27,16 @@ from convostore.sql.tables import (
     ThreadRecord,
     UserRecord,
     readable_columns,
+    table_of,
 )
 
 __all__ = ["message_from_row"]
 
-_users: Table = UserRecord.__table__  # type: ignore[assignment]
-_threads: Table = ThreadRecord.__table__  # type: ignore[assignment]
-_messages: Table = MessageRecord.__table__  # type: ignore[assignment]
-_sessions: Table = ContextSessionRecord.__table__  # type: ignore[assignment]
-_context_messages: Table = ContextMessageRecord.__table__  # type: ignore[assignment]
+_users = table_of(UserRecord)
+_threads = table_of(ThreadRecord)
+_messages = table_of(MessageRecord)
+_sessions = table_of(ContextSessionRecord)
+_context_messages = table_of(ContextMessageRecord)
 _MESSAGE_COLUMNS = readable_columns(_messages)
 
 

@@ -1,6 +1,6 @@
 """Search over message history: keyset pages of hits, best first, for both message tables.
 
-The matching and ranking SQL differs per backend (:func:`convostore.sql.dialects.text_matches`;
+The matching and ranking SQL differs per backend (:func:`convostore.sql.fulltext.text_matches`;
 SQLite's index: :mod:`convostore.sql.search_index`); here the page of keys is picked first,
 then only its rows are read in full.
 """
@@ -24,19 +24,20 @@ from convostore.models import (
     MessageSearchHit,
     construct,
 )
-from convostore.sql import dialects, search_index
-from convostore.sql.dialects import Executor
+from convostore.sql import search_index
+from convostore.sql.dml import Executor, family_of
+from convostore.sql.fulltext import text_matches
 from convostore.sql.repositories.rows import _context_messages, _messages, _stored, message_from_row
 from convostore.sql.tables import (
     readable_columns,
 )
 
-__all__ = ["Cursor", "search_context", "search_messages"]
+__all__ = ["SearchCursor", "search_context", "search_messages"]
 
 
 # A search cursor: the last hit's rank, then its key but the scope (session or thread, and
 # position), which orders hits of equal rank.
-Cursor = tuple[int, tuple[str, int]]
+SearchCursor = tuple[int, tuple[str, int]]
 
 
 async def search_context(
@@ -127,18 +128,18 @@ async def _search(
     scope: dict[str, Any],
     filters: dict[str, Any],
     limit: int,
-    cursor: Cursor | None,
+    cursor: SearchCursor | None,
     *,
     pending: bool = False,
 ) -> list[Any]:
-    kind = dialects.family_of(session)
+    kind = family_of(session)
     # (scope, session or thread, position): the primary key of both message tables.
     key = tuple(column.name for column in target.primary_key.columns)
     terms = query.indexed_terms()
     if kind == "sqlite":
         indexed = search_index.indexed_matches(target, terms, scope)
     else:
-        indexed = dialects.text_matches(kind, target, key, terms, scope)
+        indexed = text_matches(kind, target, key, terms, scope)
     matches = indexed.subquery("matches")
     _, thread_column, position_column = key
 

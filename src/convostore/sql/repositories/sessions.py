@@ -1,5 +1,5 @@
 """Context-store sessions: the repository of one session (its state row and messages), and
-the batch writer of appends to any sessions (the statements of a group commit)."""
+:class:`ContextAppender`, the one way messages are appended to sessions."""
 
 from __future__ import annotations
 
@@ -29,8 +29,11 @@ from convostore.models import (
     StoredContextMessage,
     construct,
 )
-from convostore.sql import dialects
-from convostore.sql.dialects import Executor
+from convostore.rules import checked_counter
+from convostore.sql.counters import appends_in_one_statement, bump_counters, insert_at_counter
+from convostore.sql.dml import Executor, cached, family_of, insert_rows, params_for, upsert
+from convostore.sql.engine import family
+from convostore.sql.group_commit import committer_for
 from convostore.sql.repositories.rows import (
     _STORED_COLUMNS,
     _blocks,
@@ -40,8 +43,9 @@ from convostore.sql.repositories.rows import (
     _sessions,
     _stored,
 )
+from convostore.sql.runner import TransactionRunner
 
-__all__ = ["ContextAppend", "SessionRepository", "append_context_batch"]
+__all__ = ["ContextAppend", "ContextAppender", "SessionRepository", "append_context_batch"]
 
 
 class SessionRepository:
@@ -51,7 +55,7 @@ class SessionRepository:
         self._session = session
         self._project = project
         self._session_id = session_id
-        self._kind = dialects.family_of(session)
+        self._kind = family_of(session)
 
     def _state_key(self) -> tuple[Any, ...]:
         return (_sessions.c.project == self._project, _sessions.c.session_id == self._session_id)
@@ -60,25 +64,25 @@ class SessionRepository:
         c = _context_messages.c
         return (c.project == self._project, c.session_id == self._session_id)
 
-    async def append(
+    async def _append_ending(
         self,
         rows: Sequence[tuple[str, Encoded]],
         now: datetime,
         preview: str | None,
         client_ids: Sequence[str | None],
-        *,
-        last: bool = False,
     ) -> int:
         """Append ``(role, encoded content)`` rows at the next positions; return the first.
+
+        The last statement of its transaction (its commit may ride along with it): only
+        :class:`ContextAppender` and :meth:`replace` end a transaction with it.
 
         ``preview`` is kept only if the session has none yet: pass the preview of the first
         user message among the new ones, or ``None``. The session row is created on first
         use and stays write-locked until the transaction ends, so concurrent writers get
         disjoint, gap-free ranges. One statement on PostgreSQL for a single row, one round
-        trip on SQLite (:func:`dialects.insert_at_counter`). ``last``: nothing follows in
-        this transaction, so its commit may ride along.
+        trip on SQLite (:func:`~convostore.sql.counters.insert_at_counter`).
         """
-        return await dialects.insert_at_counter(
+        return await insert_at_counter(
             self._session,
             _sessions,
             {"project": self._project, "session_id": self._session_id},
@@ -107,7 +111,7 @@ class SessionRepository:
                 }
                 for (role, content), client_id in zip(rows, client_ids, strict=True)
             ],
-            last=last,
+            last=True,
         )
 
     async def find_client_id(self, client_id: str) -> StoredContextMessage | None:
@@ -180,7 +184,7 @@ class SessionRepository:
         )
         await self._session.execute(delete(_context_messages).where(*self._messages_key()))
         if rows:
-            await self.append(rows, now, preview, [None] * len(rows), last=True)
+            await self._append_ending(rows, now, preview, [None] * len(rows))
 
     async def pop_last(self) -> ContextMessage | None:
         """Remove the last message and return it, or ``None`` if there is none.
@@ -240,8 +244,8 @@ class SessionRepository:
                     "output_tokens": c.output_tokens + new.output_tokens,
                 }
 
-            values = dialects.params_for(_sessions, _SESSION_COLUMNS)
-            stmt = dialects.upsert(
+            values = params_for(_sessions, _SESSION_COLUMNS)
+            stmt = upsert(
                 kind, _sessions, values, key=["project", "session_id"], update=assignments
             )
             # Read the totals back where the dialect can, to refuse an overflow SQLite
@@ -260,11 +264,11 @@ class SessionRepository:
             "parent_session_id": None,
             "forked_at": None,
         }
-        result = await self._session.execute(dialects.cached((kind, "tokens", how), build), params)
+        result = await self._session.execute(cached((kind, "tokens", how), build), params)
         if kind != "mysql":
             totals = result.one()
-            dialects.checked_counter(totals[0], "context_tokens", "input_tokens")
-            dialects.checked_counter(totals[1], "context_tokens", "output_tokens")
+            checked_counter(totals[0], "context_tokens", "input_tokens")
+            checked_counter(totals[1], "context_tokens", "output_tokens")
 
     async def delete(self) -> None:
         """Remove the session's messages and state (tokens, counter, preview).
@@ -321,7 +325,7 @@ class SessionRepository:
         ]
         columns.append("client_id")
         copies.append(c.client_id)
-        if dialects.family_of(self._session) != "sqlite":
+        if self._kind != "sqlite":
             # The copies keep their words; on SQLite the index catches up with them.
             columns.append("search_text")
             copies.append(c.search_text)
@@ -430,7 +434,7 @@ async def append_context_batch(session: Executor, items: Sequence[ContextAppend]
     and one ``INSERT`` for all the messages: the statements of a group commit
     (:mod:`convostore.sql.group_commit`). Each session's messages get consecutive positions
     in the order given; its preview is kept if it has one, else set from the first of its
-    messages that has one, as :meth:`SessionRepository.append` does.
+    messages that has one, as a single append does.
     """
     groups = _group([(item.project, item.session_id) for item in items])
     counters = []
@@ -450,7 +454,7 @@ async def append_context_batch(session: Executor, items: Sequence[ContextAppend]
                 "forked_at": None,
             }
         )
-    bumped = await dialects.bump_counters(
+    bumped = await bump_counters(
         session,
         _sessions,
         counters,
@@ -459,7 +463,7 @@ async def append_context_batch(session: Executor, items: Sequence[ContextAppend]
         also_update=_session_activity,
     )
     positions = _positions(groups, bumped, len(items))
-    await dialects.insert_rows(
+    await insert_rows(
         session,
         _context_messages,
         [
@@ -478,6 +482,118 @@ async def append_context_batch(session: Executor, items: Sequence[ContextAppend]
         last=True,
     )
     return positions
+
+
+class ContextAppender:
+    """The one way messages are appended to context sessions, through one runner.
+
+    It takes the decisions a façade would otherwise repeat per call: single appends from
+    concurrent tasks share one transaction (:mod:`convostore.sql.group_commit`); a write
+    that the backend makes one statement runs without ``BEGIN``/``COMMIT``
+    (:func:`~convostore.sql.counters.appends_in_one_statement`); and the last statement of
+    each of its transactions carries the commit on SQLite's thin driver
+    (:mod:`convostore.sql.sqlite_driver`). Inside a caller's unit of work (a bound
+    runner) every append is a plain statement of that transaction.
+    """
+
+    def __init__(self, runner: TransactionRunner) -> None:
+        self._runner = runner
+        # Whether a single append is one statement, atomic alone: then it runs without
+        # BEGIN/COMMIT (the runner still wraps it when PgBouncer pools transactions).
+        self._one_statement = appends_in_one_statement(family(runner.engine))
+
+    async def append(
+        self,
+        project: str,
+        session_id: str,
+        role: str,
+        content: Encoded,
+        preview: str | None,
+        now: datetime,
+    ) -> StoredContextMessage:
+        """Append one message and return it as stored; concurrent calls on one engine
+        are committed together, each returning once its message is stored."""
+        runner = self._runner
+        if runner.bound is not None:
+            # A caller's transaction is its own: nothing to share it with.
+            (stored,) = await self.append_many(
+                project, session_id, [(role, content)], preview, [None], now
+            )
+            return stored
+        committer = committer_for(
+            runner.engine,
+            "context",
+            append_context_batch,
+            _append_one,
+            one_autocommit=self._one_statement,
+        )
+        position = await runner.noting_write(
+            committer.submit(ContextAppend(project, session_id, role, content, now, preview))
+        )
+        return stored_message(role, content, position, now, None)
+
+    async def append_many(
+        self,
+        project: str,
+        session_id: str,
+        rows: Sequence[tuple[str, Encoded]],
+        preview: str | None,
+        client_ids: Sequence[str | None],
+        now: datetime,
+    ) -> list[StoredContextMessage]:
+        """Append ``(role, content)`` rows in one transaction, at consecutive positions.
+
+        With ``client_ids`` holding an id, a batch whose first id is already stored is a
+        retry: nothing is written and the stored messages with those ids are returned.
+        """
+        retry_key = next((i for i in client_ids if i is not None), None)
+
+        async def work(executor: Executor) -> list[StoredContextMessage]:
+            repo = SessionRepository(executor, project, session_id)
+            if retry_key is not None:
+                found = await repo.find_client_id(retry_key)
+                if found is not None:
+                    # A retry: the batch starts where the key's message sits, less its offset.
+                    start = found.position - list(client_ids).index(retry_key)
+                    return await repo.window(
+                        after=start - 1, before=None, limit=len(rows), newest_first=False
+                    )
+            first = await repo._append_ending(rows, now, preview, client_ids)
+            return [
+                stored_message(role, content, first + offset, now, client_id)
+                for offset, ((role, content), client_id) in enumerate(
+                    zip(rows, client_ids, strict=True)
+                )
+            ]
+
+        one_statement = len(rows) == 1 and self._one_statement
+        return await self._runner.run(
+            work, autocommit=one_statement, rerun_on_conflict=retry_key is not None
+        )
+
+
+async def _append_one(executor: Executor, item: ContextAppend) -> int:
+    # A group commit's write of one message, alone in its transaction.
+    repo = SessionRepository(executor, item.project, item.session_id)
+    return await repo._append_ending(
+        [(item.role, item.content)], item.created_at, item.preview, [None]
+    )
+
+
+def stored_message(
+    role: str, data: Encoded, position: int, now: datetime, client_id: str | None
+) -> StoredContextMessage:
+    """A message as stored: its content decoded from what was written, as reads return it."""
+    return construct(
+        StoredContextMessage,
+        {
+            "role": role,
+            "content": data.value(),
+            "position": position,
+            "created_at": now,
+            "client_id": client_id,
+        },
+    )
 
 
 def _session_activity(new: Any) -> dict[str, Any]:

@@ -1,5 +1,5 @@
-"""Agent threads and their messages: the repository of one agent, and the batch writer of
-``add_message`` calls to any threads (the statements of a group commit)."""
+"""Agent threads and their messages: the repository of one agent, and
+:class:`ThreadAppender`, the one way messages are added to threads."""
 
 from __future__ import annotations
 
@@ -15,20 +15,29 @@ from sqlalchemy import (
     select,
 )
 
-from convostore.models import (
-    ThreadInfo,
-)
-from convostore.sql import dialects
-from convostore.sql.dialects import Executor
+from convostore.errors import ConflictError
+from convostore.models import Message, NewMessage, ThreadInfo
+from convostore.sql.counters import appends_in_one_statement, bump_counters, insert_at_counter
+from convostore.sql.dml import Executor, insert_rows
+from convostore.sql.engine import family
+from convostore.sql.group_commit import committer_for
 from convostore.sql.repositories.rows import (
     _MESSAGE_COLUMNS,
     _group,
     _messages,
     _positions,
     _threads,
+    message_from_row,
 )
+from convostore.sql.runner import TransactionRunner
 
-__all__ = ["ThreadAppend", "ThreadRepository", "append_thread_batch"]
+__all__ = [
+    "ThreadAppend",
+    "ThreadAppender",
+    "ThreadRepository",
+    "append_thread_batch",
+    "message_row",
+]
 
 
 class ThreadRepository:
@@ -38,24 +47,24 @@ class ThreadRepository:
         self._session = session
         self._agent = agent_key
 
-    async def append(
+    async def _append_ending(
         self,
         thread_id: str,
         user_id: str,
         rows: Sequence[dict[str, Any]],
         now: datetime,
-        *,
-        last: bool = False,
     ) -> int:
         """Append message rows (without ``idx``) to the thread at the next ``idx`` values.
+
+        The last statement of its transaction (its commit may ride along with it): only
+        :class:`ThreadAppender` ends a transaction with it.
 
         Returns the first ``idx``. A new thread is owned by ``user_id``; its row stays
         write-locked until the transaction ends, so concurrent writers get disjoint,
         gap-free ranges. One statement on PostgreSQL for a single row, one round trip on
-        SQLite (:func:`dialects.insert_at_counter`). ``last``: nothing follows in this
-        transaction, so its commit may ride along.
+        SQLite (:func:`~convostore.sql.counters.insert_at_counter`).
         """
-        return await dialects.insert_at_counter(
+        return await insert_at_counter(
             self._session,
             _threads,
             {"agent_name": self._agent, "thread_id": thread_id},
@@ -68,7 +77,7 @@ class ThreadRepository:
                 {"client_id": None, **row, "agent_name": self._agent, "thread_id": thread_id}
                 for row in rows
             ],
-            last=last,
+            last=True,
         )
 
     async def find_client_id(self, thread_id: str, client_id: str) -> Row[Any] | None:
@@ -144,8 +153,9 @@ class ThreadAppend:
 async def append_thread_batch(session: Executor, items: Sequence[ThreadAppend]) -> list[int]:
     """Add messages to their threads in one transaction; return each one's ``idx``.
 
-    As :func:`append_context_batch`, for agent threads: a new thread belongs to the user of
-    its first message, as with :meth:`ThreadRepository.append`.
+    As :func:`~convostore.sql.repositories.sessions.append_context_batch`, for agent
+    threads: a new thread belongs to the user of its first message, as with
+    a single append.
     """
     groups = _group([(item.agent_name, item.thread_id) for item in items])
     counters = []
@@ -161,7 +171,7 @@ async def append_thread_batch(session: Executor, items: Sequence[ThreadAppend]) 
                 "user_id": mine[0].row["user_id"],
             }
         )
-    bumped = await dialects.bump_counters(
+    bumped = await bump_counters(
         session,
         _threads,
         counters,
@@ -170,7 +180,7 @@ async def append_thread_batch(session: Executor, items: Sequence[ThreadAppend]) 
         also_update=_thread_activity,
     )
     indexes_out = _positions(groups, bumped, len(items))
-    await dialects.insert_rows(
+    await insert_rows(
         session,
         _messages,
         [
@@ -186,6 +196,148 @@ async def append_thread_batch(session: Executor, items: Sequence[ThreadAppend]) 
         last=True,
     )
     return indexes_out
+
+
+class ThreadAppender:
+    """The one way messages are added to the threads of one agent, through one runner.
+
+    As :class:`~convostore.sql.repositories.sessions.ContextAppender` for context
+    sessions: it owns group commit, the autocommit decision and the commit riding along
+    with the last statement.
+    """
+
+    def __init__(self, runner: TransactionRunner, agent_key: str, agent_name: str | None) -> None:
+        self._runner = runner
+        # Whether a single append is one statement, atomic alone: then it runs without
+        # BEGIN/COMMIT (the runner still wraps it when PgBouncer pools transactions).
+        self._one_statement = appends_in_one_statement(family(runner.engine))
+        self._agent = agent_key
+        self._agent_name = agent_name
+
+    async def add(self, new: NewMessage, now: datetime) -> Message:
+        """Add one message and return it as stored; concurrent calls on one engine are
+        committed together, each returning once its message is stored."""
+        runner = self._runner
+        if runner.bound is not None:
+            # A caller's transaction is its own: nothing to share it with.
+            (stored,) = await self.add_many(new.thread_id, new.user_id, [new], [None], now)
+            return stored
+        committer = committer_for(
+            runner.engine,
+            "thread",
+            append_thread_batch,
+            _add_one,
+            one_autocommit=self._one_statement,
+        )
+        row = message_row(new, new.user_id, now, None)
+        idx = await runner.noting_write(
+            committer.submit(ThreadAppend(self._agent, new.thread_id, row))
+        )
+        return self._stored(new, new.thread_id, new.user_id, idx, now)
+
+    async def add_many(
+        self,
+        thread_id: str,
+        user_id: str,
+        news: Sequence[NewMessage],
+        client_ids: Sequence[str | None],
+        now: datetime,
+    ) -> list[Message]:
+        """Add messages in one transaction, at consecutive ``idx`` values.
+
+        With ``client_ids`` holding an id, a batch whose first id is already stored in the
+        thread is a retry: nothing is written and the stored messages are returned.
+
+        Raises:
+            ConflictError: The first id was used by another user in this thread.
+        """
+        retry_key = next((i for i in client_ids if i is not None), None)
+
+        async def work(executor: Executor) -> list[Message]:
+            threads = ThreadRepository(executor, self._agent)
+            if retry_key is not None:
+                found = await threads.find_client_id(thread_id, retry_key)
+                if found is not None:
+                    if found.user_id != user_id:
+                        raise ConflictError(
+                            f"client_id {retry_key!r} was used by another user in this thread"
+                        )
+                    # A retry: the batch starts where the key's message sits, less its offset.
+                    start = found.idx - list(client_ids).index(retry_key)
+                    rows = await threads.messages(
+                        thread_id,
+                        user_id,
+                        limit=len(news),
+                        before_idx=None,
+                        after_idx=start - 1,
+                        reverse=False,
+                    )
+                    return [message_from_row(row, self._agent_name) for row in rows]
+            first = await threads._append_ending(
+                thread_id,
+                user_id,
+                [
+                    message_row(new, user_id, now, client_id)
+                    for new, client_id in zip(news, client_ids, strict=True)
+                ],
+                now,
+            )
+            return [
+                self._stored(new, thread_id, user_id, first + offset, now)
+                for offset, new in enumerate(news)
+            ]
+
+        one_statement = len(news) == 1 and self._one_statement
+        return await self._runner.run(
+            work, autocommit=one_statement, rerun_on_conflict=retry_key is not None
+        )
+
+    def _stored(
+        self, new: NewMessage, thread_id: str, user_id: str, idx: int, now: datetime
+    ) -> Message:
+        return Message(
+            agent_name=self._agent_name,
+            thread_id=thread_id,
+            user_id=user_id,
+            idx=idx,
+            message=new.message,
+            content=new.content,
+            role=new.role,
+            kind=new.kind,
+            satoshis=new.satoshis,
+            # Decoded from what was written, as get_messages will return them: tuples
+            # become lists, and later changes to the caller's objects do not show through.
+            extra_inputs=new.encoded_inputs.value(),
+            extra_outputs=new.encoded_outputs.value(),
+            created_at=now,
+        )
+
+
+def message_row(
+    new: NewMessage, user_id: str, now: datetime, client_id: str | None
+) -> dict[str, Any]:
+    """A ``messages`` row but for its scope (agent, thread) and ``idx``."""
+    return {
+        "user_id": user_id,
+        "role": new.role,
+        "kind": new.kind,
+        "message": new.message,
+        "content": new.encoded_content,
+        "satoshis": new.satoshis,
+        "extra_inputs": new.encoded_inputs,
+        "extra_outputs": new.encoded_outputs,
+        "created_at": now,
+        "client_id": client_id,
+        **({} if new.search_text is None else {"search_text": new.search_text}),
+    }
+
+
+async def _add_one(executor: Executor, item: ThreadAppend) -> int:
+    # A group commit's write of one message, alone in its transaction.
+    repo = ThreadRepository(executor, item.agent_name)
+    return await repo._append_ending(
+        item.thread_id, item.row["user_id"], [item.row], item.row["created_at"]
+    )
 
 
 def _thread_activity(new: Any) -> dict[str, Any]:

@@ -13,11 +13,27 @@ from sqlalchemy import (
 from convostore.models import (
     User,
 )
-from convostore.sql import dialects
-from convostore.sql.dialects import Executor
+from convostore.sql.counters import bump_counter
+from convostore.sql.dml import Executor, family_of, upsert
 from convostore.sql.repositories.rows import _users
+from convostore.sql.runner import TransactionRunner
 
-__all__ = ["UserRepository"]
+__all__ = ["UserRepository", "credit"]
+
+
+async def credit(
+    runner: TransactionRunner, agent_key: str, user_id: str, amount: int, now: datetime
+) -> int:
+    """Credit a user in a transaction of its own; return the new balance.
+
+    The credit is the transaction's one statement, so its commit rides along with it on
+    SQLite's thin driver (:mod:`convostore.sql.sqlite_driver`).
+    """
+    return await runner.run(
+        lambda executor: UserRepository(executor, agent_key)._credit(
+            user_id, amount, now, last=True
+        )
+    )
 
 
 class UserRepository:
@@ -26,12 +42,12 @@ class UserRepository:
     def __init__(self, session: Executor, agent_key: str) -> None:
         self._session = session
         self._agent = agent_key
-        self._kind = dialects.family_of(session)
+        self._kind = family_of(session)
 
     def _key(self, user_id: str) -> tuple[Any, ...]:
         return (_users.c.agent_name == self._agent, _users.c.user_id == user_id)
 
-    async def get(self, user_id: str) -> User | None:
+    async def get_or_none(self, user_id: str) -> User | None:
         """The stored user, or ``None``."""
         stmt = select(_users.c.available_balance, _users.c.current_thread_id).where(
             *self._key(user_id)
@@ -53,7 +69,7 @@ class UserRepository:
             "created_at": now,
             "updated_at": now,
         }
-        stmt = dialects.upsert(
+        stmt = upsert(
             self._kind,
             _users,
             values,
@@ -76,7 +92,7 @@ class UserRepository:
             "created_at": now,
             "updated_at": now,
         }
-        stmt = dialects.upsert(
+        stmt = upsert(
             self._kind,
             _users,
             values,
@@ -88,12 +104,12 @@ class UserRepository:
         )
         await self._session.execute(stmt)
 
-    async def credit(self, user_id: str, amount: int, now: datetime, *, last: bool = False) -> int:
-        """Add ``amount`` to the balance in one atomic statement; return the new balance.
+    async def credit(self, user_id: str, amount: int, now: datetime) -> int:
+        """Add ``amount`` to the balance in one atomic statement; return the new balance."""
+        return await self._credit(user_id, amount, now, last=False)
 
-        ``last``: nothing follows in this transaction, so its commit may ride along.
-        """
-        return await dialects.bump_counter(
+    async def _credit(self, user_id: str, amount: int, now: datetime, *, last: bool) -> int:
+        return await bump_counter(
             self._session,
             _users,
             {"agent_name": self._agent, "user_id": user_id},
