@@ -299,7 +299,7 @@ class SQLAlchemyContextStore(Facade, ContextStore):
     @traced()
     async def clear(self) -> None:
         await self._ensure_ready()
-        await self._runner.run(lambda s: self._repo(s).delete())
+        await self._runner.run(lambda s: self._repo(s).clear())
 
     @traced()
     async def fork(self, *, at: int | None = None) -> SQLAlchemyContextStore:

@@ -270,7 +270,7 @@ class SessionRepository:
             checked_counter(totals[0], "context_tokens", "input_tokens")
             checked_counter(totals[1], "context_tokens", "output_tokens")
 
-    async def delete(self) -> None:
+    async def clear(self) -> None:
         """Remove the session's messages and state (tokens, counter, preview).
 
         The state row goes first: like an append or a pop, this locks it before touching
