@@ -43,7 +43,7 @@ from typing import Any, TypeVar
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.util import await_, greenlet_spawn
+from sqlalchemy.util import await_only, greenlet_spawn
 
 from convostore.sql.dml import is_cached
 from convostore.sql.precompiled import Precompiled, Rows, compile_hot
@@ -152,7 +152,7 @@ class DirectConnection:
         transaction, self._transaction = self._transaction, None
         if transaction is not None:
             try:
-                await_(transaction.rollback())
+                await_only(transaction.rollback())
             except Exception:
                 # A rollback that fails leaves the connection in an unknown state.
                 fairy.invalidate()
@@ -199,7 +199,7 @@ class AsyncpgDirect:
         try:
             connection = DirectConnection(self, fairy)
             try:
-                return await_(unit(connection))
+                return await_only(unit(connection))
             except BaseException as exc:
                 connection.abandon(exc)
                 raise
